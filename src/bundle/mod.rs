@@ -1,0 +1,1 @@
+//! The bundle file format: see `bundle-format.md`.

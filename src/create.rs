@@ -1,0 +1,1 @@
+//! `pinbundle create`: references → plan → blobs → bundle.

@@ -1,0 +1,17 @@
+//! pinbundle: carry container images to air-gapped nodes in one verifiable bundle.
+//!
+//! Data flows one way: references → plan → blobs → bundle → verified blobs → store → pins.
+//! - [`reference`] parses and normalises image references (no I/O).
+//! - [`bundle`] owns the byte format: writer, reader, seek index (local files only).
+//! - [`registry`] speaks the distribution API: the client used by `create` and the read-only
+//!   server used by `load`.
+//! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
+//!   signals CRI-O or writes under `/etc`.
+
+pub mod bundle;
+pub mod create;
+pub mod load;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod verify;

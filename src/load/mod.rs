@@ -1,0 +1,1 @@
+//! `pinbundle load`: verify, import into containers-storage, pin, reload CRI-O, confirm.

@@ -1,0 +1,20 @@
+//! Progress reporting. Library code reports through [`Reporter`] and never draws anything; the
+//! CLI picks a renderer (bars on a terminal, nothing otherwise).
+
+/// Receives progress events from long-running work. All methods have empty defaults so a
+/// reporter implements only what it shows.
+pub trait Reporter: Send + Sync {
+    /// A phase with `total` units (bytes unless said otherwise) begins.
+    fn start(&self, _phase: &str, _total: u64) {}
+    /// `n` more units of the current phase are done.
+    fn advance(&self, _n: u64) {}
+    /// The current phase is over.
+    fn finish(&self) {}
+    /// A one-line message about a step (e.g. a retry).
+    fn message(&self, _msg: &str) {}
+}
+
+/// A reporter that shows nothing.
+pub struct Silent;
+
+impl Reporter for Silent {}

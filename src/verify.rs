@@ -1,0 +1,1 @@
+//! `pinbundle verify` and `inspect`.
