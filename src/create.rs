@@ -1,1 +1,748 @@
 //! `pinbundle create`: references → plan → blobs → bundle.
+//!
+//! 1. Resolve: fetch every reference's manifest (raw bytes kept), and for an index the
+//!    manifests of the chosen platforms.
+//! 2. Plan: the set of blobs, each once, whatever the number of images using it.
+//! 3. Fetch: every blob not yet in the content-addressed cache, in parallel, verified while
+//!    written; a re-run after an interruption fetches only what is missing.
+//! 4. Write: the bundle, from memory (manifests) and the cache (blobs), to a temporary file in
+//!    the output's directory, renamed into place only when complete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufWriter, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::bundle::format::{
+    BlobEntry, BlobKind, BundleManifest, FORMAT_NAME, FORMAT_VERSION, ImageEntry, LayoutDigests,
+    MANIFEST_PATH, OCI_INDEX_PATH, OCI_LAYOUT_PATH, PlatformEntry, Totals, media,
+};
+use crate::bundle::{BundleWriter, Compression, WriterOptions};
+use crate::manifest::{self, Parsed};
+use crate::progress::Reporter;
+use crate::reference::{Digest, Reference};
+use crate::registry::client::{ClientOptions, RawManifest, RegistryClient};
+
+/// An `os/architecture[/variant]` platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+impl std::str::FromStr for Platform {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        match parts.as_slice() {
+            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: Some(v.to_string()),
+            }),
+            _ => Err(format!("invalid platform \"{s}\": expected OS/ARCH[/VARIANT], e.g. linux/arm64/v8")),
+        }
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Platform {
+    /// The default when none is asked for.
+    pub fn linux_amd64() -> Platform {
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
+    }
+
+    /// Whether an index entry's platform is this one. A requested platform without a variant
+    /// accepts any variant (`linux/arm64` takes `linux/arm64/v8`).
+    fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
+        self.os == os
+            && self.architecture == arch
+            && (self.variant.is_none() || self.variant.as_deref() == variant)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    pub references: Vec<Reference>,
+    pub output: PathBuf,
+    /// Platforms kept from indexes; empty means linux/amd64.
+    pub platforms: Vec<Platform>,
+    pub all_platforms: bool,
+    pub client: ClientOptions,
+    pub cache_dir: PathBuf,
+    pub jobs: usize,
+    pub level: i32,
+    pub frame_size: usize,
+    /// Seconds since the epoch to record as the creation time (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: Option<u64>,
+}
+
+/// The summary of a `create` run (the `--json` document).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateReport {
+    pub version: u32,
+    pub output: PathBuf,
+    pub images: Vec<CreatedImage>,
+    pub blobs: usize,
+    /// Sum of blob sizes (each once).
+    pub size: u64,
+    /// The bundle file's size.
+    pub bundle_size: u64,
+    pub blobs_fetched: usize,
+    pub blobs_cached: usize,
+    pub bytes_fetched: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedImage {
+    pub reference: String,
+    pub digest: Digest,
+    /// What `load` pins: `name@digest`.
+    pub pin: String,
+    pub media_type: String,
+    pub platforms: Vec<String>,
+    pub size: u64,
+}
+
+/// Reads references from a file: one per line, `#` starts a comment.
+pub fn read_reference_file(path: &Path) -> Result<Vec<Reference>> {
+    let text = fs_err::read_to_string(path)?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        out.push(
+            line.parse()
+                .with_context(|| format!("{}, line {}", path.display(), n + 1))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Reads the images of an OpenShift `PinnedImageSet` (`spec.pinnedImages[].name`).
+pub fn read_pinned_image_set(path: &Path) -> Result<Vec<Reference>> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Doc {
+        kind: Option<String>,
+        spec: Option<Spec>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Spec {
+        #[serde(default)]
+        pinned_images: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        name: String,
+    }
+    let text = fs_err::read_to_string(path)?;
+    let doc: Doc = serde_saphyr::from_str(&text)
+        .with_context(|| format!("{} is not a valid PinnedImageSet YAML document", path.display()))?;
+    if doc.kind.as_deref() != Some("PinnedImageSet") {
+        bail!(
+            "{} has kind {:?}, expected PinnedImageSet",
+            path.display(),
+            doc.kind.unwrap_or_default()
+        );
+    }
+    let items = doc.spec.map(|s| s.pinned_images).unwrap_or_default();
+    if items.is_empty() {
+        bail!("{} lists no spec.pinnedImages", path.display());
+    }
+    items
+        .into_iter()
+        .map(|i| {
+            i.name
+                .parse()
+                .with_context(|| format!("in {}", path.display()))
+        })
+        .collect()
+}
+
+/// A blob to carry, with one repository it can be fetched from.
+#[derive(Debug, Clone)]
+struct PlannedBlob {
+    entry: BlobEntry,
+    source: Reference,
+    /// The raw bytes, for manifests and indexes (already fetched).
+    bytes: Option<Arc<[u8]>>,
+}
+
+/// One resolved image, before sizes are known.
+struct Resolved {
+    reference: Reference,
+    root: RawManifest,
+    /// (digest, media type, platform from the index if any, manifest)
+    instances: Vec<(RawManifest, Option<Platform>, oci_spec::image::ImageManifest)>,
+}
+
+/// Runs `create`.
+pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateReport> {
+    let started = Instant::now();
+    if opts.references.is_empty() {
+        bail!("no image references given (arguments, --from-file or --pinned-image-set)");
+    }
+    // Fail before any network work when the output cannot be written.
+    let out_dir = match opts.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = opts
+        .output
+        .file_name()
+        .with_context(|| format!("output {} has no file name", opts.output.display()))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .suffix(".partial")
+        .tempfile_in(&out_dir)
+        .with_context(|| format!("cannot write to the output directory {}", out_dir.display()))?;
+    let blob_dir = opts.cache_dir.join("blobs").join("sha256");
+    fs_err::create_dir_all(&blob_dir).context("creating the blob cache")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.jobs.clamp(1, 8))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let client = RegistryClient::new(opts.client.clone()).context("setting up the registry client")?;
+
+    // 1. Resolve.
+    let mut refs: Vec<Reference> = Vec::new();
+    for r in &opts.references {
+        if !refs.contains(r) {
+            refs.push(r.clone());
+        }
+    }
+    reporter.message(&format!("resolving {} references", refs.len()));
+    let platforms = if opts.platforms.is_empty() {
+        vec![Platform::linux_amd64()]
+    } else {
+        opts.platforms.clone()
+    };
+    let resolved: Vec<Resolved> = runtime.block_on(async {
+        let futs = refs.iter().map(|r| resolve(&client, r, &platforms, opts.all_platforms));
+        futures_util::future::try_join_all(futs).await
+    })?;
+
+    // 2. Plan.
+    let mut blobs: BTreeMap<Digest, PlannedBlob> = BTreeMap::new();
+    let mut add_manifest = |m: &RawManifest, source: &Reference| {
+        let kind = if media::is_index(&m.media_type) {
+            BlobKind::Index
+        } else {
+            BlobKind::Manifest
+        };
+        blobs.entry(m.digest.clone()).or_insert_with(|| PlannedBlob {
+            entry: BlobEntry {
+                digest: m.digest.clone(),
+                size: m.bytes.len() as u64,
+                media_type: m.media_type.clone(),
+                kind,
+                uncompressed_size: None,
+            },
+            source: source.clone(),
+            bytes: Some(Arc::from(&m.bytes[..])),
+        });
+    };
+    for r in &resolved {
+        add_manifest(&r.root, &r.reference);
+        for (m, _, _) in &r.instances {
+            add_manifest(m, &r.reference);
+        }
+    }
+    for r in &resolved {
+        for (m, _, parsed) in &r.instances {
+            let what = format!("{} (manifest {})", r.reference, m.digest);
+            let descs = std::iter::once((parsed.config(), BlobKind::Config))
+                .chain(parsed.layers().iter().map(|l| (l, BlobKind::Layer)));
+            for (d, kind) in descs {
+                let digest = manifest::digest_of(d, &what)?;
+                let size = u64::try_from(d.size()).unwrap_or(0);
+                if let Some(existing) = blobs.get(&digest) {
+                    if existing.entry.size != size {
+                        bail!(
+                            "{what}: blob {digest} is declared with size {size}, elsewhere with {}",
+                            existing.entry.size
+                        );
+                    }
+                    continue;
+                }
+                blobs.insert(
+                    digest.clone(),
+                    PlannedBlob {
+                        entry: BlobEntry {
+                            digest,
+                            size,
+                            media_type: manifest::media_type_str(d),
+                            kind,
+                            uncompressed_size: None,
+                        },
+                        source: r.reference.clone(),
+                        bytes: None,
+                    },
+                );
+            }
+        }
+    }
+
+    // 3. Fetch what the cache lacks.
+    let to_fetch: Vec<&PlannedBlob> = blobs
+        .values()
+        .filter(|b| b.bytes.is_none() && !cached(&blob_dir, &b.entry))
+        .collect();
+    let fetch_total: u64 = to_fetch.iter().map(|b| b.entry.size).sum();
+    let blobs_fetched = to_fetch.len();
+    let blobs_cached = blobs.values().filter(|b| b.bytes.is_none()).count() - blobs_fetched;
+    let fetched_bytes = AtomicU64::new(0);
+    if !to_fetch.is_empty() {
+        reporter.start(
+            &format!("fetching {} blobs ({} cached)", to_fetch.len(), blobs_cached),
+            fetch_total,
+        );
+        let sem = tokio::sync::Semaphore::new(opts.jobs.max(1));
+        runtime.block_on(async {
+            let futs = to_fetch.iter().map(|b| async {
+                let _permit = sem.acquire().await.context("fetch queue closed")?;
+                let dest = blob_dir.join(b.entry.digest.hex());
+                let progress = |n: u64| {
+                    fetched_bytes.fetch_add(n, Ordering::Relaxed);
+                    reporter.advance(n);
+                };
+                client
+                    .fetch_blob(&b.source, &b.entry.digest, b.entry.size, &dest, &progress)
+                    .await
+                    .with_context(|| format!("fetching blob {} of {}", b.entry.digest, b.source))
+            });
+            futures_util::future::try_join_all(futs).await
+        })?;
+        reporter.finish();
+    }
+    drop(runtime);
+
+    // Uncompressed layer sizes (for `load`'s space check), cached beside the blobs.
+    let layers: Vec<&PlannedBlob> = blobs.values().filter(|b| b.entry.kind == BlobKind::Layer).collect();
+    let sizes: Vec<Result<(Digest, u64)>> = layers
+        .par_iter()
+        .map(|b| Ok((b.entry.digest.clone(), uncompressed_size(&opts.cache_dir, &blob_dir, &b.entry)?)))
+        .collect();
+    for s in sizes {
+        let (d, n) = s?;
+        if let Some(b) = blobs.get_mut(&d) {
+            b.entry.uncompressed_size = Some(n);
+        }
+    }
+
+    // Platforms of single-manifest images come from their configs.
+    let mut config_platforms: HashMap<Digest, Platform> = HashMap::new();
+    for r in &resolved {
+        for (m, p, parsed) in &r.instances {
+            if p.is_none() {
+                let d = manifest::digest_of(parsed.config(), "config")?;
+                let bytes = fs_err::read(blob_dir.join(d.hex()))?;
+                config_platforms.insert(m.digest.clone(), platform_of_config(&bytes, &d)?);
+            }
+        }
+    }
+
+    // 4. The bundle manifest and the OCI layout files.
+    let created_secs = opts.source_date_epoch.unwrap_or_else(now_secs);
+    let images: Vec<ImageEntry> = resolved
+        .iter()
+        .map(|r| image_entry(r, &blobs, &config_platforms))
+        .collect::<Result<_>>()?;
+    let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
+    let index_json = oci_index_json(&images, &blobs)?;
+    let entries: Vec<BlobEntry> = blobs.values().map(|b| b.entry.clone()).collect();
+    let totals = Totals {
+        images: images.len(),
+        blobs: entries.len(),
+        size: entries.iter().map(|b| b.size).sum(),
+        uncompressed_size: entries.iter().filter_map(|b| b.uncompressed_size).sum(),
+    };
+    let bm = BundleManifest {
+        format: FORMAT_NAME.into(),
+        format_version: FORMAT_VERSION,
+        creator: format!("pinbundle {}", env!("CARGO_PKG_VERSION")),
+        created: rfc3339(created_secs),
+        base: None,
+        volume: None,
+        layout: LayoutDigests {
+            oci_layout: Digest::of(&oci_layout),
+            index_json: Digest::of(&index_json),
+        },
+        images,
+        blobs: entries,
+        totals,
+    };
+    let mut manifest_bytes = serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
+    manifest_bytes.push(b'\n');
+
+    // 5. Write.
+    let out_err = || format!("writing {}", opts.output.display());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.jobs.max(1))
+        .build()
+        .context("starting worker threads")?;
+    let written = AtomicUsize::new(0);
+    reporter.start("writing bundle", bm.totals.size);
+    let file = pool.install(|| -> Result<std::fs::File> {
+        let mut w = BundleWriter::new(
+            BufWriter::with_capacity(1 << 20, tmp.as_file()),
+            WriterOptions {
+                frame_size: opts.frame_size,
+                level: opts.level,
+                mtime: created_secs,
+            },
+        );
+        w.add_bytes(MANIFEST_PATH, &manifest_bytes, Compression::Zstd)
+            .with_context(out_err)?;
+        w.add_bytes(OCI_LAYOUT_PATH, &oci_layout, Compression::Zstd)
+            .with_context(out_err)?;
+        w.add_bytes(OCI_INDEX_PATH, &index_json, Compression::Zstd)
+            .with_context(out_err)?;
+        for b in blobs.values() {
+            let path = b.entry.digest.layout_path();
+            let compression = match media::layer_compression(&b.entry.media_type) {
+                Some(media::LayerCompression::Gzip | media::LayerCompression::Zstd) => Compression::Store,
+                _ => Compression::Zstd,
+            };
+            match &b.bytes {
+                Some(bytes) => w.add_member(&path, &bytes[..], b.entry.size, &b.entry.digest, compression),
+                None => {
+                    let cache_path = blob_dir.join(b.entry.digest.hex());
+                    let f = fs_err::File::open(&cache_path)?;
+                    let r = CountingReader {
+                        inner: std::io::BufReader::with_capacity(1 << 20, f),
+                        reporter,
+                    };
+                    w.add_member(&path, r, b.entry.size, &b.entry.digest, compression)
+                        .map_err(|e| {
+                            // A damaged cache entry must not poison the next run.
+                            let _ = fs_err::remove_file(&cache_path);
+                            e
+                        })
+                }
+            }
+            .with_context(|| format!("{} (blob {})", out_err(), b.entry.digest))?;
+            written.fetch_add(1, Ordering::Relaxed);
+        }
+        let (buf, _index) = w.finish().with_context(out_err)?;
+        let file = buf.into_inner().map_err(|e| e.into_error()).with_context(out_err)?;
+        file.sync_all().with_context(out_err)?;
+        Ok(file.try_clone().with_context(out_err)?)
+    })?;
+    reporter.finish();
+    let bundle_size = file.metadata().with_context(out_err)?.len();
+    tmp.persist(&opts.output)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming the finished bundle to {}", opts.output.display()))?;
+    if let Ok(d) = std::fs::File::open(&out_dir) {
+        let _ = d.sync_all();
+    }
+
+    Ok(CreateReport {
+        version: 1,
+        output: opts.output.clone(),
+        images: bm
+            .images
+            .iter()
+            .map(|i| CreatedImage {
+                reference: i.reference.clone(),
+                digest: i.digest.clone(),
+                pin: format!("{}@{}", i.name, i.digest),
+                media_type: i.media_type.clone(),
+                platforms: i
+                    .platforms
+                    .iter()
+                    .map(|p| {
+                        Platform {
+                            os: p.os.clone(),
+                            architecture: p.architecture.clone(),
+                            variant: p.variant.clone(),
+                        }
+                        .to_string()
+                    })
+                    .collect(),
+                size: i.size,
+            })
+            .collect(),
+        blobs: bm.totals.blobs,
+        size: bm.totals.size,
+        bundle_size,
+        blobs_fetched,
+        blobs_cached,
+        bytes_fetched: fetched_bytes.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Resolves one reference to its manifests.
+async fn resolve(
+    client: &RegistryClient,
+    reference: &Reference,
+    platforms: &[Platform],
+    all_platforms: bool,
+) -> Result<Resolved> {
+    let root = client
+        .get_manifest(reference)
+        .await
+        .with_context(|| format!("resolving {reference}"))?;
+    let what = format!("{reference} (manifest {})", root.digest);
+    let instances = match manifest::parse(&root.bytes, &root.media_type, &what)? {
+        Parsed::Image(m) => {
+            manifest::check_image_media_types(&m, &what)?;
+            vec![(root.clone(), None, m)]
+        }
+        Parsed::Index(index) => {
+            let mut chosen = Vec::new();
+            let mut available = Vec::new();
+            for d in index.manifests() {
+                let Some(p) = d.platform() else { continue };
+                let (os, arch, variant) = (p.os().to_string(), p.architecture().to_string(), p.variant().clone());
+                // Attestation manifests (buildkit) are not runnable images.
+                if os == "unknown" || arch == "unknown" {
+                    continue;
+                }
+                let plat = Platform {
+                    os,
+                    architecture: arch,
+                    variant,
+                };
+                available.push(plat.to_string());
+                let wanted = all_platforms
+                    || platforms
+                        .iter()
+                        .any(|w| w.matches(&plat.os, &plat.architecture, plat.variant.as_deref()));
+                if wanted {
+                    chosen.push((manifest::digest_of(d, &what)?, plat));
+                }
+            }
+            if chosen.is_empty() {
+                let wanted: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+                bail!(
+                    "{what} has no manifest for {} (available: {})",
+                    wanted.join(", "),
+                    available.join(", ")
+                );
+            }
+            let mut out = Vec::new();
+            for (digest, plat) in chosen {
+                let child = client
+                    .get_manifest_by_digest(reference, &digest)
+                    .await
+                    .with_context(|| format!("fetching the {plat} manifest {digest} of {reference}"))?;
+                let child_what = format!("{reference} ({plat} manifest {digest})");
+                match manifest::parse(&child.bytes, &child.media_type, &child_what)? {
+                    Parsed::Image(m) => {
+                        manifest::check_image_media_types(&m, &child_what)?;
+                        out.push((child, Some(plat), m));
+                    }
+                    Parsed::Index(_) => bail!("{child_what} is a nested index, which is not supported"),
+                }
+            }
+            out
+        }
+    };
+    Ok(Resolved {
+        reference: reference.clone(),
+        root,
+        instances,
+    })
+}
+
+/// Whether the cache holds `b` completely. Cache files are renamed into place only after
+/// their digest was verified, so a file of the right size is a verified blob (and the writer
+/// hashes it again as it copies it).
+fn cached(blob_dir: &Path, b: &BlobEntry) -> bool {
+    std::fs::metadata(blob_dir.join(b.digest.hex())).is_ok_and(|m| m.len() == b.size)
+}
+
+/// The size of a layer's uncompressed tar stream, remembered in `<cache>/meta/<hex>.size`.
+fn uncompressed_size(cache_dir: &Path, blob_dir: &Path, b: &BlobEntry) -> Result<u64> {
+    let meta = cache_dir.join("meta");
+    let memo = meta.join(format!("{}.size", b.digest.hex()));
+    if let Some(n) = std::fs::read_to_string(&memo).ok().and_then(|s| s.trim().parse().ok()) {
+        return Ok(n);
+    }
+    let path = blob_dir.join(b.digest.hex());
+    let f = std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(&path)?);
+    let what = || format!("decompressing layer {} ({})", b.digest, b.media_type);
+    let n = match media::layer_compression(&b.media_type) {
+        Some(media::LayerCompression::Gzip) => {
+            std::io::copy(&mut flate2::read::MultiGzDecoder::new(f), &mut std::io::sink()).with_context(what)?
+        }
+        Some(media::LayerCompression::Zstd) => std::io::copy(
+            &mut zstd::stream::read::Decoder::with_buffer(f).with_context(what)?,
+            &mut std::io::sink(),
+        )
+        .with_context(what)?,
+        _ => b.size,
+    };
+    fs_err::create_dir_all(&meta)?;
+    let tmp = meta.join(format!(".{}.size.tmp", b.digest.hex()));
+    fs_err::write(&tmp, n.to_string())?;
+    fs_err::rename(&tmp, &memo)?;
+    Ok(n)
+}
+
+fn platform_of_config(bytes: &[u8], digest: &Digest) -> Result<Platform> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        os: Option<String>,
+        architecture: Option<String>,
+        variant: Option<String>,
+    }
+    let c: Config = serde_json::from_slice(bytes).with_context(|| format!("config {digest} is not valid JSON"))?;
+    Ok(Platform {
+        os: c.os.unwrap_or_else(|| "unknown".into()),
+        architecture: c.architecture.unwrap_or_else(|| "unknown".into()),
+        variant: c.variant,
+    })
+}
+
+fn image_entry(
+    r: &Resolved,
+    blobs: &BTreeMap<Digest, PlannedBlob>,
+    config_platforms: &HashMap<Digest, Platform>,
+) -> Result<ImageEntry> {
+    let mut needed: Vec<Digest> = vec![r.root.digest.clone()];
+    let mut platforms = Vec::new();
+    for (m, plat, parsed) in &r.instances {
+        let what = format!("{} (manifest {})", r.reference, m.digest);
+        let config = manifest::digest_of(parsed.config(), &what)?;
+        let layers: Vec<Digest> = parsed
+            .layers()
+            .iter()
+            .map(|l| manifest::digest_of(l, &what))
+            .collect::<Result<_, _>>()?;
+        let plat = match plat {
+            Some(p) => p.clone(),
+            None => config_platforms
+                .get(&m.digest)
+                .cloned()
+                .unwrap_or_else(Platform::linux_amd64),
+        };
+        needed.push(m.digest.clone());
+        needed.push(config.clone());
+        needed.extend(layers.iter().cloned());
+        platforms.push(PlatformEntry {
+            os: plat.os,
+            architecture: plat.architecture,
+            variant: plat.variant,
+            digest: m.digest.clone(),
+            media_type: m.media_type.clone(),
+            config,
+            layers,
+        });
+    }
+    needed.sort();
+    needed.dedup();
+    let size = needed.iter().filter_map(|d| blobs.get(d)).map(|b| b.entry.size).sum();
+    let uncompressed_size = needed
+        .iter()
+        .filter_map(|d| blobs.get(d))
+        .filter_map(|b| b.entry.uncompressed_size)
+        .sum();
+    Ok(ImageEntry {
+        reference: r.reference.to_string(),
+        name: r.reference.name(),
+        tag: r.reference.effective_tag().map(str::to_string),
+        digest: r.root.digest.clone(),
+        media_type: r.root.media_type.clone(),
+        platforms,
+        blobs: needed,
+        size,
+        uncompressed_size,
+    })
+}
+
+/// The OCI layout's `index.json`: one descriptor per image, named by its full reference so
+/// stock tools can address it (`skopeo copy oci:DIR:quay.io/a/b:v1 …`).
+fn oci_index_json(images: &[ImageEntry], blobs: &BTreeMap<Digest, PlannedBlob>) -> Result<Vec<u8>> {
+    let manifests: Vec<serde_json::Value> = images
+        .iter()
+        .map(|i| {
+            let size = blobs.get(&i.digest).map_or(0, |b| b.entry.size);
+            serde_json::json!({
+                "mediaType": i.media_type,
+                "digest": i.digest.to_string(),
+                "size": size,
+                "annotations": {
+                    "org.opencontainers.image.ref.name": i.reference,
+                    "io.containerd.image.name": i.reference,
+                },
+            })
+        })
+        .collect();
+    let mut v = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media::OCI_INDEX,
+        "manifests": manifests,
+    }))?;
+    v.push(b'\n');
+    Ok(v)
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rfc3339(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
+}
+
+/// Counts bytes read into the reporter.
+struct CountingReader<'a, R> {
+    inner: R,
+    reporter: &'a dyn Reporter,
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.reporter.advance(n as u64);
+        Ok(n)
+    }
+}

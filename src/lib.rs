@@ -11,6 +11,7 @@
 pub mod bundle;
 pub mod create;
 pub mod load;
+pub mod manifest;
 pub mod progress;
 pub mod reference;
 pub mod registry;

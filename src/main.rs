@@ -1,1 +1,384 @@
-fn main() {}
+//! The `pinbundle` command line: argument parsing, output and exit codes only. All behaviour
+//! lives in the library.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use pinbundle::create::{self, CreateOptions, Platform};
+use pinbundle::progress::{Reporter, Silent};
+use pinbundle::reference::Reference;
+use pinbundle::registry::client::ClientOptions;
+use pinbundle::verify;
+
+/// Carry container images to air-gapped Kubernetes/OpenShift nodes in one verifiable bundle.
+///
+/// Exit codes: 0 success; 1 a check failed (`verify` found damage, `load` could not confirm);
+/// 2 usage or operational error.
+#[derive(Parser, Debug)]
+#[command(name = "pinbundle", version, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Never draw progress bars (they are drawn only when stderr is a terminal).
+    #[arg(long, global = true, env = "PINBUNDLE_NO_PROGRESS")]
+    no_progress: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    Create(CreateArgs),
+    Verify(VerifyArgs),
+    Inspect(InspectArgs),
+}
+
+/// Resolve images and write them into one bundle file (run on a connected host).
+///
+/// Tags are resolved to digests and recorded; digest references are checked against what the
+/// registry serves. For multi-platform images the index is kept byte for byte, with the blobs
+/// of the chosen platforms only. Blobs are cached (content-addressed) so an interrupted run
+/// fetches only what is missing when run again. The bundle is written under a temporary name
+/// and renamed into place only when complete.
+#[derive(Args, Debug)]
+struct CreateArgs {
+    /// Image references (`quay.io/org/app:v1`, `busybox@sha256:…`).
+    #[arg(value_name = "REF")]
+    references: Vec<String>,
+    /// Read references from a file, one per line (`#` starts a comment).
+    #[arg(long, value_name = "FILE")]
+    from_file: Vec<PathBuf>,
+    /// Read references from an OpenShift PinnedImageSet YAML (`spec.pinnedImages[].name`).
+    #[arg(long, value_name = "FILE")]
+    pinned_image_set: Vec<PathBuf>,
+    /// The bundle file to write.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Platform to keep from multi-platform images, OS/ARCH[/VARIANT]; repeatable.
+    /// [default: linux/amd64]
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Vec<Platform>,
+    /// Keep every platform of multi-platform images.
+    #[arg(long, conflicts_with = "platform")]
+    all_platforms: bool,
+    /// Registry credentials file (containers auth.json or Docker config.json format; an
+    /// OpenShift pull secret works). Default: $REGISTRY_AUTH_FILE,
+    /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    authfile: Option<PathBuf>,
+    /// Use plain HTTP for this registry (HOST[:PORT]); repeatable.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
+    /// Also trust the CA certificates in this PEM file; repeatable.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Vec<PathBuf>,
+    /// Blob cache directory. [default: $XDG_CACHE_HOME/pinbundle or ~/.cache/pinbundle]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Parallel downloads and compression threads. [default: number of cores, at least 4]
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// zstd level for what is compressed (JSON, uncompressed layers); gzip and zstd layers
+    /// are stored as they are.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    level: i32,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Check every frame, blob digest and manifest reference of a bundle.
+///
+/// Exit 0 only if everything is intact; otherwise every damaged blob is named with the images
+/// it breaks, and the exit code is 1.
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    bundle: PathBuf,
+    /// Threads to verify with. [default: number of cores]
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Show what a bundle holds (reads only its index and manifest: fast on any size).
+#[derive(Args, Debug)]
+struct InspectArgs {
+    bundle: PathBuf,
+    /// Print as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "error: {e}");
+            for cause in e.chain().skip(1) {
+                let _ = writeln!(err, "  caused by: {cause}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn reporter(no_progress: bool) -> Box<dyn Reporter> {
+    if no_progress || !std::io::stderr().is_terminal() {
+        Box::new(Silent)
+    } else {
+        Box::new(Bars::default())
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let reporter = reporter(cli.no_progress);
+    match cli.command {
+        Command::Create(a) => cmd_create(a, &*reporter),
+        Command::Verify(a) => {
+            let jobs = a.jobs.unwrap_or(0);
+            let report = verify::verify(&a.bundle, jobs, &*reporter)?;
+            if a.json {
+                print_json(&report)?;
+            } else {
+                print_verify(&report)?;
+            }
+            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Inspect(a) => {
+            let report = verify::inspect(&a.bundle)?;
+            if a.json {
+                print_json(&report)?;
+            } else {
+                print_inspect(&report)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
+    let mut references = Vec::new();
+    for r in &a.references {
+        references.push(r.parse::<Reference>()?);
+    }
+    for f in &a.from_file {
+        references.extend(create::read_reference_file(f)?);
+    }
+    for f in &a.pinned_image_set {
+        references.extend(create::read_pinned_image_set(f)?);
+    }
+    let cache_dir = match a.cache_dir {
+        Some(d) => d,
+        None => default_cache_dir()?,
+    };
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()).max(4));
+    let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(s) => Some(
+            s.trim()
+                .parse::<u64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"))?,
+        ),
+        Err(_) => None,
+    };
+    let opts = CreateOptions {
+        references,
+        output: a.output,
+        platforms: a.platform,
+        all_platforms: a.all_platforms,
+        client: ClientOptions {
+            insecure_registries: a.insecure_registry,
+            ca_files: a.ca_file,
+            authfile: a.authfile,
+            ..ClientOptions::default()
+        },
+        cache_dir,
+        jobs,
+        level: a.level,
+        frame_size: pinbundle::bundle::format::DEFAULT_FRAME_SIZE,
+        source_date_epoch,
+    };
+    let report = create::create(&opts, reporter)?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        let mut err = std::io::stderr().lock();
+        for i in &report.images {
+            writeln!(
+                err,
+                "{}\n    pin {}  [{}]  {}",
+                i.reference,
+                i.pin,
+                i.platforms.join(", "),
+                human(i.size)
+            )?;
+        }
+        writeln!(
+            err,
+            "wrote {}: {} images, {} blobs ({}), file {}; fetched {} blobs ({}), {} from cache, in {:.1}s",
+            report.output.display(),
+            report.images.len(),
+            report.blobs,
+            human(report.size),
+            human(report.bundle_size),
+            report.blobs_fetched,
+            human(report.bytes_fetched),
+            report.blobs_cached,
+            report.seconds
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_cache_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("pinbundle"));
+    }
+    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set; pass --cache-dir")?;
+    Ok(PathBuf::from(home).join(".cache").join("pinbundle"))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_verify(r: &verify::VerifyReport) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if r.ok {
+        writeln!(
+            out,
+            "{}: OK ({} images, {} members, {} checked)",
+            r.bundle.display(),
+            r.images,
+            r.members_checked,
+            human(r.bytes_checked)
+        )?;
+    } else {
+        writeln!(out, "{}: FAILED, {} problem(s)", r.bundle.display(), r.problems.len())?;
+        for p in &r.problems {
+            write!(out, "  {}: {}", p.member.as_deref().unwrap_or("file"), p.error)?;
+            if !p.images.is_empty() {
+                write!(out, " (breaks {})", p.images.join(", "))?;
+            }
+            writeln!(out)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_inspect(r: &verify::InspectReport) -> Result<()> {
+    let m = &r.manifest;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "bundle:  {} ({})", r.bundle.display(), human(r.file_size))?;
+    writeln!(out, "format:  {} v{}, by {}, created {}", m.format, m.format_version, m.creator, m.created)?;
+    writeln!(
+        out,
+        "content: {} images, {} blobs, {} ({} uncompressed)",
+        m.totals.images,
+        m.totals.blobs,
+        human(m.totals.size),
+        human(m.totals.uncompressed_size)
+    )?;
+    for i in &m.images {
+        writeln!(out, "\n{}\n  pin:    {}@{}\n  type:   {}", i.reference, i.name, i.digest, i.media_type)?;
+        for p in &i.platforms {
+            let plat = match &p.variant {
+                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                None => format!("{}/{}", p.os, p.architecture),
+            };
+            writeln!(out, "  {plat:<16} {} ({} layers)", p.digest, p.layers.len())?;
+        }
+        writeln!(out, "  size:   {} ({} uncompressed)", human(i.size), human(i.uncompressed_size))?;
+    }
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+/// Progress bars on a terminal.
+#[derive(Default)]
+struct Bars {
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Reporter for Bars {
+    fn start(&self, phase: &str, total: u64) {
+        let pb = indicatif::ProgressBar::new(total);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_message(phase.to_string());
+        if let Ok(mut b) = self.bar.lock() {
+            *b = Some(pb);
+        }
+    }
+    fn advance(&self, n: u64) {
+        if let Ok(b) = self.bar.lock()
+            && let Some(pb) = b.as_ref()
+        {
+            pb.inc(n);
+        }
+    }
+    fn finish(&self) {
+        if let Ok(mut b) = self.bar.lock()
+            && let Some(pb) = b.take()
+        {
+            pb.finish_and_clear();
+        }
+    }
+    fn message(&self, msg: &str) {
+        if let Ok(b) = self.bar.lock() {
+            match b.as_ref() {
+                Some(pb) => pb.println(msg),
+                None => eprintln!("{msg}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_create() {
+        let cli = Cli::try_parse_from([
+            "pinbundle", "create", "a:1", "-o", "x.pinbundle", "--platform", "linux/arm64/v8",
+            "--insecure-registry", "127.0.0.1:5000",
+        ])
+        .unwrap();
+        let Command::Create(c) = cli.command else { panic!("not create") };
+        assert_eq!(c.platform[0].variant.as_deref(), Some("v8"));
+        assert!(Cli::try_parse_from(["pinbundle", "create", "a", "-o", "x", "--platform", "linux"]).is_err());
+        assert!(Cli::try_parse_from(["pinbundle", "create", "a", "-o", "x", "--all-platforms", "--platform", "linux/amd64"]).is_err());
+    }
+}

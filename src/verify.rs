@@ -1,1 +1,316 @@
 //! `pinbundle verify` and `inspect`.
+//!
+//! `verify` reads every frame of the file (in parallel), checks every member's tar header,
+//! padding and sha256, that `pinbundle.json` lists exactly the blobs present, and that every
+//! image's manifests reference blobs that are present with the sizes they declare. Findings are
+//! data ([`VerifyReport`]); `Err` means only that the file could not be read at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::bundle::format::{BundleManifest, MemberEntry, OCI_INDEX_PATH, OCI_LAYOUT_PATH};
+use crate::bundle::{self, Bundle};
+use crate::manifest::{self, Parsed};
+use crate::progress::Reporter;
+use crate::reference::Digest;
+
+/// The version of the `--json` documents of `verify` and `inspect`.
+pub const JSON_VERSION: u32 = 1;
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// The member (`blobs/sha256/…`, `index.json`, …) or `null` for the file as a whole.
+    pub member: Option<String>,
+    /// The blob's digest, when the problem concerns a blob.
+    pub digest: Option<Digest>,
+    /// The requested references this problem breaks.
+    pub images: Vec<String>,
+    pub error: String,
+}
+
+/// What `verify` found. `ok` is true only when `problems` is empty.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub version: u32,
+    pub bundle: PathBuf,
+    pub ok: bool,
+    pub images: usize,
+    pub members_checked: usize,
+    pub bytes_checked: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// Verifies the bundle at `path` with `jobs` threads (0: one per core).
+pub fn verify(path: &Path, jobs: usize, reporter: &dyn Reporter) -> Result<VerifyReport, bundle::Error> {
+    let bundle = match Bundle::open(path) {
+        Ok(b) => b,
+        Err(e @ bundle::Error::Io { .. }) => return Err(e),
+        Err(e) => {
+            return Ok(VerifyReport {
+                version: JSON_VERSION,
+                bundle: path.to_path_buf(),
+                ok: false,
+                images: 0,
+                members_checked: 0,
+                bytes_checked: 0,
+                problems: vec![Problem {
+                    member: None,
+                    digest: None,
+                    images: Vec::new(),
+                    error: error_chain(&e),
+                }],
+            });
+        }
+    };
+    verify_open(&bundle, jobs, reporter)
+}
+
+/// Verifies an already opened bundle.
+pub fn verify_open(bundle: &Bundle, jobs: usize, reporter: &dyn Reporter) -> Result<VerifyReport, bundle::Error> {
+    let manifest = bundle.manifest();
+    let users = blob_users(manifest);
+    let problems = Mutex::new(Vec::new());
+    let add = |p: Problem| problems.lock().unwrap_or_else(|e| e.into_inner()).push(p);
+
+    // Largest members first, so one big layer does not finish last on a single core.
+    let mut members: Vec<&MemberEntry> = bundle.index().members.iter().collect();
+    members.sort_by_key(|m| std::cmp::Reverse(m.size));
+    reporter.start("verifying", bundle.file_len());
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| bundle::Error::Write(std::io::Error::other(e)))?;
+    pool.install(|| {
+        members.par_iter().for_each(|m| {
+            if let Err(e) = bundle.verify_member(m, |n| reporter.advance(n)) {
+                let digest = m.path.strip_prefix("blobs/sha256/").map(|_| m.digest.clone());
+                let images = digest.as_ref().and_then(|d| users.get(d)).cloned().unwrap_or_default();
+                add(Problem {
+                    member: Some(m.path.clone()),
+                    digest,
+                    images,
+                    error: error_chain(&e),
+                });
+            }
+        });
+    });
+    if let Err(e) = bundle.verify_end() {
+        add(Problem {
+            member: None,
+            digest: None,
+            images: Vec::new(),
+            error: error_chain(&e),
+        });
+    }
+    reporter.finish();
+    let mut problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
+    let broken: BTreeSet<String> = problems.iter().filter_map(|p| p.member.clone()).collect();
+    check_structure(bundle, &users, &broken, &mut problems);
+    problems.sort_by(|a, b| (&a.member, &a.error).cmp(&(&b.member, &b.error)));
+    Ok(VerifyReport {
+        version: JSON_VERSION,
+        bundle: bundle.path().to_path_buf(),
+        ok: problems.is_empty(),
+        images: manifest.images.len(),
+        members_checked: bundle.index().members.len(),
+        bytes_checked: bundle.file_len(),
+        problems,
+    })
+}
+
+/// Which requested references use each blob.
+fn blob_users(manifest: &BundleManifest) -> BTreeMap<Digest, Vec<String>> {
+    let mut users: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+    for img in &manifest.images {
+        for d in &img.blobs {
+            users.entry(d.clone()).or_default().push(img.reference.clone());
+        }
+    }
+    users
+}
+
+/// Cross-checks `pinbundle.json`, the members and the image manifests. Members already found
+/// broken are not parsed again.
+fn check_structure(
+    bundle: &Bundle,
+    users: &BTreeMap<Digest, Vec<String>>,
+    broken: &BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) {
+    let manifest = bundle.manifest();
+    let mut problem = |member: Option<String>, digest: Option<Digest>, error: String| {
+        let images = digest.as_ref().and_then(|d| users.get(d)).cloned().unwrap_or_default();
+        problems.push(Problem {
+            member,
+            digest,
+            images,
+            error,
+        });
+    };
+    for (path, expected) in [
+        (OCI_LAYOUT_PATH, &manifest.layout.oci_layout),
+        (OCI_INDEX_PATH, &manifest.layout.index_json),
+    ] {
+        match bundle.member(path) {
+            Some(m) if &m.digest == expected => {}
+            Some(m) => problem(
+                Some(path.into()),
+                None,
+                format!("digest {} differs from pinbundle.json's {expected}", m.digest),
+            ),
+            None => problem(Some(path.into()), None, "missing".into()),
+        }
+    }
+    let listed: BTreeMap<&Digest, u64> = manifest.blobs.iter().map(|b| (&b.digest, b.size)).collect();
+    for b in &manifest.blobs {
+        match bundle.blob(&b.digest) {
+            None => problem(
+                Some(b.digest.layout_path()),
+                Some(b.digest.clone()),
+                "listed in pinbundle.json but missing from the bundle".into(),
+            ),
+            Some(m) if m.size != b.size => problem(
+                Some(m.path.clone()),
+                Some(b.digest.clone()),
+                format!("is {} bytes, pinbundle.json says {}", m.size, b.size),
+            ),
+            Some(_) => {}
+        }
+    }
+    for m in &bundle.index().members {
+        if m.path.starts_with("blobs/") && !listed.contains_key(&m.digest) {
+            problem(
+                Some(m.path.clone()),
+                Some(m.digest.clone()),
+                "present but not listed in pinbundle.json".into(),
+            );
+        }
+    }
+    // Every image's manifests must reference only present blobs of the declared sizes.
+    let readable = |d: &Digest| -> Option<Vec<u8>> {
+        let m = bundle.blob(d)?;
+        if broken.contains(&m.path) {
+            return None;
+        }
+        bundle.read_member(m).ok()
+    };
+    for img in &manifest.images {
+        let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
+        let root_what = format!("{} (manifest {})", img.reference, img.digest);
+        let Some(root) = readable(&img.digest) else {
+            problem(
+                Some(img.digest.layout_path()),
+                Some(img.digest.clone()),
+                format!("top-level manifest of {} is missing or damaged", img.reference),
+            );
+            continue;
+        };
+        let instances: Vec<(Digest, Vec<u8>, String)> = match manifest::parse(&root, &img.media_type, &root_what) {
+            Ok(Parsed::Image(_)) => vec![(img.digest.clone(), root, img.media_type.clone())],
+            Ok(Parsed::Index(index)) => {
+                let listed: BTreeSet<String> = index.manifests().iter().map(|d| d.digest().to_string()).collect();
+                let mut out = Vec::new();
+                for p in &img.platforms {
+                    if !listed.contains(&p.digest.to_string()) {
+                        problem(
+                            None,
+                            Some(p.digest.clone()),
+                            format!("{}: platform manifest {} is not in its index", img.reference, p.digest),
+                        );
+                        continue;
+                    }
+                    match readable(&p.digest) {
+                        Some(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
+                        None => problem(
+                            Some(p.digest.layout_path()),
+                            Some(p.digest.clone()),
+                            format!("platform manifest of {} is missing or damaged", img.reference),
+                        ),
+                    }
+                }
+                out
+            }
+            Err(e) => {
+                problem(Some(img.digest.layout_path()), Some(img.digest.clone()), e.to_string());
+                Vec::new()
+            }
+        };
+        for (digest, bytes, media_type) in instances {
+            let what = format!("{} (manifest {digest})", img.reference);
+            match manifest::parse(&bytes, &media_type, &what) {
+                Ok(Parsed::Image(m)) => {
+                    for d in std::iter::once(m.config()).chain(m.layers().iter()) {
+                        match manifest::digest_of(d, &what) {
+                            Ok(dg) => needed.push((dg, Some(d.size()), what.clone())),
+                            Err(e) => problem(None, None, e.to_string()),
+                        }
+                    }
+                }
+                Ok(Parsed::Index(_)) => problem(
+                    Some(digest.layout_path()),
+                    Some(digest.clone()),
+                    format!("{what}: nested index where an image manifest was expected"),
+                ),
+                Err(e) => problem(Some(digest.layout_path()), Some(digest.clone()), e.to_string()),
+            }
+        }
+        for (d, size, what) in needed {
+            match bundle.blob(&d) {
+                None => problem(
+                    Some(d.layout_path()),
+                    Some(d.clone()),
+                    format!("{what} references a blob missing from the bundle"),
+                ),
+                Some(m) if Some(m.size) != size => problem(
+                    Some(m.path.clone()),
+                    Some(d.clone()),
+                    format!("{what} declares {} bytes, the bundle has {}", size.unwrap_or(0), m.size),
+                ),
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+/// `error: caused by: …` flattened to one line, for reports.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// What `inspect` shows: read from the footer, seek index and `pinbundle.json` only.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InspectReport {
+    pub version: u32,
+    pub bundle: PathBuf,
+    pub file_size: u64,
+    pub frames: usize,
+    pub members: usize,
+    #[serde(flatten)]
+    pub manifest: BundleManifest,
+}
+
+/// Reads what the bundle says it holds, without reading the blobs.
+pub fn inspect(path: &Path) -> Result<InspectReport, bundle::Error> {
+    let b = Bundle::open(path)?;
+    Ok(InspectReport {
+        version: JSON_VERSION,
+        bundle: path.to_path_buf(),
+        file_size: b.file_len(),
+        frames: b.index().frames.len(),
+        members: b.index().members.len(),
+        manifest: b.manifest().clone(),
+    })
+}

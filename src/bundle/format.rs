@@ -1,0 +1,304 @@
+//! The on-disk structures of a bundle: footer, seek index and bundle manifest.
+//!
+//! `bundle-format.md` is the normative description; this module is its code. Binary fields are
+//! little-endian.
+
+use serde::{Deserialize, Serialize};
+
+use crate::reference::Digest;
+
+/// The current (and only) format version.
+pub const FORMAT_VERSION: u32 = 1;
+/// `pinbundle.json`'s `format` field.
+pub const FORMAT_NAME: &str = "pinbundle";
+
+/// The zstd magic number that starts every data frame.
+pub const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+/// The zstd skippable-frame magic that holds the seek index and footer (range 0x184D2A50–5F).
+pub const INDEX_FRAME_MAGIC: u32 = 0x184D_2A5E;
+/// The first eight bytes of the footer.
+pub const FOOTER_MAGIC: [u8; 8] = *b"PNBNDL\x00\x01";
+/// The footer's fixed size: magic, version, flags, index offset, index length, index sha256.
+pub const FOOTER_LEN: usize = 64;
+
+/// The member names of the fixed members, in file order.
+pub const MANIFEST_PATH: &str = "pinbundle.json";
+pub const OCI_LAYOUT_PATH: &str = "oci-layout";
+pub const OCI_INDEX_PATH: &str = "index.json";
+
+/// Readers refuse indexes larger than this (a hostile footer cannot make us allocate more).
+pub const MAX_INDEX_LEN: u64 = 256 << 20;
+/// Readers refuse frames that claim to decompress to more than this.
+pub const MAX_FRAME_SIZE: u64 = 64 << 20;
+/// Readers refuse a `pinbundle.json` larger than this.
+pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
+/// The default upper bound of a frame's decompressed size.
+pub const DEFAULT_FRAME_SIZE: usize = 16 << 20;
+
+/// The fixed-size footer that ends the file (inside the index's skippable frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footer {
+    pub version: u32,
+    pub flags: u32,
+    /// File offset of the first byte of the seek index.
+    pub index_offset: u64,
+    pub index_len: u64,
+    pub index_sha256: [u8; 32],
+}
+
+impl Footer {
+    pub fn encode(&self) -> [u8; FOOTER_LEN] {
+        let mut b = [0u8; FOOTER_LEN];
+        b[0..8].copy_from_slice(&FOOTER_MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.index_offset.to_le_bytes());
+        b[24..32].copy_from_slice(&self.index_len.to_le_bytes());
+        b[32..64].copy_from_slice(&self.index_sha256);
+        b
+    }
+
+    /// Decodes a footer; `None` when the magic is wrong (not a bundle).
+    pub fn decode(b: &[u8; FOOTER_LEN]) -> Option<Footer> {
+        if b[0..8] != FOOTER_MAGIC {
+            return None;
+        }
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        let mut index_sha256 = [0u8; 32];
+        index_sha256.copy_from_slice(&b[32..64]);
+        Some(Footer {
+            version: u32_at(8),
+            flags: u32_at(12),
+            index_offset: u64_at(16),
+            index_len: u64_at(24),
+            index_sha256,
+        })
+    }
+}
+
+/// The seek index: where every frame and every tar member lies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeekIndex {
+    pub format_version: u32,
+    /// Every data frame in file order; together they cover the file from offset 0 to the index
+    /// frame without gaps. The last one is the tar end-of-archive.
+    pub frames: Vec<FrameEntry>,
+    /// Every tar member in file order. Each starts a new frame and spans whole frames.
+    pub members: Vec<MemberEntry>,
+}
+
+/// One zstd data frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FrameEntry {
+    /// File offset of the frame's first byte.
+    pub offset: u64,
+    /// Compressed length, frame header to checksum inclusive.
+    pub length: u64,
+    /// Decompressed length.
+    pub size: u64,
+    /// XXH3-64 of the frame's compressed bytes, as 16 lowercase hex digits: it covers the bytes
+    /// zstd's content checksum does not (frame and block headers).
+    pub xxh3: String,
+}
+
+/// One tar member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberEntry {
+    /// The member's tar path, e.g. `blobs/sha256/<hex>`.
+    pub path: String,
+    /// sha256 of the member's content (for a blob, also its name).
+    pub digest: Digest,
+    /// Content size in bytes.
+    pub size: u64,
+    /// Index of the member's first frame in [`SeekIndex::frames`].
+    pub frame: usize,
+    /// Number of frames the member spans.
+    pub frames: usize,
+    /// Offset of the content inside the first frame's decompressed bytes (after the tar header).
+    pub data_offset: u64,
+}
+
+impl SeekIndex {
+    /// The frames of `member`.
+    pub fn frames_of(&self, member: &MemberEntry) -> &[FrameEntry] {
+        &self.frames[member.frame..member.frame + member.frames]
+    }
+}
+
+/// `pinbundle.json`: what the bundle holds. A signature over these bytes (reserved, see
+/// `bundle-format.md`) covers every blob through the digests listed here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleManifest {
+    /// Always `pinbundle`.
+    pub format: String,
+    pub format_version: u32,
+    /// `pinbundle <version>`.
+    pub creator: String,
+    /// RFC 3339 UTC, from `SOURCE_DATE_EPOCH` when set.
+    pub created: String,
+    /// Reserved for delta bundles: the base bundle this one completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<serde_json::Value>,
+    /// Reserved for split volumes: the set this volume belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<serde_json::Value>,
+    /// Digests of the OCI layout's own files, so this manifest covers every member.
+    pub layout: LayoutDigests,
+    pub images: Vec<ImageEntry>,
+    /// Every blob in the bundle, sorted by digest, each once.
+    pub blobs: Vec<BlobEntry>,
+    pub totals: Totals,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayoutDigests {
+    pub oci_layout: Digest,
+    pub index_json: Digest,
+}
+
+/// One requested image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageEntry {
+    /// The reference as requested, normalised (`docker.io/library/busybox:1.36`).
+    pub reference: String,
+    /// The normalised repository name (`docker.io/library/busybox`).
+    pub name: String,
+    /// The tag the reference was resolved from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The digest of the top-level manifest or index: `name@digest` is what gets pinned.
+    pub digest: Digest,
+    pub media_type: String,
+    /// The platform instances carried: one for a single-platform manifest, the chosen ones
+    /// of an index.
+    pub platforms: Vec<PlatformEntry>,
+    /// Every blob this image needs from the bundle, including its manifests.
+    pub blobs: Vec<Digest>,
+    /// Sum of the sizes of `blobs`.
+    pub size: u64,
+    /// Sum of the uncompressed sizes of the layers.
+    pub uncompressed_size: u64,
+}
+
+/// One platform-specific image manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformEntry {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+    /// The image manifest's digest.
+    pub digest: Digest,
+    pub media_type: String,
+    pub config: Digest,
+    pub layers: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobKind {
+    Index,
+    Manifest,
+    Config,
+    Layer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobEntry {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub kind: BlobKind,
+    /// For layers: the size of the uncompressed tar stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    pub images: usize,
+    pub blobs: usize,
+    /// Sum of blob sizes (each blob once).
+    pub size: u64,
+    /// Sum of layer uncompressed sizes (each layer once).
+    pub uncompressed_size: u64,
+}
+
+/// Media types pinbundle understands.
+pub mod media {
+    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+    pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+    pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    pub const OCI_LAYER_ND: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+    pub const OCI_LAYER_ND_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    pub const OCI_LAYER_ND_ZSTD: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+    pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+    pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+    pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+    /// How a layer's bytes are compressed, by media type; `None` for unknown media types.
+    pub fn layer_compression(media_type: &str) -> Option<LayerCompression> {
+        match media_type {
+            OCI_LAYER | OCI_LAYER_ND => Some(LayerCompression::None),
+            OCI_LAYER_GZIP | OCI_LAYER_ND_GZIP | DOCKER_LAYER_GZIP => Some(LayerCompression::Gzip),
+            OCI_LAYER_ZSTD | OCI_LAYER_ND_ZSTD => Some(LayerCompression::Zstd),
+            _ => None,
+        }
+    }
+
+    pub fn is_index(media_type: &str) -> bool {
+        media_type == OCI_INDEX || media_type == DOCKER_LIST
+    }
+
+    pub fn is_manifest(media_type: &str) -> bool {
+        media_type == OCI_MANIFEST || media_type == DOCKER_MANIFEST
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum LayerCompression {
+        None,
+        Gzip,
+        Zstd,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn footer_roundtrip() {
+        let f = Footer {
+            version: 1,
+            flags: 0,
+            index_offset: 12345,
+            index_len: 678,
+            index_sha256: [7; 32],
+        };
+        let b = f.encode();
+        assert_eq!(Footer::decode(&b), Some(f));
+        let mut bad = b;
+        bad[0] ^= 1;
+        assert_eq!(Footer::decode(&bad), None);
+    }
+}

@@ -1,0 +1,464 @@
+//! Opens a bundle through its footer and seek index, and reads members by random access.
+//!
+//! Opening checks the footer, the index's own digest, the index's structure (frames cover the
+//! file without gaps, members have safe paths and lie inside their frames) and the digest of
+//! `pinbundle.json`. Every member read after that checks each frame it touches: the XXH3 of
+//! the compressed bytes, zstd's content checksum and the decompressed size. Reads go through
+//! `pread`, so one [`Bundle`] serves many threads at once.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest as _;
+
+use super::Error;
+use super::format::{
+    BundleManifest, FOOTER_LEN, FORMAT_NAME, FORMAT_VERSION, Footer, FrameEntry, INDEX_FRAME_MAGIC,
+    MANIFEST_PATH, MAX_FRAME_SIZE, MAX_INDEX_LEN, MAX_MANIFEST_LEN, MemberEntry, OCI_INDEX_PATH,
+    OCI_LAYOUT_PATH, SeekIndex,
+};
+use crate::reference::Digest;
+
+const TAR_BLOCK: u64 = 512;
+/// The most a frame's compressed bytes may exceed its content (raw block headers, frame header).
+const MAX_FRAME_OVERHEAD: u64 = 1 << 20;
+
+/// An open bundle file.
+#[derive(Debug)]
+pub struct Bundle {
+    path: PathBuf,
+    file: std::fs::File,
+    len: u64,
+    index: SeekIndex,
+    by_path: HashMap<String, usize>,
+    manifest: BundleManifest,
+    manifest_bytes: Vec<u8>,
+}
+
+impl Bundle {
+    /// Opens `path`, checking footer, seek index and `pinbundle.json`.
+    pub fn open(path: &Path) -> Result<Bundle, Error> {
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        let len = file.metadata().map_err(io_err)?.len();
+        let bad_footer = |detail: String| Error::BadFooter {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if len < (FOOTER_LEN + 8) as u64 {
+            return Err(Error::NotABundle {
+                path: path.to_path_buf(),
+            });
+        }
+        let mut fb = [0u8; FOOTER_LEN];
+        file.read_exact_at(&mut fb, len - FOOTER_LEN as u64).map_err(io_err)?;
+        let footer = Footer::decode(&fb).ok_or_else(|| Error::NotABundle {
+            path: path.to_path_buf(),
+        })?;
+        if footer.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: footer.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        if footer.flags != 0 {
+            return Err(bad_footer(format!("unknown flags {:#x}", footer.flags)));
+        }
+        if footer.index_len > MAX_INDEX_LEN {
+            return Err(bad_footer(format!("seek index of {} bytes is too large", footer.index_len)));
+        }
+        let expected_end = footer
+            .index_offset
+            .checked_add(footer.index_len)
+            .and_then(|e| e.checked_add(FOOTER_LEN as u64));
+        if expected_end != Some(len) || footer.index_offset < 8 {
+            return Err(bad_footer(format!(
+                "index at {} of {} bytes does not end at the footer (file is {len} bytes; truncated or appended to?)",
+                footer.index_offset, footer.index_len
+            )));
+        }
+        let mut frame_head = [0u8; 8];
+        file.read_exact_at(&mut frame_head, footer.index_offset - 8)
+            .map_err(io_err)?;
+        let magic = u32::from_le_bytes([frame_head[0], frame_head[1], frame_head[2], frame_head[3]]);
+        let payload = u32::from_le_bytes([frame_head[4], frame_head[5], frame_head[6], frame_head[7]]);
+        if magic != INDEX_FRAME_MAGIC || u64::from(payload) != footer.index_len + FOOTER_LEN as u64 {
+            return Err(bad_footer("the index's skippable frame header is damaged".into()));
+        }
+        let mut index_bytes = vec![0u8; footer.index_len as usize];
+        file.read_exact_at(&mut index_bytes, footer.index_offset)
+            .map_err(io_err)?;
+        let found: [u8; 32] = sha2::Sha256::digest(&index_bytes).into();
+        if found != footer.index_sha256 {
+            return Err(Error::IndexDigest {
+                path: path.to_path_buf(),
+                expected: hex::encode(footer.index_sha256),
+                found: hex::encode(found),
+            });
+        }
+        let index: SeekIndex = serde_json::from_slice(&index_bytes).map_err(|e| Error::BadIndex {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let by_path = validate_index(&index, footer.index_offset - 8).map_err(|detail| Error::BadIndex {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        let mut bundle = Bundle {
+            path: path.to_path_buf(),
+            file,
+            len,
+            index,
+            by_path,
+            manifest: empty_manifest(),
+            manifest_bytes: Vec::new(),
+        };
+        let m = bundle.index.members[0].clone();
+        if m.size > MAX_MANIFEST_LEN {
+            return Err(bundle.bad_index(format!("{MANIFEST_PATH} of {} bytes is too large", m.size)));
+        }
+        let bytes = bundle.read_member(&m)?;
+        let manifest: BundleManifest = serde_json::from_slice(&bytes).map_err(|source| Error::BadManifest {
+            path: path.to_path_buf(),
+            detail: source.to_string(),
+        })?;
+        if manifest.format != FORMAT_NAME || manifest.format_version != FORMAT_VERSION {
+            return Err(Error::BadManifest {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "format \"{}\" version {} (expected \"{FORMAT_NAME}\" version {FORMAT_VERSION})",
+                    manifest.format, manifest.format_version
+                ),
+            });
+        }
+        bundle.manifest = manifest;
+        bundle.manifest_bytes = bytes;
+        Ok(bundle)
+    }
+
+    fn bad_index(&self, detail: String) -> Error {
+        Error::BadIndex {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's length in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn index(&self) -> &SeekIndex {
+        &self.index
+    }
+
+    pub fn manifest(&self) -> &BundleManifest {
+        &self.manifest
+    }
+
+    /// The exact bytes of `pinbundle.json` (what a signature covers).
+    pub fn manifest_bytes(&self) -> &[u8] {
+        &self.manifest_bytes
+    }
+
+    /// The member stored at `path`.
+    pub fn member(&self, path: &str) -> Option<&MemberEntry> {
+        self.by_path.get(path).map(|&i| &self.index.members[i])
+    }
+
+    /// The blob `digest`.
+    pub fn blob(&self, digest: &Digest) -> Option<&MemberEntry> {
+        self.member(&digest.layout_path())
+    }
+
+    /// Reads, checks and decompresses frame `i`.
+    pub fn read_frame(&self, i: usize) -> Result<Vec<u8>, Error> {
+        let f: &FrameEntry = &self.index.frames[i];
+        let bad = |detail: String| Error::BadFrame {
+            path: self.path.clone(),
+            frame: i,
+            offset: f.offset,
+            detail,
+        };
+        let mut raw = vec![0u8; f.length as usize];
+        self.file.read_exact_at(&mut raw, f.offset).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        let found = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&raw));
+        if found != f.xxh3 {
+            return Err(bad(format!("checksum mismatch (expected {}, found {found})", f.xxh3)));
+        }
+        let out = zstd::bulk::decompress(&raw, f.size as usize).map_err(|e| bad(format!("zstd: {e}")))?;
+        if out.len() as u64 != f.size {
+            return Err(bad(format!("decompressed to {} bytes, expected {}", out.len(), f.size)));
+        }
+        Ok(out)
+    }
+
+    /// A reader of `member`'s content from byte `offset` on. Frames are checked as they are
+    /// read; the content digest is not (use [`Bundle::read_member`] or hash it yourself).
+    pub fn open_member(&self, member: &MemberEntry, offset: u64) -> MemberReader<'_> {
+        // Find the frame that holds content byte `offset`.
+        let frames = self.index.frames_of(member);
+        let mut pos = member.data_offset + offset.min(member.size);
+        let mut frame = member.frame;
+        for f in frames {
+            if pos < f.size || frame + 1 == member.frame + member.frames {
+                break;
+            }
+            pos -= f.size;
+            frame += 1;
+        }
+        MemberReader {
+            bundle: self,
+            next_frame: frame,
+            end_frame: member.frame + member.frames,
+            buf: Vec::new(),
+            buf_pos: 0,
+            skip: pos as usize,
+            remaining: member.size - offset.min(member.size),
+        }
+    }
+
+    /// The whole content of `member`, checked against its digest and size.
+    pub fn read_member(&self, member: &MemberEntry) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::with_capacity(member.size.min(MAX_MANIFEST_LEN) as usize);
+        self.open_member(member, 0)
+            .read_to_end(&mut out)
+            .map_err(|e| self.unwrap_io(e))?;
+        let found = Digest::of(&out);
+        if found != member.digest || out.len() as u64 != member.size {
+            return Err(Error::DigestMismatch {
+                path: self.path.clone(),
+                member: member.path.clone(),
+                expected: member.digest.clone(),
+                found,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads `member` completely, checking every frame, the tar header, the padding and the
+    /// digest, without keeping more than one frame in memory.
+    pub fn verify_member(&self, member: &MemberEntry, mut progress: impl FnMut(u64)) -> Result<(), Error> {
+        let mut hasher = sha2::Sha256::new();
+        let mut remaining = member.size;
+        for i in member.frame..member.frame + member.frames {
+            let data = self.read_frame(i)?;
+            let mut content = &data[..];
+            if i == member.frame {
+                self.check_tar_header(member, &data)?;
+                content = &content[member.data_offset as usize..];
+            }
+            let take = (remaining as usize).min(content.len());
+            hasher.update(&content[..take]);
+            if content[take..].iter().any(|&b| b != 0) {
+                return Err(self.bad_member(member, "non-zero tar padding".into()));
+            }
+            remaining -= take as u64;
+            progress(self.index.frames[i].length);
+        }
+        let found = Digest::from_hash(hasher.finalize().into());
+        if remaining != 0 || found != member.digest {
+            return Err(Error::DigestMismatch {
+                path: self.path.clone(),
+                member: member.path.clone(),
+                expected: member.digest.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the tar end-of-archive frame.
+    pub fn verify_end(&self) -> Result<(), Error> {
+        let last = self.index.frames.len() - 1;
+        let data = self.read_frame(last)?;
+        if data.iter().any(|&b| b != 0) {
+            return Err(Error::BadFrame {
+                path: self.path.clone(),
+                frame: last,
+                offset: self.index.frames[last].offset,
+                detail: "tar end-of-archive is not zero".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_tar_header(&self, member: &MemberEntry, frame: &[u8]) -> Result<(), Error> {
+        let start = member.data_offset as usize - TAR_BLOCK as usize;
+        let h = tar::Header::from_byte_slice(&frame[start..start + TAR_BLOCK as usize]);
+        let mut recomputed = h.clone();
+        recomputed.set_cksum();
+        let path_ok = h.path_bytes().as_ref() == member.path.as_bytes();
+        let size_ok = h.entry_size().ok() == Some(member.size);
+        let kind_ok = h.entry_type() == tar::EntryType::Regular;
+        if !(path_ok && size_ok && kind_ok && recomputed.as_bytes() == h.as_bytes()) {
+            return Err(self.bad_member(
+                member,
+                "tar header does not match the seek index (path, size, type or checksum)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn bad_member(&self, member: &MemberEntry, detail: String) -> Error {
+        Error::BadMember {
+            path: self.path.clone(),
+            member: member.path.clone(),
+            detail,
+        }
+    }
+
+    /// Turns an I/O error from a [`MemberReader`] back into the bundle error it carries.
+    pub fn unwrap_io(&self, e: io::Error) -> Error {
+        match e.downcast::<Error>() {
+            Ok(inner) => inner,
+            Err(e) => Error::Io {
+                path: self.path.clone(),
+                source: e,
+            },
+        }
+    }
+}
+
+fn empty_manifest() -> BundleManifest {
+    BundleManifest {
+        format: String::new(),
+        format_version: 0,
+        creator: String::new(),
+        created: String::new(),
+        base: None,
+        volume: None,
+        layout: super::format::LayoutDigests {
+            oci_layout: Digest::of(b""),
+            index_json: Digest::of(b""),
+        },
+        images: Vec::new(),
+        blobs: Vec::new(),
+        totals: super::format::Totals {
+            images: 0,
+            blobs: 0,
+            size: 0,
+            uncompressed_size: 0,
+        },
+    }
+}
+
+/// A member path the format allows; anything else (`..`, absolute paths, other names) is
+/// refused before any content is read.
+fn allowed_path(path: &str, digest: &Digest) -> bool {
+    match path.strip_prefix("blobs/sha256/") {
+        Some(hex) => hex == digest.hex(),
+        None => matches!(path, MANIFEST_PATH | OCI_LAYOUT_PATH | OCI_INDEX_PATH),
+    }
+}
+
+/// Checks the index's structure; returns the member lookup table.
+fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, usize>, String> {
+    if index.format_version != FORMAT_VERSION {
+        return Err(format!("format version {}", index.format_version));
+    }
+    let mut pos = 0u64;
+    for (i, f) in index.frames.iter().enumerate() {
+        if f.offset != pos {
+            return Err(format!("frame {i} starts at {} instead of {pos}", f.offset));
+        }
+        if f.size > MAX_FRAME_SIZE || f.length > f.size + MAX_FRAME_OVERHEAD || f.length < 8 {
+            return Err(format!("frame {i} has implausible sizes ({} → {})", f.length, f.size));
+        }
+        pos = pos
+            .checked_add(f.length)
+            .ok_or_else(|| format!("frame {i} overflows"))?;
+    }
+    if pos != data_end {
+        return Err(format!("frames end at {pos} but the index frame starts at {data_end}"));
+    }
+    let Some(first) = index.members.first() else {
+        return Err("no members".into());
+    };
+    if first.path != MANIFEST_PATH {
+        return Err(format!("first member is \"{}\", not {MANIFEST_PATH}", first.path));
+    }
+    let mut by_path = HashMap::with_capacity(index.members.len());
+    let mut next_frame = 0usize;
+    for (i, m) in index.members.iter().enumerate() {
+        if !allowed_path(&m.path, &m.digest) {
+            return Err(format!("member {i} has a path the format does not allow: {:?}", m.path));
+        }
+        if by_path.insert(m.path.clone(), i).is_some() {
+            return Err(format!("member \"{}\" appears twice", m.path));
+        }
+        if m.frame != next_frame || m.frames == 0 {
+            return Err(format!("member \"{}\" does not start at the next frame", m.path));
+        }
+        let end = m
+            .frame
+            .checked_add(m.frames)
+            .filter(|&e| e < index.frames.len())
+            .ok_or_else(|| format!("member \"{}\" runs past the last data frame", m.path))?;
+        let total: u64 = index.frames[m.frame..end].iter().map(|f| f.size).sum();
+        let padded = m
+            .data_offset
+            .checked_add(m.size)
+            .map(|n| n.div_ceil(TAR_BLOCK) * TAR_BLOCK);
+        if m.data_offset < TAR_BLOCK
+            || m.data_offset % TAR_BLOCK != 0
+            || m.data_offset > index.frames[m.frame].size
+            || padded != Some(total)
+        {
+            return Err(format!("member \"{}\" does not fit its frames", m.path));
+        }
+        next_frame = end;
+    }
+    if next_frame + 1 != index.frames.len() || index.frames[next_frame].size != 2 * TAR_BLOCK {
+        return Err("the last frame is not the tar end-of-archive".into());
+    }
+    Ok(by_path)
+}
+
+/// Streams a member's content, checking each frame as it is read. Errors are
+/// [`std::io::Error`]s wrapping a bundle [`Error`]; see [`Bundle::unwrap_io`].
+pub struct MemberReader<'a> {
+    bundle: &'a Bundle,
+    next_frame: usize,
+    end_frame: usize,
+    buf: Vec<u8>,
+    buf_pos: usize,
+    skip: usize,
+    remaining: u64,
+}
+
+impl Read for MemberReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 || out.is_empty() {
+            return Ok(0);
+        }
+        while self.buf_pos >= self.buf.len() {
+            if self.next_frame >= self.end_frame {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "member ends early"));
+            }
+            self.buf = self.bundle.read_frame(self.next_frame).map_err(io::Error::other)?;
+            self.next_frame += 1;
+            self.buf_pos = self.skip.min(self.buf.len());
+            self.skip -= self.buf_pos;
+        }
+        let avail = &self.buf[self.buf_pos..];
+        let n = avail.len().min(out.len()).min(self.remaining as usize);
+        out[..n].copy_from_slice(&avail[..n]);
+        self.buf_pos += n;
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}

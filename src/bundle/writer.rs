@@ -1,0 +1,324 @@
+//! Writes a bundle: tar members in zstd frames, then the seek index and footer.
+//!
+//! Every member starts a new frame and is cut into frames of at most `frame_size`
+//! decompressed bytes, so readers can verify and serve members in parallel and seek inside
+//! large blobs. Already-compressed layers go into "stored" frames (raw zstd blocks, written
+//! here without running the compressor); everything else is compressed, frame by frame in
+//! parallel, with one fixed single-threaded setting so the output does not depend on the
+//! number of workers.
+
+use std::io::{self, Read, Write};
+
+use rayon::prelude::*;
+use sha2::Digest as _;
+
+use super::Error;
+use super::format::{
+    DEFAULT_FRAME_SIZE, FOOTER_LEN, FORMAT_VERSION, FrameEntry, INDEX_FRAME_MAGIC, MAX_FRAME_SIZE,
+    MemberEntry, SeekIndex, ZSTD_MAGIC,
+};
+use crate::reference::Digest;
+
+/// How a member's frames are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Raw zstd blocks: for content that is already compressed (gzip or zstd layers).
+    Store,
+    /// zstd at the writer's level.
+    Zstd,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// Upper bound of a frame's decompressed size (the last frame of a member may carry up to
+    /// 511 more bytes of tar padding).
+    pub frame_size: usize,
+    /// zstd level for compressed members.
+    pub level: i32,
+    /// The mtime written into every tar header (seconds since the epoch).
+    pub mtime: u64,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            frame_size: DEFAULT_FRAME_SIZE,
+            level: 3,
+            mtime: 0,
+        }
+    }
+}
+
+const TAR_BLOCK: usize = 512;
+/// zstd's largest block.
+const MAX_BLOCK: usize = 128 << 10;
+
+/// Streams members into `out`. Call [`BundleWriter::finish`] to complete the file; a writer
+/// dropped before that has written an incomplete bundle (callers write to a temporary file).
+pub struct BundleWriter<W: Write> {
+    out: W,
+    pos: u64,
+    opts: WriterOptions,
+    frames: Vec<FrameEntry>,
+    members: Vec<MemberEntry>,
+}
+
+impl<W: Write> BundleWriter<W> {
+    pub fn new(out: W, mut opts: WriterOptions) -> Self {
+        // Keep the format's reader limit, and room for the tar header in the first frame.
+        let max = MAX_FRAME_SIZE as usize - TAR_BLOCK;
+        opts.frame_size = opts.frame_size.clamp(2 * TAR_BLOCK, max);
+        BundleWriter {
+            out,
+            pos: 0,
+            opts,
+            frames: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
+    /// Adds a member whose content is in memory.
+    pub fn add_bytes(&mut self, path: &str, data: &[u8], compression: Compression) -> Result<Digest, Error> {
+        let digest = Digest::of(data);
+        self.add_member(path, data, data.len() as u64, &digest, compression)?;
+        Ok(digest)
+    }
+
+    /// Adds a member of `size` bytes read from `data`, which must hash to `digest`: a
+    /// mismatch (a damaged cache file, say) is an error, and the output is then unusable.
+    pub fn add_member(
+        &mut self,
+        path: &str,
+        mut data: impl Read,
+        size: u64,
+        digest: &Digest,
+        compression: Compression,
+    ) -> Result<(), Error> {
+        let header = tar_header(path, size, self.opts.mtime)?;
+        let first_frame = self.frames.len();
+        let mut hasher = sha2::Sha256::new();
+        let mut remaining = size;
+        let mut first = true;
+        let batch = rayon::current_num_threads().max(1) * 2;
+        loop {
+            // Read a batch of frame-sized chunks, encode them in parallel, write them in order.
+            let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(batch);
+            while chunks.len() < batch && (first || remaining > 0) {
+                let mut chunk = Vec::new();
+                let mut room = self.opts.frame_size;
+                if first {
+                    chunk.extend_from_slice(&header);
+                    room -= TAR_BLOCK;
+                    first = false;
+                }
+                let take = remaining.min(room as u64) as usize;
+                let start = chunk.len();
+                chunk.resize(start + take, 0);
+                read_exact_or_short(&mut data, &mut chunk[start..]).map_err(|e| match e {
+                    ReadFail::Short(got) => Error::InputSize {
+                        member: path.to_string(),
+                        expected: size,
+                        found: size - remaining + got as u64,
+                    },
+                    ReadFail::Io(source) => Error::Input {
+                        member: path.to_string(),
+                        source,
+                    },
+                })?;
+                hasher.update(&chunk[start..]);
+                remaining -= take as u64;
+                if remaining == 0 {
+                    let pad = (TAR_BLOCK - (size as usize % TAR_BLOCK)) % TAR_BLOCK;
+                    chunk.resize(chunk.len() + pad, 0);
+                }
+                chunks.push(chunk);
+            }
+            if chunks.is_empty() {
+                break;
+            }
+            let level = self.opts.level;
+            let encoded: Vec<io::Result<Vec<u8>>> = chunks
+                .par_iter()
+                .map(|c| match compression {
+                    Compression::Store => Ok(stored_frame(c)),
+                    Compression::Zstd => compressed_frame(c, level),
+                })
+                .collect();
+            for (chunk, frame) in chunks.iter().zip(encoded) {
+                let frame = frame.map_err(Error::Write)?;
+                self.write_frame(&frame, chunk.len() as u64)?;
+            }
+            if remaining == 0 {
+                break;
+            }
+        }
+        let mut extra = [0u8; 1];
+        if data.read(&mut extra).map_err(|source| Error::Input {
+            member: path.to_string(),
+            source,
+        })? != 0
+        {
+            return Err(Error::InputSize {
+                member: path.to_string(),
+                expected: size,
+                found: size + 1,
+            });
+        }
+        let found = Digest::from_hash(hasher.finalize().into());
+        if &found != digest {
+            return Err(Error::InputDigest {
+                member: path.to_string(),
+                expected: digest.clone(),
+                found,
+            });
+        }
+        self.members.push(MemberEntry {
+            path: path.to_string(),
+            digest: digest.clone(),
+            size,
+            frame: first_frame,
+            frames: self.frames.len() - first_frame,
+            data_offset: TAR_BLOCK as u64,
+        });
+        Ok(())
+    }
+
+    fn write_frame(&mut self, frame: &[u8], size: u64) -> Result<(), Error> {
+        self.out.write_all(frame).map_err(Error::Write)?;
+        self.frames.push(FrameEntry {
+            offset: self.pos,
+            length: frame.len() as u64,
+            size,
+            xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(frame)),
+        });
+        self.pos += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the tar end-of-archive, the seek index and the footer; returns the output and
+    /// the index.
+    pub fn finish(mut self) -> Result<(W, SeekIndex), Error> {
+        let eof = compressed_frame(&[0u8; 2 * TAR_BLOCK], self.opts.level).map_err(Error::Write)?;
+        self.write_frame(&eof, 2 * TAR_BLOCK as u64)?;
+        let index = SeekIndex {
+            format_version: FORMAT_VERSION,
+            frames: self.frames,
+            members: self.members,
+        };
+        let index_bytes = serde_json::to_vec(&index).map_err(|e| Error::Write(io::Error::other(e)))?;
+        let footer = super::format::Footer {
+            version: FORMAT_VERSION,
+            flags: 0,
+            index_offset: self.pos + 8,
+            index_len: index_bytes.len() as u64,
+            index_sha256: sha2::Sha256::digest(&index_bytes).into(),
+        };
+        let payload_len = u32::try_from(index_bytes.len() + FOOTER_LEN)
+            .map_err(|_| Error::Write(io::Error::other("seek index larger than 4 GiB")))?;
+        let mut tail = Vec::with_capacity(8 + payload_len as usize);
+        tail.extend_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
+        tail.extend_from_slice(&payload_len.to_le_bytes());
+        tail.extend_from_slice(&index_bytes);
+        tail.extend_from_slice(&footer.encode());
+        self.out.write_all(&tail).map_err(Error::Write)?;
+        self.out.flush().map_err(Error::Write)?;
+        Ok((self.out, index))
+    }
+}
+
+enum ReadFail {
+    Short(usize),
+    Io(io::Error),
+}
+
+fn read_exact_or_short(r: &mut impl Read, buf: &mut [u8]) -> Result<(), ReadFail> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) => return Err(ReadFail::Short(got)),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ReadFail::Io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// A ustar header: fixed owner, mode and mtime so equal inputs give equal bytes.
+fn tar_header(path: &str, size: u64, mtime: u64) -> Result<[u8; TAR_BLOCK], Error> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path).map_err(|source| Error::Input {
+        member: path.to_string(),
+        source,
+    })?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(mtime);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut out = [0u8; TAR_BLOCK];
+    out.copy_from_slice(h.as_bytes());
+    Ok(out)
+}
+
+/// A zstd frame of raw blocks: single segment, 8-byte content size, content checksum.
+pub(crate) fn stored_frame(content: &[u8]) -> Vec<u8> {
+    let blocks = content.len().div_ceil(MAX_BLOCK).max(1);
+    let mut f = Vec::with_capacity(content.len() + 3 * blocks + 17);
+    f.extend_from_slice(&ZSTD_MAGIC.to_le_bytes());
+    // Frame header descriptor: FCS flag 3 (8 bytes), single segment, checksum, no dictionary.
+    f.push(0b1110_0100);
+    f.extend_from_slice(&(content.len() as u64).to_le_bytes());
+    let mut chunks = content.chunks(MAX_BLOCK).peekable();
+    if chunks.peek().is_none() {
+        f.extend_from_slice(&[1, 0, 0]); // one empty last raw block
+    }
+    while let Some(block) = chunks.next() {
+        let last = u32::from(chunks.peek().is_none());
+        let header = last | ((block.len() as u32) << 3); // block type 0: raw
+        f.extend_from_slice(&header.to_le_bytes()[..3]);
+        f.extend_from_slice(block);
+    }
+    let checksum = xxhash_rust::xxh64::xxh64(content, 0) as u32;
+    f.extend_from_slice(&checksum.to_le_bytes());
+    f
+}
+
+/// A compressed zstd frame with content size and content checksum.
+pub(crate) fn compressed_frame(content: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut c = zstd::bulk::Compressor::new(level)?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+    c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+    c.compress(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_frames_decode_with_stock_zstd_library() {
+        for len in [0usize, 1, 511, MAX_BLOCK, MAX_BLOCK + 1, 3 * MAX_BLOCK + 7] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+            let frame = stored_frame(&data);
+            let out = zstd::bulk::decompress(&frame, len).unwrap();
+            assert_eq!(out, data, "len {len}");
+            let mut bad = frame.clone();
+            if len > 0 {
+                let i = bad.len() - 5; // last content byte
+                bad[i] ^= 0x40;
+                assert!(zstd::bulk::decompress(&bad, len).is_err(), "checksum must catch a flip");
+            }
+        }
+    }
+
+    #[test]
+    fn compressed_frames_roundtrip() {
+        let data = vec![b'a'; 100_000];
+        let frame = compressed_frame(&data, 3).unwrap();
+        assert!(frame.len() < 1000);
+        assert_eq!(zstd::bulk::decompress(&frame, data.len()).unwrap(), data);
+    }
+}

@@ -1,0 +1,145 @@
+//! Reading image manifests and indexes from their raw bytes (which are never re-serialised).
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
+
+use crate::bundle::format::media;
+use crate::reference::Digest;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{what} is a schema 1 manifest, which is deprecated and not supported; re-push the image with a current client")]
+    SchemaOne { what: String },
+    #[error("{what} has unsupported media type \"{media_type}\"")]
+    UnsupportedMediaType { what: String, media_type: String },
+    #[error("{what} is not a valid {kind}: {detail}")]
+    Invalid {
+        what: String,
+        kind: &'static str,
+        detail: String,
+    },
+}
+
+/// A manifest or index, parsed.
+#[derive(Debug, Clone)]
+pub enum Parsed {
+    Index(ImageIndex),
+    Image(ImageManifest),
+}
+
+/// The media type of a manifest: its `mediaType` field, or, for OCI documents that omit it,
+/// what its shape says (as containers/image's `GuessMIMEType` does).
+pub fn media_type_of(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        schema_version: Option<u64>,
+        media_type: Option<String>,
+        manifests: Option<serde_json::Value>,
+        config: Option<serde_json::Value>,
+        fs_layers: Option<serde_json::Value>,
+        signatures: Option<serde_json::Value>,
+    }
+    let p: Probe = serde_json::from_slice(bytes).ok()?;
+    if let Some(mt) = p.media_type {
+        return Some(mt);
+    }
+    if p.schema_version == Some(1) || p.fs_layers.is_some() {
+        return Some(if p.signatures.is_some() {
+            media::DOCKER_SCHEMA1_SIGNED.to_string()
+        } else {
+            media::DOCKER_SCHEMA1.to_string()
+        });
+    }
+    if p.manifests.is_some() {
+        return Some(media::OCI_INDEX.to_string());
+    }
+    if p.config.is_some() {
+        return Some(media::OCI_MANIFEST.to_string());
+    }
+    None
+}
+
+/// Parses `bytes` of `media_type`; `what` names the object in errors
+/// (`"manifest sha256:… of quay.io/a:v1"`).
+pub fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<Parsed, Error> {
+    if media_type == media::DOCKER_SCHEMA1 || media_type == media::DOCKER_SCHEMA1_SIGNED {
+        return Err(Error::SchemaOne { what: what.to_string() });
+    }
+    if media::is_index(media_type) {
+        let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
+            what: what.to_string(),
+            kind: "image index",
+            detail: e.to_string(),
+        })?;
+        return Ok(Parsed::Index(index));
+    }
+    if media::is_manifest(media_type) {
+        let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
+            what: what.to_string(),
+            kind: "image manifest",
+            detail: e.to_string(),
+        })?;
+        return Ok(Parsed::Image(m));
+    }
+    Err(Error::UnsupportedMediaType {
+        what: what.to_string(),
+        media_type: media_type.to_string(),
+    })
+}
+
+/// A descriptor's digest in pinbundle's type (only sha256 is accepted).
+pub fn digest_of(d: &Descriptor, what: &str) -> Result<Digest, Error> {
+    d.digest().to_string().parse().map_err(|e: crate::reference::ParseError| Error::Invalid {
+        what: what.to_string(),
+        kind: "descriptor",
+        detail: e.to_string(),
+    })
+}
+
+/// A descriptor's media type as a string.
+pub fn media_type_str(d: &Descriptor) -> String {
+    d.media_type().to_string()
+}
+
+/// Checks that an image manifest's config and layers have media types pinbundle can load.
+pub fn check_image_media_types(m: &ImageManifest, what: &str) -> Result<(), Error> {
+    let config = media_type_str(m.config());
+    if config != media::OCI_CONFIG && config != media::DOCKER_CONFIG {
+        return Err(Error::UnsupportedMediaType {
+            what: format!("the config of {what}"),
+            media_type: config,
+        });
+    }
+    for l in m.layers() {
+        let mt = media_type_str(l);
+        if media::layer_compression(&mt).is_none() {
+            return Err(Error::UnsupportedMediaType {
+                what: format!("layer {} of {what}", l.digest()),
+                media_type: mt,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guesses_media_types() {
+        assert_eq!(media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(), Some(media::OCI_INDEX));
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).as_deref(),
+            Some(media::OCI_MANIFEST)
+        );
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":1,"fsLayers":[],"signatures":[]}"#).as_deref(),
+            Some(media::DOCKER_SCHEMA1_SIGNED)
+        );
+        assert_eq!(media_type_of(b"not json"), None);
+        let e = parse(b"{}", media::DOCKER_SCHEMA1, "x").unwrap_err();
+        assert!(e.to_string().contains("schema 1"));
+    }
+}
