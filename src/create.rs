@@ -42,7 +42,8 @@ impl std::str::FromStr for Platform {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        let ok =
+            |p: &&str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
         match parts.as_slice() {
             [os, arch] if ok(os) && ok(arch) => Ok(Platform {
                 os: os.to_string(),
@@ -54,7 +55,9 @@ impl std::str::FromStr for Platform {
                 architecture: arch.to_string(),
                 variant: Some(v.to_string()),
             }),
-            _ => Err(format!("invalid platform \"{s}\": expected OS/ARCH[/VARIANT], e.g. linux/arm64/v8")),
+            _ => Err(format!(
+                "invalid platform \"{s}\": expected OS/ARCH[/VARIANT], e.g. linux/arm64/v8"
+            )),
         }
     }
 }
@@ -170,8 +173,12 @@ pub fn read_pinned_image_set(path: &Path) -> Result<Vec<Reference>> {
         name: String,
     }
     let text = fs_err::read_to_string(path)?;
-    let doc: Doc = serde_saphyr::from_str(&text)
-        .with_context(|| format!("{} is not a valid PinnedImageSet YAML document", path.display()))?;
+    let doc: Doc = serde_saphyr::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a valid PinnedImageSet YAML document",
+            path.display()
+        )
+    })?;
     if doc.kind.as_deref() != Some("PinnedImageSet") {
         bail!(
             "{} has kind {:?}, expected PinnedImageSet",
@@ -207,7 +214,11 @@ struct Resolved {
     reference: Reference,
     root: RawManifest,
     /// (digest, media type, platform from the index if any, manifest)
-    instances: Vec<(RawManifest, Option<Platform>, oci_spec::image::ImageManifest)>,
+    instances: Vec<(
+        RawManifest,
+        Option<Platform>,
+        oci_spec::image::ImageManifest,
+    )>,
 }
 
 /// Runs `create`.
@@ -240,7 +251,8 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let client = RegistryClient::new(opts.client.clone()).context("setting up the registry client")?;
+    let client =
+        RegistryClient::new(opts.client.clone()).context("setting up the registry client")?;
 
     // 1. Resolve.
     let mut refs: Vec<Reference> = Vec::new();
@@ -256,7 +268,9 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         opts.platforms.clone()
     };
     let resolved: Vec<Resolved> = runtime.block_on(async {
-        let futs = refs.iter().map(|r| resolve(&client, r, &platforms, opts.all_platforms));
+        let futs = refs
+            .iter()
+            .map(|r| resolve(&client, r, &platforms, opts.all_platforms));
         futures_util::future::try_join_all(futs).await
     })?;
 
@@ -268,17 +282,19 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         } else {
             BlobKind::Manifest
         };
-        blobs.entry(m.digest.clone()).or_insert_with(|| PlannedBlob {
-            entry: BlobEntry {
-                digest: m.digest.clone(),
-                size: m.bytes.len() as u64,
-                media_type: m.media_type.clone(),
-                kind,
-                uncompressed_size: None,
-            },
-            source: source.clone(),
-            bytes: Some(Arc::from(&m.bytes[..])),
-        });
+        blobs
+            .entry(m.digest.clone())
+            .or_insert_with(|| PlannedBlob {
+                entry: BlobEntry {
+                    digest: m.digest.clone(),
+                    size: m.bytes.len() as u64,
+                    media_type: m.media_type.clone(),
+                    kind,
+                    uncompressed_size: None,
+                },
+                source: source.clone(),
+                bytes: Some(Arc::from(&m.bytes[..])),
+            });
     };
     for r in &resolved {
         add_manifest(&r.root, &r.reference);
@@ -293,7 +309,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                 .chain(parsed.layers().iter().map(|l| (l, BlobKind::Layer)));
             for (d, kind) in descs {
                 let digest = manifest::digest_of(d, &what)?;
-                let size = u64::try_from(d.size()).unwrap_or(0);
+                let size = d.size();
                 if let Some(existing) = blobs.get(&digest) {
                     if existing.entry.size != size {
                         bail!(
@@ -332,7 +348,11 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let fetched_bytes = AtomicU64::new(0);
     if !to_fetch.is_empty() {
         reporter.start(
-            &format!("fetching {} blobs ({} cached)", to_fetch.len(), blobs_cached),
+            &format!(
+                "fetching {} blobs ({} cached)",
+                to_fetch.len(),
+                blobs_cached
+            ),
             fetch_total,
         );
         let sem = tokio::sync::Semaphore::new(opts.jobs.max(1));
@@ -356,10 +376,18 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     drop(runtime);
 
     // Uncompressed layer sizes (for `load`'s space check), cached beside the blobs.
-    let layers: Vec<&PlannedBlob> = blobs.values().filter(|b| b.entry.kind == BlobKind::Layer).collect();
+    let layers: Vec<&PlannedBlob> = blobs
+        .values()
+        .filter(|b| b.entry.kind == BlobKind::Layer)
+        .collect();
     let sizes: Vec<Result<(Digest, u64)>> = layers
         .par_iter()
-        .map(|b| Ok((b.entry.digest.clone(), uncompressed_size(&opts.cache_dir, &blob_dir, &b.entry)?)))
+        .map(|b| {
+            Ok((
+                b.entry.digest.clone(),
+                uncompressed_size(&opts.cache_dir, &blob_dir, &b.entry)?,
+            ))
+        })
         .collect();
     for s in sizes {
         let (d, n) = s?;
@@ -410,7 +438,8 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         blobs: entries,
         totals,
     };
-    let mut manifest_bytes = serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
+    let mut manifest_bytes =
+        serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
     manifest_bytes.push(b'\n');
 
     // 5. Write.
@@ -439,11 +468,19 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         for b in blobs.values() {
             let path = b.entry.digest.layout_path();
             let compression = match media::layer_compression(&b.entry.media_type) {
-                Some(media::LayerCompression::Gzip | media::LayerCompression::Zstd) => Compression::Store,
+                Some(media::LayerCompression::Gzip | media::LayerCompression::Zstd) => {
+                    Compression::Store
+                }
                 _ => Compression::Zstd,
             };
             match &b.bytes {
-                Some(bytes) => w.add_member(&path, &bytes[..], b.entry.size, &b.entry.digest, compression),
+                Some(bytes) => w.add_member(
+                    &path,
+                    &bytes[..],
+                    b.entry.size,
+                    &b.entry.digest,
+                    compression,
+                ),
                 None => {
                     let cache_path = blob_dir.join(b.entry.digest.hex());
                     let f = fs_err::File::open(&cache_path)?;
@@ -452,10 +489,9 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                         reporter,
                     };
                     w.add_member(&path, r, b.entry.size, &b.entry.digest, compression)
-                        .map_err(|e| {
+                        .inspect_err(|_| {
                             // A damaged cache entry must not poison the next run.
                             let _ = fs_err::remove_file(&cache_path);
-                            e
                         })
                 }
             }
@@ -463,9 +499,12 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
             written.fetch_add(1, Ordering::Relaxed);
         }
         let (buf, _index) = w.finish().with_context(out_err)?;
-        let file = buf.into_inner().map_err(|e| e.into_error()).with_context(out_err)?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(out_err)?;
         file.sync_all().with_context(out_err)?;
-        Ok(file.try_clone().with_context(out_err)?)
+        file.try_clone().with_context(out_err)
     })?;
     reporter.finish();
     let bundle_size = file.metadata().with_context(out_err)?.len();
@@ -527,14 +566,18 @@ async fn resolve(
     let instances = match manifest::parse(&root.bytes, &root.media_type, &what)? {
         Parsed::Image(m) => {
             manifest::check_image_media_types(&m, &what)?;
-            vec![(root.clone(), None, m)]
+            vec![(root.clone(), None, *m)]
         }
         Parsed::Index(index) => {
             let mut chosen = Vec::new();
             let mut available = Vec::new();
             for d in index.manifests() {
                 let Some(p) = d.platform() else { continue };
-                let (os, arch, variant) = (p.os().to_string(), p.architecture().to_string(), p.variant().clone());
+                let (os, arch, variant) = (
+                    p.os().to_string(),
+                    p.architecture().to_string(),
+                    p.variant().clone(),
+                );
                 // Attestation manifests (buildkit) are not runnable images.
                 if os == "unknown" || arch == "unknown" {
                     continue;
@@ -566,14 +609,18 @@ async fn resolve(
                 let child = client
                     .get_manifest_by_digest(reference, &digest)
                     .await
-                    .with_context(|| format!("fetching the {plat} manifest {digest} of {reference}"))?;
+                    .with_context(|| {
+                        format!("fetching the {plat} manifest {digest} of {reference}")
+                    })?;
                 let child_what = format!("{reference} ({plat} manifest {digest})");
                 match manifest::parse(&child.bytes, &child.media_type, &child_what)? {
                     Parsed::Image(m) => {
                         manifest::check_image_media_types(&m, &child_what)?;
-                        out.push((child, Some(plat), m));
+                        out.push((child, Some(plat), *m));
                     }
-                    Parsed::Index(_) => bail!("{child_what} is a nested index, which is not supported"),
+                    Parsed::Index(_) => {
+                        bail!("{child_what} is a nested index, which is not supported")
+                    }
                 }
             }
             out
@@ -597,16 +644,21 @@ fn cached(blob_dir: &Path, b: &BlobEntry) -> bool {
 fn uncompressed_size(cache_dir: &Path, blob_dir: &Path, b: &BlobEntry) -> Result<u64> {
     let meta = cache_dir.join("meta");
     let memo = meta.join(format!("{}.size", b.digest.hex()));
-    if let Some(n) = std::fs::read_to_string(&memo).ok().and_then(|s| s.trim().parse().ok()) {
+    if let Some(n) = std::fs::read_to_string(&memo)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
         return Ok(n);
     }
     let path = blob_dir.join(b.digest.hex());
     let f = std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(&path)?);
     let what = || format!("decompressing layer {} ({})", b.digest, b.media_type);
     let n = match media::layer_compression(&b.media_type) {
-        Some(media::LayerCompression::Gzip) => {
-            std::io::copy(&mut flate2::read::MultiGzDecoder::new(f), &mut std::io::sink()).with_context(what)?
-        }
+        Some(media::LayerCompression::Gzip) => std::io::copy(
+            &mut flate2::read::MultiGzDecoder::new(f),
+            &mut std::io::sink(),
+        )
+        .with_context(what)?,
         Some(media::LayerCompression::Zstd) => std::io::copy(
             &mut zstd::stream::read::Decoder::with_buffer(f).with_context(what)?,
             &mut std::io::sink(),
@@ -628,7 +680,8 @@ fn platform_of_config(bytes: &[u8], digest: &Digest) -> Result<Platform> {
         architecture: Option<String>,
         variant: Option<String>,
     }
-    let c: Config = serde_json::from_slice(bytes).with_context(|| format!("config {digest} is not valid JSON"))?;
+    let c: Config = serde_json::from_slice(bytes)
+        .with_context(|| format!("config {digest} is not valid JSON"))?;
     Ok(Platform {
         os: c.os.unwrap_or_else(|| "unknown".into()),
         architecture: c.architecture.unwrap_or_else(|| "unknown".into()),
@@ -673,7 +726,11 @@ fn image_entry(
     }
     needed.sort();
     needed.dedup();
-    let size = needed.iter().filter_map(|d| blobs.get(d)).map(|b| b.entry.size).sum();
+    let size = needed
+        .iter()
+        .filter_map(|d| blobs.get(d))
+        .map(|b| b.entry.size)
+        .sum();
     let uncompressed_size = needed
         .iter()
         .filter_map(|d| blobs.get(d))
@@ -729,7 +786,10 @@ fn now_secs() -> u64 {
 fn rfc3339(secs: u64) -> String {
     time::OffsetDateTime::from_unix_timestamp(secs as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 

@@ -148,7 +148,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print_verify(&report)?;
             }
-            Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Inspect(a) => {
             let report = verify::inspect(&a.bundle)?;
@@ -177,9 +181,11 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         Some(d) => d,
         None => default_cache_dir()?,
     };
-    let jobs = a
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()).max(4));
+    let jobs = a.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map_or(4, |n| n.get())
+            .max(4)
+    });
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) => Some(
             s.trim()
@@ -241,7 +247,8 @@ fn default_cache_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d).join("pinbundle"));
     }
-    let home = std::env::var_os("HOME").context("neither XDG_CACHE_HOME nor HOME is set; pass --cache-dir")?;
+    let home = std::env::var_os("HOME")
+        .context("neither XDG_CACHE_HOME nor HOME is set; pass --cache-dir")?;
     Ok(PathBuf::from(home).join(".cache").join("pinbundle"))
 }
 
@@ -264,9 +271,19 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
             human(r.bytes_checked)
         )?;
     } else {
-        writeln!(out, "{}: FAILED, {} problem(s)", r.bundle.display(), r.problems.len())?;
+        writeln!(
+            out,
+            "{}: FAILED, {} problem(s)",
+            r.bundle.display(),
+            r.problems.len()
+        )?;
         for p in &r.problems {
-            write!(out, "  {}: {}", p.member.as_deref().unwrap_or("file"), p.error)?;
+            write!(
+                out,
+                "  {}: {}",
+                p.member.as_deref().unwrap_or("file"),
+                p.error
+            )?;
             if !p.images.is_empty() {
                 write!(out, " (breaks {})", p.images.join(", "))?;
             }
@@ -279,8 +296,17 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
 fn print_inspect(r: &verify::InspectReport) -> Result<()> {
     let m = &r.manifest;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "bundle:  {} ({})", r.bundle.display(), human(r.file_size))?;
-    writeln!(out, "format:  {} v{}, by {}, created {}", m.format, m.format_version, m.creator, m.created)?;
+    writeln!(
+        out,
+        "bundle:  {} ({})",
+        r.bundle.display(),
+        human(r.file_size)
+    )?;
+    writeln!(
+        out,
+        "format:  {} v{}, by {}, created {}",
+        m.format, m.format_version, m.creator, m.created
+    )?;
     writeln!(
         out,
         "content: {} images, {} blobs, {} ({} uncompressed)",
@@ -290,7 +316,11 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
         human(m.totals.uncompressed_size)
     )?;
     for i in &m.images {
-        writeln!(out, "\n{}\n  pin:    {}@{}\n  type:   {}", i.reference, i.name, i.digest, i.media_type)?;
+        writeln!(
+            out,
+            "\n{}\n  pin:    {}@{}\n  type:   {}",
+            i.reference, i.name, i.digest, i.media_type
+        )?;
         for p in &i.platforms {
             let plat = match &p.variant {
                 Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
@@ -298,7 +328,12 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
             };
             writeln!(out, "  {plat:<16} {} ({} layers)", p.digest, p.layers.len())?;
         }
-        writeln!(out, "  size:   {} ({} uncompressed)", human(i.size), human(i.uncompressed_size))?;
+        writeln!(
+            out,
+            "  size:   {} ({} uncompressed)",
+            human(i.size),
+            human(i.uncompressed_size)
+        )?;
     }
     Ok(())
 }
@@ -311,7 +346,11 @@ fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Progress bars on a terminal.
@@ -372,13 +411,37 @@ mod tests {
     #[test]
     fn parses_create() {
         let cli = Cli::try_parse_from([
-            "pinbundle", "create", "a:1", "-o", "x.pinbundle", "--platform", "linux/arm64/v8",
-            "--insecure-registry", "127.0.0.1:5000",
+            "pinbundle",
+            "create",
+            "a:1",
+            "-o",
+            "x.pinbundle",
+            "--platform",
+            "linux/arm64/v8",
+            "--insecure-registry",
+            "127.0.0.1:5000",
         ])
         .unwrap();
-        let Command::Create(c) = cli.command else { panic!("not create") };
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
         assert_eq!(c.platform[0].variant.as_deref(), Some("v8"));
-        assert!(Cli::try_parse_from(["pinbundle", "create", "a", "-o", "x", "--platform", "linux"]).is_err());
-        assert!(Cli::try_parse_from(["pinbundle", "create", "a", "-o", "x", "--all-platforms", "--platform", "linux/amd64"]).is_err());
+        assert!(
+            Cli::try_parse_from(["pinbundle", "create", "a", "-o", "x", "--platform", "linux"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from([
+                "pinbundle",
+                "create",
+                "a",
+                "-o",
+                "x",
+                "--all-platforms",
+                "--platform",
+                "linux/amd64"
+            ])
+            .is_err()
+        );
     }
 }

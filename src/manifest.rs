@@ -8,7 +8,9 @@ use crate::reference::Digest;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{what} is a schema 1 manifest, which is deprecated and not supported; re-push the image with a current client")]
+    #[error(
+        "{what} is a schema 1 manifest, which is deprecated and not supported; re-push the image with a current client"
+    )]
     SchemaOne { what: String },
     #[error("{what} has unsupported media type \"{media_type}\"")]
     UnsupportedMediaType { what: String, media_type: String },
@@ -23,8 +25,8 @@ pub enum Error {
 /// A manifest or index, parsed.
 #[derive(Debug, Clone)]
 pub enum Parsed {
-    Index(ImageIndex),
-    Image(ImageManifest),
+    Index(Box<ImageIndex>),
+    Image(Box<ImageManifest>),
 }
 
 /// The media type of a manifest: its `mediaType` field, or, for OCI documents that omit it,
@@ -64,7 +66,9 @@ pub fn media_type_of(bytes: &[u8]) -> Option<String> {
 /// (`"manifest sha256:… of quay.io/a:v1"`).
 pub fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<Parsed, Error> {
     if media_type == media::DOCKER_SCHEMA1 || media_type == media::DOCKER_SCHEMA1_SIGNED {
-        return Err(Error::SchemaOne { what: what.to_string() });
+        return Err(Error::SchemaOne {
+            what: what.to_string(),
+        });
     }
     if media::is_index(media_type) {
         let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
@@ -72,7 +76,7 @@ pub fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<Parsed, Error
             kind: "image index",
             detail: e.to_string(),
         })?;
-        return Ok(Parsed::Index(index));
+        return Ok(Parsed::Index(Box::new(index)));
     }
     if media::is_manifest(media_type) {
         let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
@@ -80,7 +84,7 @@ pub fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<Parsed, Error
             kind: "image manifest",
             detail: e.to_string(),
         })?;
-        return Ok(Parsed::Image(m));
+        return Ok(Parsed::Image(Box::new(m)));
     }
     Err(Error::UnsupportedMediaType {
         what: what.to_string(),
@@ -90,11 +94,14 @@ pub fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<Parsed, Error
 
 /// A descriptor's digest in pinbundle's type (only sha256 is accepted).
 pub fn digest_of(d: &Descriptor, what: &str) -> Result<Digest, Error> {
-    d.digest().to_string().parse().map_err(|e: crate::reference::ParseError| Error::Invalid {
-        what: what.to_string(),
-        kind: "descriptor",
-        detail: e.to_string(),
-    })
+    d.digest()
+        .to_string()
+        .parse()
+        .map_err(|e: crate::reference::ParseError| Error::Invalid {
+            what: what.to_string(),
+            kind: "descriptor",
+            detail: e.to_string(),
+        })
 }
 
 /// A descriptor's media type as a string.
@@ -129,7 +136,10 @@ mod tests {
 
     #[test]
     fn guesses_media_types() {
-        assert_eq!(media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(), Some(media::OCI_INDEX));
+        assert_eq!(
+            media_type_of(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
+            Some(media::OCI_INDEX)
+        );
         assert_eq!(
             media_type_of(br#"{"schemaVersion":2,"config":{},"layers":[]}"#).as_deref(),
             Some(media::OCI_MANIFEST)

@@ -46,7 +46,11 @@ pub struct VerifyReport {
 }
 
 /// Verifies the bundle at `path` with `jobs` threads (0: one per core).
-pub fn verify(path: &Path, jobs: usize, reporter: &dyn Reporter) -> Result<VerifyReport, bundle::Error> {
+pub fn verify(
+    path: &Path,
+    jobs: usize,
+    reporter: &dyn Reporter,
+) -> Result<VerifyReport, bundle::Error> {
     let bundle = match Bundle::open(path) {
         Ok(b) => b,
         Err(e @ bundle::Error::Io { .. }) => return Err(e),
@@ -71,7 +75,11 @@ pub fn verify(path: &Path, jobs: usize, reporter: &dyn Reporter) -> Result<Verif
 }
 
 /// Verifies an already opened bundle.
-pub fn verify_open(bundle: &Bundle, jobs: usize, reporter: &dyn Reporter) -> Result<VerifyReport, bundle::Error> {
+pub fn verify_open(
+    bundle: &Bundle,
+    jobs: usize,
+    reporter: &dyn Reporter,
+) -> Result<VerifyReport, bundle::Error> {
     let manifest = bundle.manifest();
     let users = blob_users(manifest);
     let problems = Mutex::new(Vec::new());
@@ -88,8 +96,15 @@ pub fn verify_open(bundle: &Bundle, jobs: usize, reporter: &dyn Reporter) -> Res
     pool.install(|| {
         members.par_iter().for_each(|m| {
             if let Err(e) = bundle.verify_member(m, |n| reporter.advance(n)) {
-                let digest = m.path.strip_prefix("blobs/sha256/").map(|_| m.digest.clone());
-                let images = digest.as_ref().and_then(|d| users.get(d)).cloned().unwrap_or_default();
+                let digest = m
+                    .path
+                    .strip_prefix("blobs/sha256/")
+                    .map(|_| m.digest.clone());
+                let images = digest
+                    .as_ref()
+                    .and_then(|d| users.get(d))
+                    .cloned()
+                    .unwrap_or_default();
                 add(Problem {
                     member: Some(m.path.clone()),
                     digest,
@@ -128,7 +143,10 @@ fn blob_users(manifest: &BundleManifest) -> BTreeMap<Digest, Vec<String>> {
     let mut users: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
     for img in &manifest.images {
         for d in &img.blobs {
-            users.entry(d.clone()).or_default().push(img.reference.clone());
+            users
+                .entry(d.clone())
+                .or_default()
+                .push(img.reference.clone());
         }
     }
     users
@@ -144,7 +162,11 @@ fn check_structure(
 ) {
     let manifest = bundle.manifest();
     let mut problem = |member: Option<String>, digest: Option<Digest>, error: String| {
-        let images = digest.as_ref().and_then(|d| users.get(d)).cloned().unwrap_or_default();
+        let images = digest
+            .as_ref()
+            .and_then(|d| users.get(d))
+            .cloned()
+            .unwrap_or_default();
         problems.push(Problem {
             member,
             digest,
@@ -161,12 +183,16 @@ fn check_structure(
             Some(m) => problem(
                 Some(path.into()),
                 None,
-                format!("digest {} differs from pinbundle.json's {expected}", m.digest),
+                format!(
+                    "digest {} differs from pinbundle.json's {expected}",
+                    m.digest
+                ),
             ),
             None => problem(Some(path.into()), None, "missing".into()),
         }
     }
-    let listed: BTreeMap<&Digest, u64> = manifest.blobs.iter().map(|b| (&b.digest, b.size)).collect();
+    let listed: BTreeMap<&Digest, u64> =
+        manifest.blobs.iter().map(|b| (&b.digest, b.size)).collect();
     for b in &manifest.blobs {
         match bundle.blob(&b.digest) {
             None => problem(
@@ -206,40 +232,58 @@ fn check_structure(
             problem(
                 Some(img.digest.layout_path()),
                 Some(img.digest.clone()),
-                format!("top-level manifest of {} is missing or damaged", img.reference),
+                format!(
+                    "top-level manifest of {} is missing or damaged",
+                    img.reference
+                ),
             );
             continue;
         };
-        let instances: Vec<(Digest, Vec<u8>, String)> = match manifest::parse(&root, &img.media_type, &root_what) {
-            Ok(Parsed::Image(_)) => vec![(img.digest.clone(), root, img.media_type.clone())],
-            Ok(Parsed::Index(index)) => {
-                let listed: BTreeSet<String> = index.manifests().iter().map(|d| d.digest().to_string()).collect();
-                let mut out = Vec::new();
-                for p in &img.platforms {
-                    if !listed.contains(&p.digest.to_string()) {
-                        problem(
-                            None,
-                            Some(p.digest.clone()),
-                            format!("{}: platform manifest {} is not in its index", img.reference, p.digest),
-                        );
-                        continue;
+        let instances: Vec<(Digest, Vec<u8>, String)> =
+            match manifest::parse(&root, &img.media_type, &root_what) {
+                Ok(Parsed::Image(_)) => vec![(img.digest.clone(), root, img.media_type.clone())],
+                Ok(Parsed::Index(index)) => {
+                    let listed: BTreeSet<String> = index
+                        .manifests()
+                        .iter()
+                        .map(|d| d.digest().to_string())
+                        .collect();
+                    let mut out = Vec::new();
+                    for p in &img.platforms {
+                        if !listed.contains(&p.digest.to_string()) {
+                            problem(
+                                None,
+                                Some(p.digest.clone()),
+                                format!(
+                                    "{}: platform manifest {} is not in its index",
+                                    img.reference, p.digest
+                                ),
+                            );
+                            continue;
+                        }
+                        match readable(&p.digest) {
+                            Some(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
+                            None => problem(
+                                Some(p.digest.layout_path()),
+                                Some(p.digest.clone()),
+                                format!(
+                                    "platform manifest of {} is missing or damaged",
+                                    img.reference
+                                ),
+                            ),
+                        }
                     }
-                    match readable(&p.digest) {
-                        Some(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
-                        None => problem(
-                            Some(p.digest.layout_path()),
-                            Some(p.digest.clone()),
-                            format!("platform manifest of {} is missing or damaged", img.reference),
-                        ),
-                    }
+                    out
                 }
-                out
-            }
-            Err(e) => {
-                problem(Some(img.digest.layout_path()), Some(img.digest.clone()), e.to_string());
-                Vec::new()
-            }
-        };
+                Err(e) => {
+                    problem(
+                        Some(img.digest.layout_path()),
+                        Some(img.digest.clone()),
+                        e.to_string(),
+                    );
+                    Vec::new()
+                }
+            };
         for (digest, bytes, media_type) in instances {
             let what = format!("{} (manifest {digest})", img.reference);
             match manifest::parse(&bytes, &media_type, &what) {
@@ -256,7 +300,11 @@ fn check_structure(
                     Some(digest.clone()),
                     format!("{what}: nested index where an image manifest was expected"),
                 ),
-                Err(e) => problem(Some(digest.layout_path()), Some(digest.clone()), e.to_string()),
+                Err(e) => problem(
+                    Some(digest.layout_path()),
+                    Some(digest.clone()),
+                    e.to_string(),
+                ),
             }
         }
         for (d, size, what) in needed {
@@ -269,7 +317,11 @@ fn check_structure(
                 Some(m) if Some(m.size) != size => problem(
                     Some(m.path.clone()),
                     Some(d.clone()),
-                    format!("{what} declares {} bytes, the bundle has {}", size.unwrap_or(0), m.size),
+                    format!(
+                        "{what} declares {} bytes, the bundle has {}",
+                        size.unwrap_or(0),
+                        m.size
+                    ),
                 ),
                 Some(_) => {}
             }

@@ -56,7 +56,8 @@ impl Bundle {
             });
         }
         let mut fb = [0u8; FOOTER_LEN];
-        file.read_exact_at(&mut fb, len - FOOTER_LEN as u64).map_err(io_err)?;
+        file.read_exact_at(&mut fb, len - FOOTER_LEN as u64)
+            .map_err(io_err)?;
         let footer = Footer::decode(&fb).ok_or_else(|| Error::NotABundle {
             path: path.to_path_buf(),
         })?;
@@ -71,7 +72,10 @@ impl Bundle {
             return Err(bad_footer(format!("unknown flags {:#x}", footer.flags)));
         }
         if footer.index_len > MAX_INDEX_LEN {
-            return Err(bad_footer(format!("seek index of {} bytes is too large", footer.index_len)));
+            return Err(bad_footer(format!(
+                "seek index of {} bytes is too large",
+                footer.index_len
+            )));
         }
         let expected_end = footer
             .index_offset
@@ -86,10 +90,15 @@ impl Bundle {
         let mut frame_head = [0u8; 8];
         file.read_exact_at(&mut frame_head, footer.index_offset - 8)
             .map_err(io_err)?;
-        let magic = u32::from_le_bytes([frame_head[0], frame_head[1], frame_head[2], frame_head[3]]);
-        let payload = u32::from_le_bytes([frame_head[4], frame_head[5], frame_head[6], frame_head[7]]);
-        if magic != INDEX_FRAME_MAGIC || u64::from(payload) != footer.index_len + FOOTER_LEN as u64 {
-            return Err(bad_footer("the index's skippable frame header is damaged".into()));
+        let magic =
+            u32::from_le_bytes([frame_head[0], frame_head[1], frame_head[2], frame_head[3]]);
+        let payload =
+            u32::from_le_bytes([frame_head[4], frame_head[5], frame_head[6], frame_head[7]]);
+        if magic != INDEX_FRAME_MAGIC || u64::from(payload) != footer.index_len + FOOTER_LEN as u64
+        {
+            return Err(bad_footer(
+                "the index's skippable frame header is damaged".into(),
+            ));
         }
         let mut index_bytes = vec![0u8; footer.index_len as usize];
         file.read_exact_at(&mut index_bytes, footer.index_offset)
@@ -102,14 +111,16 @@ impl Bundle {
                 found: hex::encode(found),
             });
         }
-        let index: SeekIndex = serde_json::from_slice(&index_bytes).map_err(|e| Error::BadIndex {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        let by_path = validate_index(&index, footer.index_offset - 8).map_err(|detail| Error::BadIndex {
-            path: path.to_path_buf(),
-            detail,
-        })?;
+        let index: SeekIndex =
+            serde_json::from_slice(&index_bytes).map_err(|e| Error::BadIndex {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            })?;
+        let by_path =
+            validate_index(&index, footer.index_offset - 8).map_err(|detail| Error::BadIndex {
+                path: path.to_path_buf(),
+                detail,
+            })?;
         let mut bundle = Bundle {
             path: path.to_path_buf(),
             file,
@@ -121,13 +132,16 @@ impl Bundle {
         };
         let m = bundle.index.members[0].clone();
         if m.size > MAX_MANIFEST_LEN {
-            return Err(bundle.bad_index(format!("{MANIFEST_PATH} of {} bytes is too large", m.size)));
+            return Err(
+                bundle.bad_index(format!("{MANIFEST_PATH} of {} bytes is too large", m.size))
+            );
         }
         let bytes = bundle.read_member(&m)?;
-        let manifest: BundleManifest = serde_json::from_slice(&bytes).map_err(|source| Error::BadManifest {
-            path: path.to_path_buf(),
-            detail: source.to_string(),
-        })?;
+        let manifest: BundleManifest =
+            serde_json::from_slice(&bytes).map_err(|source| Error::BadManifest {
+                path: path.to_path_buf(),
+                detail: source.to_string(),
+            })?;
         if manifest.format != FORMAT_NAME || manifest.format_version != FORMAT_VERSION {
             return Err(Error::BadManifest {
                 path: path.to_path_buf(),
@@ -191,17 +205,27 @@ impl Bundle {
             detail,
         };
         let mut raw = vec![0u8; f.length as usize];
-        self.file.read_exact_at(&mut raw, f.offset).map_err(|source| Error::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.file
+            .read_exact_at(&mut raw, f.offset)
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         let found = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&raw));
         if found != f.xxh3 {
-            return Err(bad(format!("checksum mismatch (expected {}, found {found})", f.xxh3)));
+            return Err(bad(format!(
+                "checksum mismatch (expected {}, found {found})",
+                f.xxh3
+            )));
         }
-        let out = zstd::bulk::decompress(&raw, f.size as usize).map_err(|e| bad(format!("zstd: {e}")))?;
+        let out =
+            zstd::bulk::decompress(&raw, f.size as usize).map_err(|e| bad(format!("zstd: {e}")))?;
         if out.len() as u64 != f.size {
-            return Err(bad(format!("decompressed to {} bytes, expected {}", out.len(), f.size)));
+            return Err(bad(format!(
+                "decompressed to {} bytes, expected {}",
+                out.len(),
+                f.size
+            )));
         }
         Ok(out)
     }
@@ -251,7 +275,11 @@ impl Bundle {
 
     /// Reads `member` completely, checking every frame, the tar header, the padding and the
     /// digest, without keeping more than one frame in memory.
-    pub fn verify_member(&self, member: &MemberEntry, mut progress: impl FnMut(u64)) -> Result<(), Error> {
+    pub fn verify_member(
+        &self,
+        member: &MemberEntry,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(), Error> {
         let mut hasher = sha2::Sha256::new();
         let mut remaining = member.size;
         for i in member.frame..member.frame + member.frames {
@@ -376,32 +404,46 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
             return Err(format!("frame {i} starts at {} instead of {pos}", f.offset));
         }
         if f.size > MAX_FRAME_SIZE || f.length > f.size + MAX_FRAME_OVERHEAD || f.length < 8 {
-            return Err(format!("frame {i} has implausible sizes ({} → {})", f.length, f.size));
+            return Err(format!(
+                "frame {i} has implausible sizes ({} → {})",
+                f.length, f.size
+            ));
         }
         pos = pos
             .checked_add(f.length)
             .ok_or_else(|| format!("frame {i} overflows"))?;
     }
     if pos != data_end {
-        return Err(format!("frames end at {pos} but the index frame starts at {data_end}"));
+        return Err(format!(
+            "frames end at {pos} but the index frame starts at {data_end}"
+        ));
     }
     let Some(first) = index.members.first() else {
         return Err("no members".into());
     };
     if first.path != MANIFEST_PATH {
-        return Err(format!("first member is \"{}\", not {MANIFEST_PATH}", first.path));
+        return Err(format!(
+            "first member is \"{}\", not {MANIFEST_PATH}",
+            first.path
+        ));
     }
     let mut by_path = HashMap::with_capacity(index.members.len());
     let mut next_frame = 0usize;
     for (i, m) in index.members.iter().enumerate() {
         if !allowed_path(&m.path, &m.digest) {
-            return Err(format!("member {i} has a path the format does not allow: {:?}", m.path));
+            return Err(format!(
+                "member {i} has a path the format does not allow: {:?}",
+                m.path
+            ));
         }
         if by_path.insert(m.path.clone(), i).is_some() {
             return Err(format!("member \"{}\" appears twice", m.path));
         }
         if m.frame != next_frame || m.frames == 0 {
-            return Err(format!("member \"{}\" does not start at the next frame", m.path));
+            return Err(format!(
+                "member \"{}\" does not start at the next frame",
+                m.path
+            ));
         }
         let end = m
             .frame
@@ -447,9 +489,15 @@ impl Read for MemberReader<'_> {
         }
         while self.buf_pos >= self.buf.len() {
             if self.next_frame >= self.end_frame {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "member ends early"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "member ends early",
+                ));
             }
-            self.buf = self.bundle.read_frame(self.next_frame).map_err(io::Error::other)?;
+            self.buf = self
+                .bundle
+                .read_frame(self.next_frame)
+                .map_err(io::Error::other)?;
             self.next_frame += 1;
             self.buf_pos = self.skip.min(self.buf.len());
             self.skip -= self.buf_pos;

@@ -78,7 +78,12 @@ impl<W: Write> BundleWriter<W> {
     }
 
     /// Adds a member whose content is in memory.
-    pub fn add_bytes(&mut self, path: &str, data: &[u8], compression: Compression) -> Result<Digest, Error> {
+    pub fn add_bytes(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        compression: Compression,
+    ) -> Result<Digest, Error> {
         let digest = Digest::of(data);
         self.add_member(path, data, data.len() as u64, &digest, compression)?;
         Ok(digest)
@@ -205,7 +210,8 @@ impl<W: Write> BundleWriter<W> {
             frames: self.frames,
             members: self.members,
         };
-        let index_bytes = serde_json::to_vec(&index).map_err(|e| Error::Write(io::Error::other(e)))?;
+        let index_bytes =
+            serde_json::to_vec(&index).map_err(|e| Error::Write(io::Error::other(e)))?;
         let footer = super::format::Footer {
             version: FORMAT_VERSION,
             flags: 0,
@@ -309,7 +315,10 @@ mod tests {
             if len > 0 {
                 let i = bad.len() - 5; // last content byte
                 bad[i] ^= 0x40;
-                assert!(zstd::bulk::decompress(&bad, len).is_err(), "checksum must catch a flip");
+                assert!(
+                    zstd::bulk::decompress(&bad, len).is_err(),
+                    "checksum must catch a flip"
+                );
             }
         }
     }
