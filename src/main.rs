@@ -24,7 +24,7 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Never draw progress bars (they are drawn only when stderr is a terminal).
-    #[arg(long, global = true, env = "PINBUNDLE_NO_PROGRESS")]
+    #[arg(long, global = true, env = "PINBUNDLE_NO_PROGRESS", value_parser = clap::builder::BoolishValueParser::new())]
     no_progress: bool,
 }
 

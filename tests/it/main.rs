@@ -1,0 +1,4 @@
+//! pinbundle's integration tests: one binary, modules per command.
+
+mod bundle;
+mod util;
