@@ -1,4 +1,5 @@
 //! pinbundle's integration tests: one binary, modules per command.
 
 mod bundle;
+mod create;
 mod util;
