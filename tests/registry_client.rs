@@ -68,7 +68,10 @@ impl Registry {
         let host = format!("127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(&host).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start on {host}");
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start on {host}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Registry {
@@ -81,7 +84,10 @@ impl Registry {
 
     /// An auth file with this registry's credentials (or the given ones).
     fn authfile(&self, creds: Option<(&str, &str)>) -> PathBuf {
-        let path = self.dir.path().join(format!("auth-{}.json", creds.is_some()));
+        let path = self
+            .dir
+            .path()
+            .join(format!("auth-{}.json", creds.is_some()));
         let auths = match creds {
             Some((u, p)) => format!(
                 r#"{{"{}": {{"auth": "{}"}}}}"#,
@@ -120,7 +126,8 @@ impl Registry {
             None => oci_client::secrets::RegistryAuth::Anonymous,
         };
         client.store_auth_if_needed(&self.host, &auth).await;
-        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
         let config_digest = Digest::of(config);
         let layer_digest = Digest::of(layer);
         for (bytes, digest) in [(&config[..], &config_digest), (layer, &layer_digest)] {
@@ -187,7 +194,12 @@ fn partial_of(dest: &Path) -> PathBuf {
 }
 
 /// Fetch `image`'s layer to a fresh `dest` in `dir`, returning the bytes reported.
-async fn fetch(client: &RegistryClient, reference: &Reference, image: &Image, dest: &Path) -> Result<u64, Error> {
+async fn fetch(
+    client: &RegistryClient,
+    reference: &Reference,
+    image: &Image,
+    dest: &Path,
+) -> Result<u64, Error> {
     let total = AtomicU64::new(0);
     let progress = |n: u64| {
         total.fetch_add(n, Ordering::Relaxed);
@@ -219,7 +231,10 @@ async fn manifests_by_tag_and_digest() {
     assert_eq!(by_tag.media_type, OCI_MANIFEST);
 
     let pinned = registry.reference(&format!("test/app@{}", by_tag.digest));
-    let by_digest = client.get_manifest(&pinned).await.expect("manifest by digest");
+    let by_digest = client
+        .get_manifest(&pinned)
+        .await
+        .expect("manifest by digest");
     assert_eq!(by_digest.digest, by_tag.digest);
     let child = client
         .get_manifest_by_digest(&registry.reference("test/app"), &by_tag.digest)
@@ -229,7 +244,10 @@ async fn manifests_by_tag_and_digest() {
 
     // Tag and digest together: fetched by digest and checked against it.
     let both = registry.reference(&format!("test/app:v1@{}", by_tag.digest));
-    assert_eq!(client.get_manifest(&both).await.expect("tag@digest").digest, by_tag.digest);
+    assert_eq!(
+        client.get_manifest(&both).await.expect("tag@digest").digest,
+        by_tag.digest
+    );
 
     // A digest the registry does not have.
     let wrong = registry.reference(&format!("test/app@{}", Digest::of(b"other")));
@@ -247,7 +265,10 @@ async fn manifests_by_tag_and_digest() {
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
-        format!("{}/test/app:nope not found on {}", registry.host, registry.host)
+        format!(
+            "{}/test/app:nope not found on {}",
+            registry.host, registry.host
+        )
     );
     let err = client
         .get_manifest(&registry.reference("no/such/repo:v1"))
@@ -259,7 +280,9 @@ async fn manifests_by_tag_and_digest() {
 #[tokio::test]
 async fn blobs_are_fetched_verified_and_resumed() {
     let registry = Registry::start(None);
-    let image = registry.push("test/blob", "v1", &layer_bytes(300_000, 2)).await;
+    let image = registry
+        .push("test/blob", "v1", &layer_bytes(300_000, 2))
+        .await;
     let client = RegistryClient::new(registry.options(registry.authfile(None))).expect("client");
     let reference = registry.reference("test/blob:v1");
     let cache = tempfile::tempdir().expect("tempdir");
@@ -267,14 +290,24 @@ async fn blobs_are_fetched_verified_and_resumed() {
 
     // Fresh download.
     let dest = cache.path().join("fresh");
-    assert_eq!(fetch(&client, &reference, &image, &dest).await.expect("fetch"), size);
+    assert_eq!(
+        fetch(&client, &reference, &image, &dest)
+            .await
+            .expect("fetch"),
+        size
+    );
     assert_eq!(std::fs::read(&dest).expect("read blob"), image.layer);
     assert!(!partial_of(&dest).exists());
 
     // A truncated partial with correct bytes: resumed with Range.
     let dest = cache.path().join("resumed");
     std::fs::write(partial_of(&dest), &image.layer[..100_000]).expect("write partial");
-    assert_eq!(fetch(&client, &reference, &image, &dest).await.expect("resume"), size);
+    assert_eq!(
+        fetch(&client, &reference, &image, &dest)
+            .await
+            .expect("resume"),
+        size
+    );
     assert_eq!(std::fs::read(&dest).expect("read blob"), image.layer);
     assert!(!partial_of(&dest).exists());
 
@@ -283,21 +316,49 @@ async fn blobs_are_fetched_verified_and_resumed() {
     let mut bad = image.layer[..150_000].to_vec();
     bad[10] ^= 0xff;
     std::fs::write(partial_of(&dest), &bad).expect("write partial");
-    assert_eq!(fetch(&client, &reference, &image, &dest).await.expect("refetch"), size);
+    assert_eq!(
+        fetch(&client, &reference, &image, &dest)
+            .await
+            .expect("refetch"),
+        size
+    );
     assert_eq!(std::fs::read(&dest).expect("read blob"), image.layer);
 
     // A full-length corrupt partial, and one longer than the blob.
     for (name, len) in [("full", image.layer.len()), ("long", image.layer.len() + 7)] {
         let dest = cache.path().join(name);
         std::fs::write(partial_of(&dest), layer_bytes(len, 9)).expect("write partial");
-        fetch(&client, &reference, &image, &dest).await.expect("replace partial");
-        assert_eq!(std::fs::read(&dest).expect("read blob"), image.layer, "{name}");
+        fetch(&client, &reference, &image, &dest)
+            .await
+            .expect("replace partial");
+        assert_eq!(
+            std::fs::read(&dest).expect("read blob"),
+            image.layer,
+            "{name}"
+        );
     }
+
+    // Two concurrent fetches of one blob: one downloads, the other waits on the lock.
+    let dest = cache.path().join("concurrent");
+    let (a, b) = tokio::join!(
+        fetch(&client, &reference, &image, &dest),
+        fetch(&client, &reference, &image, &dest)
+    );
+    a.expect("first fetch");
+    b.expect("second fetch");
+    assert_eq!(std::fs::read(&dest).expect("read blob"), image.layer);
+    assert!(!partial_of(&dest).exists());
 
     // An unknown blob.
     let missing = Digest::of(b"missing");
     let err = client
-        .fetch_blob(&reference, &missing, 7, &cache.path().join("missing"), &|_| {})
+        .fetch_blob(
+            &reference,
+            &missing,
+            7,
+            &cache.path().join("missing"),
+            &|_| {},
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
@@ -306,14 +367,19 @@ async fn blobs_are_fetched_verified_and_resumed() {
 #[tokio::test]
 async fn basic_auth_registry() {
     let registry = Registry::start(Some(("user", "s3cret-pass")));
-    let image = registry.push("private/app", "v1", &layer_bytes(2000, 3)).await;
+    let image = registry
+        .push("private/app", "v1", &layer_bytes(2000, 3))
+        .await;
     let reference = registry.reference("private/app:v1");
 
     let anonymous = RegistryClient::new(registry.options(registry.authfile(None))).expect("client");
     let err = anonymous.get_manifest(&reference).await.unwrap_err();
     assert!(matches!(err, Error::Unauthorized { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("no credentials for it in") && text.contains("auth-false.json"), "{text}");
+    assert!(
+        text.contains("no credentials for it in") && text.contains("auth-false.json"),
+        "{text}"
+    );
 
     let wrong_file = registry.authfile(Some(("user", "wrong-pass")));
     let wrong = RegistryClient::new(registry.options(wrong_file)).expect("client");
@@ -323,13 +389,19 @@ async fn basic_auth_registry() {
     assert!(text.contains("were sent and rejected"), "{text}");
     assert!(!text.contains("wrong-pass"), "{text}");
 
-    let authed = RegistryClient::new(registry.options(registry.authfile(Some(("user", "s3cret-pass")))))
-        .expect("client");
-    let manifest = authed.get_manifest(&reference).await.expect("authenticated manifest");
+    let authed =
+        RegistryClient::new(registry.options(registry.authfile(Some(("user", "s3cret-pass")))))
+            .expect("client");
+    let manifest = authed
+        .get_manifest(&reference)
+        .await
+        .expect("authenticated manifest");
     assert_eq!(manifest.digest, Digest::of(&image.manifest));
     let dest = tempfile::tempdir().expect("tempdir");
     let dest = dest.path().join("blob");
-    fetch(&authed, &reference, &image, &dest).await.expect("authenticated blob");
+    fetch(&authed, &reference, &image, &dest)
+        .await
+        .expect("authenticated blob");
     assert_eq!(std::fs::read(&dest).expect("read blob"), image.layer);
 }
 
@@ -400,7 +472,9 @@ struct Fake {
 }
 
 async fn fake_server(blob: Vec<u8>, script: Vec<Reply>) -> Fake {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let host = listener.local_addr().expect("addr").to_string();
     let blob = Arc::new(blob);
     let script = Arc::new(script);
@@ -427,13 +501,19 @@ async fn fake_server(blob: Vec<u8>, script: Vec<Reply>) -> Fake {
                 let head = String::from_utf8_lossy(&buf).to_string();
                 if !head.contains("/blobs/") {
                     let _ = socket
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                        )
                         .await;
                     return;
                 }
                 let range = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_string))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("range: bytes=")
+                            .map(str::to_string)
+                    })
                     .map(|r| r.trim_end_matches('-').to_string());
                 seen.lock().expect("lock").push(range.clone());
                 let n = counter.fetch_add(1, Ordering::SeqCst);
@@ -452,7 +532,11 @@ async fn fake_server(blob: Vec<u8>, script: Vec<Reply>) -> Fake {
                     Reply::Serve if offset > 0 => response(
                         "206 Partial Content",
                         &blob[offset..],
-                        &format!("Content-Range: bytes {offset}-{}/{}\r\n", blob.len() - 1, blob.len()),
+                        &format!(
+                            "Content-Range: bytes {offset}-{}/{}\r\n",
+                            blob.len() - 1,
+                            blob.len()
+                        ),
                     ),
                     Reply::Serve | Reply::IgnoreRange => response("200 OK", &blob, ""),
                     Reply::Corrupt => {
@@ -512,7 +596,10 @@ async fn wrong_bytes_are_never_renamed_into_place() {
         .fetch_blob(&reference, &digest, blob.len() as u64, &dest, &|_| {})
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::DigestMismatch { expected, .. } if *expected == digest.to_string()), "{err:?}");
+    assert!(
+        matches!(&err, Error::DigestMismatch { expected, .. } if *expected == digest.to_string()),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("x/y"), "{err}");
     assert!(!dest.exists());
     assert!(!partial_of(&dest).exists());
@@ -522,7 +609,12 @@ async fn wrong_bytes_are_never_renamed_into_place() {
 async fn retries_503_and_resumes_cut_transfers() {
     let blob = layer_bytes(50_000, 5);
     let digest = Digest::of(&blob);
-    let script = vec![Reply::Unavailable, Reply::Cut(20_000), Reply::Cut(30_000), Reply::Serve];
+    let script = vec![
+        Reply::Unavailable,
+        Reply::Cut(20_000),
+        Reply::Cut(30_000),
+        Reply::Serve,
+    ];
     let fake = fake_server(blob.clone(), script).await;
     let (client, dir) = fake_client(&fake.host);
     let reference: Reference = format!("{}/x/y:v1", fake.host).parse().expect("reference");
@@ -559,6 +651,9 @@ async fn ignored_range_restarts_from_zero() {
         .await
         .expect("fetch");
     assert_eq!(std::fs::read(&dest).expect("read"), blob);
+    assert_eq!(fake.blob_requests.load(Ordering::SeqCst), 2);
+    let ranges = fake.ranges.lock().expect("lock").clone();
+    assert_eq!(ranges[1].as_deref(), Some("10000"));
 }
 
 #[tokio::test]
@@ -569,7 +664,13 @@ async fn persistent_503_gives_up_with_http_error() {
     let (client, dir) = fake_client(&fake.host);
     let reference: Reference = format!("{}/x/y:v1", fake.host).parse().expect("reference");
     let err = client
-        .fetch_blob(&reference, &digest, blob.len() as u64, &dir.path().join("b"), &|_| {})
+        .fetch_blob(
+            &reference,
+            &digest,
+            blob.len() as u64,
+            &dir.path().join("b"),
+            &|_| {},
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Http { status: 503, .. }), "{err:?}");

@@ -39,7 +39,9 @@ pub enum AuthError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("auth file {path}: entry \"{key}\" has an \"auth\" field that is not base64 of \"user:password\"")]
+    #[error(
+        "auth file {path}: entry \"{key}\" has an \"auth\" field that is not base64 of \"user:password\""
+    )]
     BadAuthField { path: PathBuf, key: String },
 }
 
@@ -218,7 +220,11 @@ impl AuthFile {
                     username: user.clone(),
                     password: pass.clone(),
                 })),
-                _ if entry.identitytoken.as_deref().is_some_and(|t| !t.is_empty()) => {
+                _ if entry
+                    .identitytoken
+                    .as_deref()
+                    .is_some_and(|t| !t.is_empty()) =>
+                {
                     Some(Entry::IdentityTokenOnly)
                 }
                 _ => None,
@@ -419,18 +425,26 @@ mod tests {
         );
         let file = AuthFile::load(&path).unwrap();
         let lookup = file.lookup("ghcr.io", "a/b");
-        assert!(matches!(&lookup, Lookup::Unsupported { kind, .. } if kind.contains("identitytoken")));
+        assert!(
+            matches!(&lookup, Lookup::Unsupported { kind, .. } if kind.contains("identitytoken"))
+        );
         assert!(!lookup.describe().contains("secret-token"));
         assert!(matches!(
             file.lookup("gcr.io", "p/i"),
-            Lookup::Unsupported { kind: "\"credHelpers\"", .. }
+            Lookup::Unsupported {
+                kind: "\"credHelpers\"",
+                ..
+            }
         ));
 
         let path = write(dir.path(), "store.json", r#"{"credsStore": "desktop"}"#);
         let file = AuthFile::load(&path).unwrap();
         assert!(matches!(
             file.lookup("quay.io", "a/b"),
-            Lookup::Unsupported { kind: "\"credsStore\"", .. }
+            Lookup::Unsupported {
+                kind: "\"credsStore\"",
+                ..
+            }
         ));
     }
 
@@ -440,7 +454,10 @@ mod tests {
         let path = write(
             dir.path(),
             "auth.json",
-            &format!(r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#, b64("me:hunter2")),
+            &format!(
+                r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#,
+                b64("me:hunter2")
+            ),
         );
         let file = AuthFile::load(&path).unwrap();
         let lookup = file.lookup("quay.io", "a");
@@ -522,10 +539,16 @@ mod tests {
         let path = write(
             dir.path(),
             "auth.json",
-            &format!(r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#, b64("nocolon")),
+            &format!(
+                r#"{{"auths": {{"quay.io": {{"auth": "{}"}}}}}}"#,
+                b64("nocolon")
+            ),
         );
         let err = AuthFile::load(&path).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("auth.json") && text.contains("quay.io"), "{text}");
+        assert!(
+            text.contains("auth.json") && text.contains("quay.io"),
+            "{text}"
+        );
     }
 }

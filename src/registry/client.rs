@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use oci_client::client::{BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::client::{
+    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
+};
 use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -68,7 +70,9 @@ pub enum Error {
     },
     #[error("{registry} denied access to {reference} (403 Forbidden)")]
     Denied { registry: String, reference: String },
-    #[error("cannot connect to registry {registry} for {reference} (gave up after {attempts} attempts)")]
+    #[error(
+        "cannot connect to registry {registry} for {reference} (gave up after {attempts} attempts)"
+    )]
     Unreachable {
         registry: String,
         reference: String,
@@ -201,7 +205,10 @@ impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryClient")
             .field("insecure_registries", &self.inner.insecure)
-            .field("authfile", &self.inner.authfile.as_ref().map(AuthFile::path))
+            .field(
+                "authfile",
+                &self.inner.authfile.as_ref().map(AuthFile::path),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -301,8 +308,9 @@ impl RegistryClient {
     /// Transient failures (5xx, 429, resets, timeouts) are retried with backoff, resuming
     /// with a `Range` request; a registry that ignores the range restarts from zero. A
     /// partial left by an earlier run is resumed; if the result does not verify, the blob is
-    /// fetched once more from zero. If `dest` exists once the lock is held, another fetcher
-    /// completed it and this returns at once. `progress(n)` receives byte increments; their
+    /// fetched once more from zero. If `dest` already exists (before or after waiting for the
+    /// lock), only a verified rename can have put it there, so this returns at once without
+    /// reading it. `progress(n)` receives byte increments; their
     /// sum never exceeds `size`.
     ///
     /// # Errors
@@ -318,10 +326,9 @@ impl RegistryClient {
     ) -> Result<(), Error> {
         let target = self.target(reference, None, None)?;
         let what = format!("blob {digest} of {}", reference.name());
-        let file_name = dest.file_name().map_or_else(
-            || digest.hex().into(),
-            |n| n.to_os_string(),
-        );
+        let file_name = dest
+            .file_name()
+            .map_or_else(|| digest.hex().into(), |n| n.to_os_string());
         let mut partial_name = file_name;
         partial_name.push(".partial");
         let partial = dest.with_file_name(partial_name);
@@ -330,6 +337,9 @@ impl RegistryClient {
             move |source| Error::Io { path, source }
         };
 
+        if tokio::fs::try_exists(dest).await.map_err(io(dest))? {
+            return Ok(());
+        }
         let mut file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -340,6 +350,11 @@ impl RegistryClient {
             .map_err(io(&partial))?;
         lock_exclusive(&file).await.map_err(io(&partial))?;
         if tokio::fs::try_exists(dest).await.map_err(io(dest))? {
+            // Another fetcher finished while this one waited for the lock; drop the empty
+            // partial this open may have created.
+            if file.metadata().await.map_err(io(&partial))?.len() == 0 {
+                let _ = tokio::fs::remove_file(&partial).await;
+            }
             return Ok(());
         }
 
@@ -350,7 +365,9 @@ impl RegistryClient {
             truncate(&mut file).await.map_err(io(&partial))?;
             len = 0;
         } else if len > 0 {
-            hash_file(&mut file, &mut hasher).await.map_err(io(&partial))?;
+            hash_file(&mut file, &mut hasher)
+                .await
+                .map_err(io(&partial))?;
         }
         let mut reused_partial = len > 0;
         let mut reported = 0u64;
@@ -377,8 +394,15 @@ impl RegistryClient {
             if len < size {
                 let result = self
                     .blob_attempt(
-                        &client, &target, &descriptor, &what, size, &mut file, &partial,
-                        &mut hasher, &mut len,
+                        &client,
+                        &target,
+                        &descriptor,
+                        &what,
+                        size,
+                        &mut file,
+                        &partial,
+                        &mut hasher,
+                        &mut len,
                     )
                     .await;
                 report(len);
@@ -443,7 +467,10 @@ impl RegistryClient {
     }
 
     /// One GET of the blob from offset `*len`, appending to `file`.
-    #[expect(clippy::too_many_arguments, reason = "private helper of fetch_blob's loop")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "private helper of fetch_blob's loop"
+    )]
     async fn blob_attempt(
         &self,
         client: &oci_client::Client,
@@ -477,9 +504,7 @@ impl RegistryClient {
                 .map_err(fail)?
             {
                 BlobResponse::Partial(stream)
-                    if stream
-                        .content_length
-                        .is_none_or(|l| l == size - offset) =>
+                    if stream.content_length.is_none_or(|l| l == size - offset) =>
                 {
                     stream
                 }
@@ -531,7 +556,11 @@ impl RegistryClient {
         Ok(())
     }
 
-    async fn manifest(&self, target: &Target, expected: Option<&Digest>) -> Result<RawManifest, Error> {
+    async fn manifest(
+        &self,
+        target: &Target,
+        expected: Option<&Digest>,
+    ) -> Result<RawManifest, Error> {
         let client = self.inner.oci_client(&target.auth_key)?;
         let what = format!("manifest of {}", target.reference);
         let mut attempt = 0u32;
@@ -835,7 +864,8 @@ fn transport(e: reqwest::Error, target: &Target, what: &str) -> Failure {
             },
         };
     }
-    let transient = e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode();
+    let transient =
+        e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode();
     let error = if e.is_connect() {
         Error::Unreachable {
             registry: target.registry.clone(),
@@ -883,7 +913,12 @@ fn redact_text(text: &str) -> String {
                 let end = word[i..]
                     .find([',', ')', '"', '\''])
                     .map_or(word.len(), |e| i + e);
-                format!("{}{}{}", &word[..i], redact_url(&word[i..end]), &word[end..])
+                format!(
+                    "{}{}{}",
+                    &word[..i],
+                    redact_url(&word[i..end]),
+                    &word[end..]
+                )
             } else {
                 word.to_string()
             }
@@ -933,7 +968,9 @@ pub fn infer_media_type(body: &[u8], reference: &str) -> Result<String, Error> {
         None => match (probe.manifests.is_some(), probe.config.is_some()) {
             (true, false) => Ok(OCI_INDEX.to_string()),
             (false, true) => Ok(OCI_MANIFEST.to_string()),
-            _ => Err(unsupported("(none, and neither \"manifests\" nor \"config\")")),
+            _ => Err(unsupported(
+                "(none, and neither \"manifests\" nor \"config\")",
+            )),
         },
     }
 }
@@ -998,7 +1035,12 @@ mod tests {
 
     #[test]
     fn media_type_from_field() {
-        for mt in [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST] {
+        for mt in [
+            OCI_MANIFEST,
+            OCI_INDEX,
+            DOCKER_MANIFEST,
+            DOCKER_MANIFEST_LIST,
+        ] {
             let body = format!(r#"{{"schemaVersion": 2, "mediaType": "{mt}"}}"#);
             assert_eq!(infer_media_type(body.as_bytes(), R).unwrap(), mt);
         }
@@ -1041,7 +1083,9 @@ mod tests {
     #[test]
     fn urls_are_redacted() {
         assert_eq!(
-            redact_url("https://user:pw@s3.example.com/blob/x?X-Amz-Signature=abc&X-Amz-Credential=k"),
+            redact_url(
+                "https://user:pw@s3.example.com/blob/x?X-Amz-Signature=abc&X-Amz-Credential=k"
+            ),
             "https://s3.example.com/blob/x?<redacted>"
         );
         assert_eq!(
@@ -1051,7 +1095,10 @@ mod tests {
         let text = "Server error: url https://cdn.example/x?sig=secret, code: 500";
         let shown = redact_text(text);
         assert!(!shown.contains("secret"), "{shown}");
-        assert!(shown.contains("https://cdn.example/x?<redacted>,"), "{shown}");
+        assert!(
+            shown.contains("https://cdn.example/x?<redacted>,"),
+            "{shown}"
+        );
     }
 
     #[test]
