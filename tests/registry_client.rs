@@ -338,6 +338,17 @@ async fn blobs_are_fetched_verified_and_resumed() {
         );
     }
 
+    // Two concurrent fetches of one blob: one downloads, the other waits on the lock.
+    let dest = cache.path().join("concurrent");
+    let (a, b) = tokio::join!(
+        fetch(&client, &reference, &image, &dest),
+        fetch(&client, &reference, &image, &dest)
+    );
+    a.expect("first fetch");
+    b.expect("second fetch");
+    assert_eq!(std::fs::read(&dest).expect("read blob"), image.layer);
+    assert!(!partial_of(&dest).exists());
+
     // An unknown blob.
     let missing = Digest::of(b"missing");
     let err = client
@@ -640,6 +651,9 @@ async fn ignored_range_restarts_from_zero() {
         .await
         .expect("fetch");
     assert_eq!(std::fs::read(&dest).expect("read"), blob);
+    assert_eq!(fake.blob_requests.load(Ordering::SeqCst), 2);
+    let ranges = fake.ranges.lock().expect("lock").clone();
+    assert_eq!(ranges[1].as_deref(), Some("10000"));
 }
 
 #[tokio::test]

@@ -308,8 +308,9 @@ impl RegistryClient {
     /// Transient failures (5xx, 429, resets, timeouts) are retried with backoff, resuming
     /// with a `Range` request; a registry that ignores the range restarts from zero. A
     /// partial left by an earlier run is resumed; if the result does not verify, the blob is
-    /// fetched once more from zero. If `dest` exists once the lock is held, another fetcher
-    /// completed it and this returns at once. `progress(n)` receives byte increments; their
+    /// fetched once more from zero. If `dest` already exists (before or after waiting for the
+    /// lock), only a verified rename can have put it there, so this returns at once without
+    /// reading it. `progress(n)` receives byte increments; their
     /// sum never exceeds `size`.
     ///
     /// # Errors
@@ -336,6 +337,9 @@ impl RegistryClient {
             move |source| Error::Io { path, source }
         };
 
+        if tokio::fs::try_exists(dest).await.map_err(io(dest))? {
+            return Ok(());
+        }
         let mut file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -346,6 +350,11 @@ impl RegistryClient {
             .map_err(io(&partial))?;
         lock_exclusive(&file).await.map_err(io(&partial))?;
         if tokio::fs::try_exists(dest).await.map_err(io(dest))? {
+            // Another fetcher finished while this one waited for the lock; drop the empty
+            // partial this open may have created.
+            if file.metadata().await.map_err(io(&partial))?.len() == 0 {
+                let _ = tokio::fs::remove_file(&partial).await;
+            }
             return Ok(());
         }
 
