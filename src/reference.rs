@@ -214,8 +214,7 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
@@ -262,7 +261,9 @@ impl FromStr for Reference {
             });
         }
         let (domain, path) = match name.split_once('/') {
-            Some((first, remainder)) if is_domain(first) => (first.to_string(), remainder.to_string()),
+            Some((first, remainder)) if is_domain(first) => {
+                (first.to_string(), remainder.to_string())
+            }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
         };
         let (domain, path) = match domain.as_str() {
@@ -407,10 +408,22 @@ mod tests {
             e.to_string(),
             "invalid image reference \"Foo/bar:1\": repository must be lowercase"
         );
-        assert!(matches!("a//b".parse::<Reference>(), Err(ParseError::BadComponent { .. })));
-        assert!(matches!("a:b:c".parse::<Reference>(), Err(ParseError::BadTag { .. })));
-        assert!(matches!("a@sha256:12".parse::<Reference>(), Err(ParseError::BadDigest(_))));
-        assert!(matches!("a@md5:12".parse::<Reference>(), Err(ParseError::BadDigest(_))));
+        assert!(matches!(
+            "a//b".parse::<Reference>(),
+            Err(ParseError::BadComponent { .. })
+        ));
+        assert!(matches!(
+            "a:b:c".parse::<Reference>(),
+            Err(ParseError::BadTag { .. })
+        ));
+        assert!(matches!(
+            "a@sha256:12".parse::<Reference>(),
+            Err(ParseError::BadDigest(_))
+        ));
+        assert!(matches!(
+            "a@md5:12".parse::<Reference>(),
+            Err(ParseError::BadDigest(_))
+        ));
         assert!(matches!("".parse::<Reference>(), Err(ParseError::Empty(_))));
         assert!("a/-b".parse::<Reference>().is_err());
         assert!("a/b_".parse::<Reference>().is_err());
@@ -422,7 +435,12 @@ mod tests {
         let d: Digest = D.parse().unwrap();
         assert_eq!(d.to_string(), D);
         assert_eq!(d.layout_path(), format!("blobs/sha256/{}", &D[7..]));
-        assert!(D.to_uppercase().replace("SHA256", "sha256").parse::<Digest>().is_err());
+        assert!(
+            D.to_uppercase()
+                .replace("SHA256", "sha256")
+                .parse::<Digest>()
+                .is_err()
+        );
         assert_eq!(
             Digest::of(b"").to_string(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
