@@ -34,7 +34,7 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use crate::reference::PinnedRef;
+use crate::reference::{PinnedRef, Reference};
 
 /// The drop-in MCO writes for `PinnedImageSet`s, and pinbundle's default.
 pub const MCO_DROP_IN: &str = "/etc/crio/crio.conf.d/50-pinned-images";
@@ -168,10 +168,14 @@ fn push_toml_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Check one of our pins: an exact, non-empty `name@sha256:…` without pattern characters.
+/// Check one of our pins: an exact, normalised `name@sha256:…` (no tag, no pattern), i.e.
+/// the very string stored as the image's name, which is what CRI-O matches.
 fn validate_ours(pin: &PinnedRef) -> Result<String, PinsError> {
     let s = pin.to_string();
-    if pin.name.trim().is_empty() || s.contains('*') || s.trim() != s {
+    let exact = !s.contains('*')
+        && s.parse::<Reference>()
+            .is_ok_and(|r| r.tag().is_none() && r.digest().is_some() && r.to_string() == s);
+    if !exact {
         return Err(PinsError::InvalidPin { pin: s });
     }
     Ok(s)
@@ -664,7 +668,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_ours() {
-        for name in ["", "quay.io/*", " quay.io/a"] {
+        for name in [
+            "",
+            "quay.io/*",
+            " quay.io/a",
+            "busybox",
+            "quay.io/a:v1",
+            "Quay.io/A",
+        ] {
             let e = merge(p(), None, &[pin(name, DA)]).unwrap_err();
             assert!(matches!(e, PinsError::InvalidPin { .. }), "{name}: {e}");
         }

@@ -303,33 +303,27 @@ mod tests {
 
     #[test]
     fn systemd_failure_names_the_command() {
-        // A stand-in `systemctl` that fails like a stopped unit.
-        let d = tempfile::tempdir().unwrap();
-        let fake = d.path().join("systemctl");
-        fs_err::write(
-            &fake,
-            "#!/bin/sh\necho \"Job for crio.service failed\" >&2\nexit 1\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt as _;
-        fs_err::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // `false` fails like a stopped unit would. (A freshly written script would race with
+        // concurrent test forks holding its write fd: ETXTBSY.)
         let env = ReloadEnv {
-            systemctl: fake.clone(),
+            systemctl: PathBuf::from("false"),
             ..ReloadEnv::default()
         };
         let e = reload(ReloadMode::Systemd, &env).unwrap_err();
-        let msg = e.to_string();
+        assert!(matches!(e, ReloadError::CommandFailed { .. }), "{e}");
         assert!(
-            msg.contains("reload crio") && msg.contains("Job for crio.service failed"),
-            "{msg}"
+            e.to_string().starts_with("`false reload crio` failed"),
+            "{e}"
         );
         let env = ReloadEnv {
-            systemctl: d.path().join("missing"),
+            systemctl: PathBuf::from("/nonexistent/systemctl"),
             ..ReloadEnv::default()
         };
-        assert!(matches!(
-            reload(ReloadMode::Systemd, &env),
-            Err(ReloadError::Spawn { .. })
-        ));
+        let e = reload(ReloadMode::Systemd, &env).unwrap_err();
+        assert!(matches!(e, ReloadError::Spawn { .. }), "{e}");
+        assert!(
+            e.to_string().contains("/nonexistent/systemctl reload crio"),
+            "{e}"
+        );
     }
 }

@@ -562,3 +562,44 @@ async fn main() {
         std::process::exit(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pinned(pattern: &str, name: &str) -> bool {
+        matches(&compile(&[pattern.to_string()]), name)
+    }
+
+    #[test]
+    fn pattern_rules_follow_crio() {
+        assert!(pinned("quay.io/a@sha256:1", "QUAY.io/a@sha256:1"));
+        assert!(!pinned("quay.io/a", "quay.io/a:1"));
+        // prefix* is not anchored at the start.
+        assert!(pinned("io/a*", "quay.io/a:1"));
+        assert!(pinned("*Fedora*", "quay.io/crio/fedora34:latest"));
+        assert!(pinned("**", "anything"));
+        assert!(!pinned("", "anything"));
+        assert!(std::panic::catch_unwind(|| compile(&["*".to_string()])).is_err());
+    }
+
+    #[test]
+    fn lookup_by_digest_needs_a_name_in_the_repo() {
+        let img = StoredImage {
+            id: "a".repeat(64),
+            digest: Some("sha256:d".to_string()),
+            digests: vec![],
+            names: vec!["localhost/x:1".to_string()],
+            size: None,
+            big_data_sizes: Default::default(),
+        };
+        let images = [img];
+        assert!(find(&images, "localhost/x@sha256:d").is_some());
+        assert!(find(&images, "localhost/y@sha256:d").is_none());
+        assert!(find(&images, "localhost/x:1").is_some());
+        assert!(find(&images, "localhost/x").is_none());
+        assert!(find(&images, &"a".repeat(64)).is_some());
+        // Pinning by digest does not pin an image only stored under a tag.
+        assert!(!to_cri(&images[0], &compile(&["localhost/x@sha256:d".to_string()])).pinned);
+    }
+}
