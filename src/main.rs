@@ -12,6 +12,7 @@ use pinbundle::create::{self, CreateOptions, Platform};
 use pinbundle::progress::{Reporter, Silent};
 use pinbundle::reference::Reference;
 use pinbundle::registry::client::ClientOptions;
+use pinbundle::load;
 use pinbundle::verify;
 
 /// Carry container images to air-gapped Kubernetes/OpenShift nodes in one verifiable bundle.
@@ -33,6 +34,7 @@ enum Command {
     Create(CreateArgs),
     Verify(VerifyArgs),
     Inspect(InspectArgs),
+    Load(LoadArgs),
 }
 
 /// Resolve images and write them into one bundle file (run on a connected host).
@@ -113,6 +115,74 @@ struct InspectArgs {
     json: bool,
 }
 
+/// Load a bundle into containers-storage on this node, pin it in CRI-O, reload, confirm.
+///
+/// In order: verify the whole bundle (nothing is touched if anything is damaged); check free
+/// space; import every image not yet present with `skopeo copy` from a read-only registry
+/// that serves the bundle on 127.0.0.1 (every digest kept exactly), named `repo@sha256:…`
+/// (and `repo:tag` when requested by tag); add the pins to the CRI-O drop-in (atomically, only
+/// when they change); reload CRI-O; ask CRI-O over the CRI until every image reports present
+/// and pinned. Exit 0 when confirmed; 1 when the bundle is damaged or CRI-O does not confirm;
+/// 2 on other errors.
+#[derive(Args, Debug)]
+struct LoadArgs {
+    bundle: PathBuf,
+    /// The store's graph root (then also give --runroot); default: from storage.conf.
+    #[arg(long, value_name = "DIR", requires = "runroot")]
+    storage_root: Option<PathBuf>,
+    /// The store's run root.
+    #[arg(long, value_name = "DIR", requires = "storage_root")]
+    runroot: Option<PathBuf>,
+    /// The storage driver of an explicit store.
+    #[arg(long, value_name = "DRIVER", requires = "storage_root", value_parser = ["overlay", "vfs"])]
+    storage_driver: Option<String>,
+    /// A storage.conf to read instead of /etc/containers/storage.conf.
+    #[arg(long, value_name = "FILE", conflicts_with = "storage_root")]
+    storage_conf: Option<PathBuf>,
+    /// The CRI-O drop-in that holds the pins.
+    #[arg(long, value_name = "FILE", default_value = load::DEFAULT_DROP_IN)]
+    crio_drop_in: PathBuf,
+    /// How to make CRI-O re-read its configuration: `auto` = systemd when it runs CRI-O, else
+    /// SIGHUP to the crio process; `none` prints what to run.
+    #[arg(long, value_enum, default_value_t = ReloadArg::Auto)]
+    reload: ReloadArg,
+    /// CRI-O's CRI socket, asked to confirm the images are present and pinned.
+    #[arg(long, value_name = "SOCKET", default_value = load::DEFAULT_CRI_SOCKET)]
+    cri_socket: PathBuf,
+    /// How long to wait for CRI-O to confirm, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    confirm_timeout: u64,
+    /// Also write a PinnedImageSet manifest for these images (for MCO-managed nodes).
+    #[arg(long, value_name = "FILE")]
+    pinned_image_set_out: Option<PathBuf>,
+    /// Verify and plan only: change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Import only; leave the drop-in and CRI-O alone.
+    #[arg(long)]
+    no_pin: bool,
+    /// The platform to take from multi-platform images. [default: this machine's]
+    #[arg(long, value_name = "PLATFORM")]
+    platform: Option<Platform>,
+    /// The lock file that serialises loads.
+    #[arg(long, value_name = "FILE", default_value = load::DEFAULT_LOCK)]
+    lock_file: PathBuf,
+    /// Threads to verify with. [default: number of cores]
+    #[arg(long, short = 'j', value_name = "N")]
+    jobs: Option<usize>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ReloadArg {
+    Auto,
+    Systemd,
+    Signal,
+    None,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -154,6 +224,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Load(a) => cmd_load(a, &*reporter),
         Command::Inspect(a) => {
             let report = verify::inspect(&a.bundle)?;
             if a.json {
@@ -241,6 +312,86 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
+    let store = match (&a.storage_root, &a.runroot) {
+        (Some(root), Some(runroot)) => load::storage::Store::explicit(a.storage_driver.as_deref().unwrap_or("overlay"), root, runroot),
+        _ => load::storage::Store { storage_conf: a.storage_conf.clone(), ..Default::default() },
+    };
+    let opts = load::LoadOptions {
+        bundle: a.bundle,
+        store,
+        drop_in: a.crio_drop_in,
+        reload: match a.reload {
+            ReloadArg::Auto => load::reload::ReloadMode::Auto,
+            ReloadArg::Systemd => load::reload::ReloadMode::Systemd,
+            ReloadArg::Signal => load::reload::ReloadMode::Signal,
+            ReloadArg::None => load::reload::ReloadMode::None,
+        },
+        reload_env: load::reload::ReloadEnv::default(),
+        cri_socket: a.cri_socket,
+        confirm_timeout: std::time::Duration::from_secs(a.confirm_timeout),
+        pinned_image_set_out: a.pinned_image_set_out,
+        dry_run: a.dry_run,
+        no_pin: a.no_pin,
+        jobs: a.jobs.unwrap_or(0),
+        platform: a.platform,
+        skopeo: load::storage::Skopeo::new(),
+        lock: a.lock_file,
+        root: PathBuf::from("/"),
+        tmpdir: None,
+    };
+    let report = load::load(&opts, reporter)?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        print_load(&report)?;
+    }
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_load(r: &load::LoadReport) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if !r.problems.is_empty() {
+        writeln!(out, "{}: damaged, nothing was changed; {} problem(s):", r.bundle.display(), r.problems.len())?;
+        for p in &r.problems {
+            write!(out, "  {}: {}", p.member.as_deref().unwrap_or("file"), p.error)?;
+            if !p.images.is_empty() {
+                write!(out, " (breaks {})", p.images.join(", "))?;
+            }
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
+    for i in &r.images {
+        let pinned = match i.pinned {
+            Some(true) => "pinned",
+            Some(false) => "NOT pinned",
+            None if r.dry_run => "",
+            None => "pin not confirmed",
+        };
+        writeln!(out, "{:<11} {:<18} {}  {}", i.status, pinned, human(i.size), i.pin)?;
+        if let Some(e) = &i.error {
+            writeln!(out, "            {e}")?;
+        }
+    }
+    if let Some(p) = &r.pins {
+        let what = if p.changed { "updated" } else { "unchanged" };
+        writeln!(out, "pins: {} {what} ({} entries)", p.drop_in.display(), p.entries)?;
+    }
+    if let Some(rl) = &r.reload {
+        writeln!(out, "reload: {rl}")?;
+    }
+    if let Some(c) = &r.cri {
+        let state = if c.confirmed { "confirmed present and pinned" } else if c.timed_out { "NOT confirmed (timed out)" } else { "NOT confirmed" };
+        writeln!(out, "cri: {} {}: {state}", c.runtime, c.version)?;
+    }
+    drop(out);
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
 }
 
 fn default_cache_dir() -> Result<PathBuf> {

@@ -1,0 +1,448 @@
+//! The `load` sequence: verify → plan → space check → import → pins → reload → confirm.
+//!
+//! Nothing on the node changes before the whole bundle is verified, every image's platform is
+//! known to be carried and the space check passed. The drop-in is written last, atomically,
+//! and only for images that are now in the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
+use super::{confirm, pins, reload};
+use crate::bundle::Bundle;
+use crate::bundle::format::{BlobKind, ImageEntry, media};
+use crate::create::Platform;
+use crate::progress::Reporter;
+use crate::reference::PinnedRef;
+use crate::verify::{self, Problem};
+
+/// CRI-O's default drop-in for pins, the file MCO also writes.
+pub const DEFAULT_DROP_IN: &str = "/etc/crio/crio.conf.d/50-pinned-images";
+/// CRI-O's default CRI socket.
+pub const DEFAULT_CRI_SOCKET: &str = "/var/run/crio/crio.sock";
+/// Where the load lock lives when the store is the system's.
+pub const DEFAULT_LOCK: &str = "/run/pinbundle/load.lock";
+/// containers-storage's default graph root.
+const DEFAULT_GRAPHROOT: &str = "/var/lib/containers/storage";
+/// Extra room asked for beyond the data itself: metadata, tar-split, rounding.
+const SPACE_MARGIN_FIXED: u64 = 64 << 20;
+const SPACE_MARGIN_PERCENT: u64 = 5;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub bundle: PathBuf,
+    pub store: Store,
+    pub drop_in: PathBuf,
+    pub reload: reload::ReloadMode,
+    pub reload_env: reload::ReloadEnv,
+    pub cri_socket: PathBuf,
+    pub confirm_timeout: Duration,
+    pub pinned_image_set_out: Option<PathBuf>,
+    /// Check and plan only; change nothing.
+    pub dry_run: bool,
+    /// Import only; leave the drop-in and CRI-O alone.
+    pub no_pin: bool,
+    pub jobs: usize,
+    /// The platform to take from indexes; the host's when `None`.
+    pub platform: Option<Platform>,
+    pub skopeo: Skopeo,
+    /// The lock file that serialises loads.
+    pub lock: PathBuf,
+    /// The filesystem root for MCO detection (`/`).
+    pub root: PathBuf,
+    /// Where skopeo stages blobs (`--tmpdir`); its default (`/var/tmp`) when `None`.
+    pub tmpdir: Option<PathBuf>,
+}
+
+/// The `--json` document of `load`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadReport {
+    pub version: u32,
+    pub bundle: PathBuf,
+    pub dry_run: bool,
+    /// True when every image is in the store, pinned (unless `--no-pin`) and, where the CRI
+    /// was asked, confirmed present and pinned.
+    pub ok: bool,
+    /// What verification found; empty when the bundle is intact.
+    pub problems: Vec<Problem>,
+    pub images: Vec<ImageResult>,
+    pub pins: Option<PinsResult>,
+    pub reload: Option<String>,
+    pub cri: Option<CriResult>,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageResult {
+    pub reference: String,
+    /// `name@digest`: the storage name given and the pin written.
+    pub pin: String,
+    /// `loaded`, `present` (already there), `would-load` (dry run), `failed`, `not-loaded`.
+    pub status: &'static str,
+    /// Whether CRI-O reported it pinned (`null` when it was not asked).
+    pub pinned: Option<bool>,
+    pub size: u64,
+    pub uncompressed_size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinsResult {
+    pub drop_in: PathBuf,
+    pub changed: bool,
+    pub entries: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CriResult {
+    pub runtime: String,
+    pub version: String,
+    pub confirmed: bool,
+    pub timed_out: bool,
+}
+
+/// Runs `load`. `Err` is an operational failure (with nothing or, for a failed import, only
+/// unpinned images changed); a damaged bundle or an unconfirmed pin is a report with `ok: false`.
+pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
+    let started = Instant::now();
+    let _lock = if opts.dry_run { None } else { Some(lock(&opts.lock)?) };
+    let bundle = Arc::new(Bundle::open(&opts.bundle).with_context(|| format!("opening {}", opts.bundle.display()))?);
+    let manifest = bundle.manifest().clone();
+    let mut report = LoadReport {
+        version: 1,
+        bundle: opts.bundle.clone(),
+        dry_run: opts.dry_run,
+        ok: false,
+        problems: Vec::new(),
+        images: manifest.images.iter().map(image_result).collect(),
+        pins: None,
+        reload: None,
+        cri: None,
+        warnings: Vec::new(),
+        seconds: 0.0,
+    };
+
+    // 1. Verify everything before touching anything.
+    reporter.message(&format!("verifying {}", opts.bundle.display()));
+    let verified = verify::verify_open(&bundle, opts.jobs, reporter)?;
+    if !verified.ok {
+        report.problems = verified.problems;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    // 2. Plan: tools, platforms, what is already present.
+    opts.skopeo
+        .version()
+        .context("`load` imports with skopeo (Debian/RHEL package `skopeo`)")?;
+    let platform = opts.platform.clone().unwrap_or_else(storage::host_platform);
+    for img in &manifest.images {
+        if media::is_index(&img.media_type)
+            && !img.platforms.iter().any(|p| {
+                p.os == platform.os
+                    && p.architecture == platform.architecture
+                    && (platform.variant.is_none() || platform.variant == p.variant)
+            })
+        {
+            let carried: Vec<String> = img.platforms.iter().map(|p| format!("{}/{}", p.os, p.architecture)).collect();
+            bail!(
+                "{} carries no {platform} image (it has {}); re-create the bundle with `--platform {platform}` or pass `--platform`",
+                img.reference,
+                carried.join(", ")
+            );
+        }
+    }
+    let mut missing: Vec<usize> = Vec::new();
+    for (i, img) in manifest.images.iter().enumerate() {
+        let pin = pin_of(img);
+        let present = opts
+            .store
+            .record_named(&pin)
+            .with_context(|| format!("reading the store for {pin}"))?
+            .is_some_and(|r| img.tag.is_none() || r.names.iter().any(|n| *n == format!("{}:{}", img.name, img.tag.as_deref().unwrap_or(""))));
+        if present {
+            report.images[i].status = "present";
+        } else {
+            report.images[i].status = if opts.dry_run { "would-load" } else { "not-loaded" };
+            missing.push(i);
+        }
+    }
+
+    // 3. Space.
+    check_space(opts, &manifest, &missing)?;
+    if opts.dry_run {
+        report.ok = true;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    // 4. Import through a registry on loopback serving the bundle as it is.
+    if !missing.is_empty() {
+        let server = crate::registry::server::serve_in_thread(bundle.clone(), crate::registry::server::BundleServer::LOOPBACK_EPHEMERAL)
+            .context("starting the loopback registry that serves the bundle")?;
+        let import_opts = ImportOptions {
+            skopeo: opts.skopeo.clone(),
+            platform: opts.platform.clone(),
+            policy: None,
+            tmpdir: opts.tmpdir.clone(),
+        };
+        let total: u64 = missing.iter().map(|&i| manifest.images[i].size).sum();
+        reporter.start(&format!("importing {} images", missing.len()), total);
+        for &i in &missing {
+            let img = &manifest.images[i];
+            match storage::import(server.addr(), img, &opts.store, &import_opts) {
+                Ok(ImportOutcome::AlreadyPresent) => report.images[i].status = "present",
+                Ok(ImportOutcome::Imported { .. }) => report.images[i].status = "loaded",
+                Err(e) => {
+                    report.images[i].status = "failed";
+                    report.images[i].error = Some(verify::error_chain(&e));
+                    reporter.finish();
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "importing {} into containers-storage failed; the drop-in was not changed (images imported before it stay, unpinned)",
+                        img.reference
+                    )));
+                }
+            }
+            reporter.advance(img.size);
+        }
+        reporter.finish();
+    }
+
+    // 5. Pins, for images now present.
+    let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
+    if let Some(out) = &opts.pinned_image_set_out {
+        let name = pinned_image_set_name(&bundle);
+        let yaml = pins::pinned_image_set_manifest(&name, "worker", &refs)?;
+        fs_err::write(out, yaml)?;
+    }
+    if opts.no_pin {
+        report.ok = true;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let mco = pins::detect_mco(&opts.root);
+    if !mco.is_empty() {
+        report.warnings.push(pins::mco_warning(&opts.drop_in, &mco));
+    }
+    let scan = pins::scan_dir(&opts.drop_in)?;
+    scan.check()?;
+    for f in &scan.overriding {
+        report.warnings.push(format!(
+            "`{}` is read after `{}` and also sets pinned_images: CRI-O uses its list, not ours",
+            f.display(),
+            opts.drop_in.display()
+        ));
+    }
+    let merged = pins::update(&opts.drop_in, &refs)?;
+    report.warnings.extend(merged.warnings.iter().map(|w| w.to_string()));
+    let changed = merged.content.is_some();
+    report.pins = Some(PinsResult {
+        drop_in: opts.drop_in.clone(),
+        changed,
+        entries: merged.entries.len(),
+    });
+
+    // 6. Reload, only when the pins changed.
+    if changed {
+        match reload::reload(opts.reload, &opts.reload_env) {
+            Ok(reload::ReloadOutcome::Systemd) => report.reload = Some("systemctl reload crio".into()),
+            Ok(reload::ReloadOutcome::Signalled { pid }) => report.reload = Some(format!("SIGHUP to crio (pid {pid})")),
+            Ok(reload::ReloadOutcome::Skipped { command }) => {
+                report.warnings.push(format!("CRI-O was not reloaded; run `{command}` to apply the pins"));
+                report.reload = Some(format!("skipped: run `{command}`"));
+            }
+            Err(e) => report.warnings.push(format!(
+                "pins written to `{}` but CRI-O could not be reloaded: {}",
+                opts.drop_in.display(),
+                verify::error_chain(&e)
+            )),
+        }
+    }
+
+    // 7. Confirm over the CRI.
+    let mut confirmed = true;
+    if opts.cri_socket.exists() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let result = runtime.block_on(confirm::confirm(
+            &opts.cri_socket,
+            &refs,
+            opts.confirm_timeout,
+            Duration::from_millis(250),
+        ));
+        match result {
+            Ok(c) => {
+                if let Some(advice) = c.version_advice() {
+                    report.warnings.push(advice);
+                }
+                for (i, f) in c.images.iter().enumerate() {
+                    report.images[i].pinned = Some(f.pinned);
+                    if !f.present {
+                        report.images[i].error = Some("CRI-O does not see this image".into());
+                    }
+                }
+                confirmed = c.is_ok();
+                report.cri = Some(CriResult {
+                    runtime: c.runtime_name.clone(),
+                    version: c.runtime_version.clone(),
+                    confirmed,
+                    timed_out: c.timed_out,
+                });
+            }
+            Err(e) => {
+                confirmed = false;
+                report.warnings.push(format!(
+                    "could not ask CRI-O at `{}` to confirm: {}",
+                    opts.cri_socket.display(),
+                    verify::error_chain(&e)
+                ));
+            }
+        }
+    } else {
+        report.warnings.push(format!(
+            "no CRI socket at `{}`: pins written but not confirmed",
+            opts.cri_socket.display()
+        ));
+    }
+    report.ok = confirmed;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn pin_of(img: &ImageEntry) -> PinnedRef {
+    PinnedRef {
+        name: img.name.clone(),
+        digest: img.digest.clone(),
+    }
+}
+
+fn image_result(img: &ImageEntry) -> ImageResult {
+    ImageResult {
+        reference: img.reference.clone(),
+        pin: pin_of(img).to_string(),
+        status: "not-loaded",
+        pinned: None,
+        size: img.size,
+        uncompressed_size: img.uncompressed_size,
+        error: None,
+    }
+}
+
+/// A Kubernetes name for the PinnedImageSet: `pinbundle-` and the first 12 hex digits of the
+/// bundle manifest's digest, so the same bundle always gives the same name.
+fn pinned_image_set_name(bundle: &Bundle) -> String {
+    let d = crate::reference::Digest::of(bundle.manifest_bytes());
+    format!("pinbundle-{}", &d.hex()[..12])
+}
+
+/// Takes the load lock, waiting (and saying so) while another load holds it.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    if let Some(dir) = path.parent() {
+        fs_err::create_dir_all(dir)?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening the load lock {}", path.display()))?;
+    if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+        eprintln!("pinbundle: another load holds {}; waiting for it", path.display());
+        flock(&f, FlockOperation::LockExclusive).with_context(|| format!("locking {}", path.display()))?;
+    }
+    Ok(f)
+}
+
+/// The graph root skopeo will write to: explicit, else storage.conf's, else the default.
+fn graphroot(store: &Store) -> PathBuf {
+    if let Some(r) = &store.root {
+        return r.clone();
+    }
+    let conf = store
+        .storage_conf
+        .clone()
+        .or_else(|| std::env::var_os("CONTAINERS_STORAGE_CONF").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/etc/containers/storage.conf"));
+    #[derive(serde::Deserialize)]
+    struct Conf {
+        storage: Option<Section>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Section {
+        graphroot: Option<PathBuf>,
+    }
+    std::fs::read_to_string(&conf)
+        .ok()
+        .and_then(|t| toml::from_str::<Conf>(&t).ok())
+        .and_then(|c| c.storage)
+        .and_then(|s| s.graphroot)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_GRAPHROOT))
+}
+
+/// The closest existing ancestor of `p` (the store may not exist yet).
+fn existing_ancestor(p: &Path) -> PathBuf {
+    let mut p = p.to_path_buf();
+    while !p.exists() {
+        if !p.pop() {
+            return PathBuf::from("/");
+        }
+    }
+    p
+}
+
+/// Checks free space: the store needs the uncompressed layers of the images not yet present,
+/// skopeo's temp dir their compressed blobs; on one filesystem, both.
+fn check_space(opts: &LoadOptions, manifest: &crate::bundle::format::BundleManifest, missing: &[usize]) -> Result<()> {
+    let blobs: BTreeMap<_, _> = manifest.blobs.iter().map(|b| (&b.digest, b)).collect();
+    let needed: BTreeSet<_> = missing.iter().flat_map(|&i| manifest.images[i].blobs.iter()).collect();
+    let (mut unpacked, mut staged) = (0u64, 0u64);
+    for d in needed {
+        if let Some(b) = blobs.get(d) {
+            staged += b.size;
+            unpacked += match b.kind {
+                BlobKind::Layer => b.uncompressed_size.unwrap_or(b.size),
+                _ => b.size,
+            };
+        }
+    }
+    if unpacked == 0 {
+        return Ok(());
+    }
+    let margin = |n: u64| n + n * SPACE_MARGIN_PERCENT / 100 + SPACE_MARGIN_FIXED;
+    let store_dir = existing_ancestor(&graphroot(&opts.store));
+    let tmp_dir = existing_ancestor(&opts.tmpdir.clone().unwrap_or_else(|| PathBuf::from("/var/tmp")));
+    let mut per_fs: BTreeMap<u64, (PathBuf, u64, u64)> = BTreeMap::new();
+    for (dir, need) in [(store_dir, margin(unpacked)), (tmp_dir, margin(staged))] {
+        let st = rustix::fs::statvfs(&dir).with_context(|| format!("checking free space of {}", dir.display()))?;
+        let free = st.f_bavail * st.f_frsize;
+        let e = per_fs.entry(st.f_fsid).or_insert((dir, 0, free));
+        e.1 += need;
+    }
+    for (dir, need, free) in per_fs.values() {
+        if need > free {
+            bail!(
+                "not enough free space on the filesystem of {}: {} MiB needed ({} MiB of layers unpacked, {} MiB staged, plus margin), {} MiB free; nothing was changed",
+                dir.display(),
+                need >> 20,
+                unpacked >> 20,
+                staged >> 20,
+                free >> 20
+            );
+        }
+    }
+    Ok(())
+}
