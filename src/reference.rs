@@ -201,6 +201,9 @@ fn valid_path_component(c: &str) -> bool {
             i += 1;
         }
         let sep = &c[start..i];
+        if sep.is_empty() {
+            return false; // not a separator either
+        }
         let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-');
         if !ok {
             return false;
