@@ -417,7 +417,7 @@ mod tests {
         ));
         assert!(matches!(
             "a:b:c".parse::<Reference>(),
-            Err(ParseError::BadTag { .. })
+            Err(ParseError::BadComponent { .. })
         ));
         assert!(matches!(
             "a@sha256:12".parse::<Reference>(),
@@ -429,6 +429,14 @@ mod tests {
         ));
         assert!(matches!("".parse::<Reference>(), Err(ParseError::Empty(_))));
         assert!("a/-b".parse::<Reference>().is_err());
+        assert!(matches!(
+            "a:b/c:d/e".parse::<Reference>(),
+            Err(ParseError::BadDomain { .. }) | Err(ParseError::BadComponent { .. })
+        ));
+        assert!(matches!(
+            "a:-x".parse::<Reference>(),
+            Err(ParseError::BadTag { .. })
+        ));
         assert!("a/b_".parse::<Reference>().is_err());
         assert!("a/b___c".parse::<Reference>().is_err());
     }
