@@ -211,7 +211,7 @@ impl Store {
         };
         let text = fs_err::read_to_string(&path).map_err(|e| StorageError::Io {
             path: path.clone(),
-            source: e.into(),
+            source: e,
         })?;
         #[derive(serde::Deserialize, Default)]
         struct Conf {
@@ -258,10 +258,7 @@ impl Store {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => {
-                return Err(StorageError::Io {
-                    path,
-                    source: e.into(),
-                });
+                return Err(StorageError::Io { path, source: e });
             }
         };
         serde_json::from_slice(&text).map_err(|e| StorageError::Parse {
@@ -276,7 +273,7 @@ impl Store {
         Ok(self
             .images()?
             .into_iter()
-            .find(|r| r.names.iter().any(|n| *n == wanted)))
+            .find(|r| r.names.contains(&wanted)))
     }
 
     /// Whether `pin` is loaded: an image carries exactly the name `name@digest` (what CRI-O
@@ -541,7 +538,7 @@ pub fn import(
         let found = fs_err::read_to_string(digestfile.path())
             .map_err(|e| StorageError::Io {
                 path: digestfile.path().to_path_buf(),
-                source: e.into(),
+                source: e,
             })?
             .trim()
             .to_string();

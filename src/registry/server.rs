@@ -946,19 +946,19 @@ pub fn serve_in_thread(
         .max_blocking_threads(16)
         .build()
         .map_err(ServerError::Runtime)?;
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|source| ServerError::Bind { addr, source })?
+    };
     let server = Arc::new(BundleServer::new(bundle));
     let (stop, stop_rx) = watch::channel(false);
     let thread_server = Arc::clone(&server);
     let handle = std::thread::Builder::new()
         .name("pinbundle-registry".into())
         .spawn(move || {
-            runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(listener) => accept_loop(listener, thread_server, stop_rx).await,
-                    Err(_) => {}
-                }
-            });
-            // Blocking readers notice the closed channels and return; don't wait on them.
+            runtime.block_on(accept_loop(listener, thread_server, stop_rx));
+            // Blocking readers notice their closed channels and return; don't wait long.
             runtime.shutdown_timeout(Duration::from_secs(5));
         })
         .map_err(ServerError::Runtime)?;
