@@ -114,13 +114,14 @@ struct Fixture {
 
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(build_fixture)
+    FIXTURE.get_or_init(|| build_fixture(6 << 20, "test"))
 }
 
-fn build_fixture() -> Fixture {
+/// Builds `<CARGO_TARGET_TMPDIR>/load_server/<file>.pinbundle` with layers of `layer_size`
+/// incompressible bytes.
+fn build_fixture(layer_size: usize, file: &str) -> Fixture {
     let work = tempfile::tempdir().expect("tempdir");
     let (root, runroot) = (work.path().join("R"), work.path().join("RR"));
-    let layer_size = 6 << 20;
     let registry = Registry::start();
     let store = format!("[vfs@{}+{}]", root.display(), runroot.display());
     for (name, seed) in [("localhost/t:1", 1u64), ("localhost/t:2", 2)] {
@@ -197,7 +198,7 @@ fn build_fixture() -> Fixture {
 
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("load_server");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let bundle = out_dir.join("test.pinbundle");
+    let bundle = out_dir.join(format!("{file}.pinbundle"));
     let opts = CreateOptions {
         references: ["t/one:v1", "t/two:v1", "t/multi:v1"]
             .iter()
@@ -793,4 +794,33 @@ fn skopeo_failure_carries_argv_and_stderr() {
         "{argv}"
     );
     assert!(stderr.contains("connection refused"), "{stderr}");
+}
+
+/// Time to import one image of `PINBUNDLE_MEASURE_MB` MiB (one layer) into overlay; skipped
+/// unless the variable is set.
+#[test]
+fn measure_import_throughput() {
+    let Some(mb) = std::env::var("PINBUNDLE_MEASURE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        eprintln!("skipped: set PINBUNDLE_MEASURE_MB to measure");
+        return;
+    };
+    let f = build_fixture(mb << 20, "measure");
+    let srv =
+        server::serve_in_thread(open_bundle(&f.bundle), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
+    for driver in ["overlay", "vfs"] {
+        let ts = TempStore::new(driver);
+        let started = Instant::now();
+        let outcome =
+            storage::import(srv.addr(), &f.one, &ts.store, &ImportOptions::default()).unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        assert!(matches!(outcome, ImportOutcome::Imported { .. }));
+        eprintln!(
+            "MEASURE {driver}: {} MB in {secs:.2} s = {:.0} MB/s (name@digest + name:tag)",
+            f.one.size / 1_000_000,
+            f.one.size as f64 / 1e6 / secs
+        );
+    }
 }

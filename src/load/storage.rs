@@ -295,8 +295,7 @@ impl Store {
             Err(StorageError::Skopeo { stderr, .. })
                 if stderr.contains("does not resolve to an image ID")
                     || stderr.contains("identifier is not an image")
-                    || stderr.contains("image not known")
-                    || stderr.contains("not found") =>
+                    || stderr.contains("image not known") =>
             {
                 Ok(false)
             }
