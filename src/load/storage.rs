@@ -1,0 +1,689 @@
+//! The containers-storage side of `load`: every `skopeo` invocation pinbundle makes lives here.
+//!
+//! Images are imported with the canonical writer, `skopeo copy`, from pinbundle's own read-only
+//! registry on loopback ([`crate::registry::server`]):
+//!
+//! ```text
+//! skopeo copy --src-tls-verify=false --src-no-creds --retry-times 0 --preserve-digests \
+//!     --digestfile TMP docker://127.0.0.1:PORT/<served name>@<digest> \
+//!     containers-storage:[driver@root+runroot]<name>@<digest>
+//! ```
+//!
+//! Copying by digest gives the image the storage name `name@digest`, which is what CRI-O's
+//! `pinned_images` matches (it matches names only, never digests or IDs). When the image was
+//! requested by tag, a second copy, again from the digest, adds `name:tag`; it is cheap because
+//! the layers are already present, and unlike a copy by tag it cannot pick up another image.
+//!
+//! This module does not decide what to load or pin (`load`), and never contacts anything but
+//! the given 127.0.0.1 address: no credentials are passed (`--src-no-creds`).
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::bundle::format::{ImageEntry, PlatformEntry, media};
+use crate::create::Platform;
+use crate::reference::{Digest, PinnedRef};
+use crate::registry::server::served_name;
+
+/// The storage driver used when a store is named explicitly without one.
+pub const DEFAULT_DRIVER: &str = "overlay";
+/// The graph root containers-storage uses for root when storage.conf names none.
+pub const DEFAULT_GRAPHROOT: &str = "/var/lib/containers/storage";
+/// storage.conf locations, in containers-storage's order (after `CONTAINERS_STORAGE_CONF`).
+const STORAGE_CONF_PATHS: [&str; 2] = [
+    "/etc/containers/storage.conf",
+    "/usr/share/containers/storage.conf",
+];
+/// Drivers probed, in containers-storage's priority order, when the driver is not configured.
+const DRIVER_PRIORITY: [&str; 6] = ["overlay", "btrfs", "zfs", "vfs", "devmapper", "aufs"];
+/// How much of a failed child's stderr goes into the error.
+const STDERR_TAIL: usize = 2048;
+
+/// What can go wrong talking to containers-storage. Each variant names the image, digest,
+/// program or file involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    #[error(
+        "`{program}` was not found (PATH); pinbundle load needs skopeo: install the `skopeo` package (Debian/Ubuntu: `apt-get install skopeo`, RHEL/Fedora: `dnf install skopeo`)"
+    )]
+    SkopeoMissing { program: String },
+    #[error("cannot run `{argv}`")]
+    Spawn {
+        argv: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{argv}` failed ({status}): {stderr}")]
+    Skopeo {
+        argv: String,
+        status: String,
+        /// The last bytes of the child's stderr.
+        stderr: String,
+    },
+    #[error(
+        "importing {image}: skopeo wrote manifest {found} (digest file {}), expected {expected}",
+        digestfile.display()
+    )]
+    DigestMismatch {
+        image: PinnedRef,
+        expected: String,
+        found: String,
+        digestfile: PathBuf,
+    },
+    #[error(
+        "{image} carries no image for this node's platform {wanted}; the bundle has: {available} (recreate the bundle with `--platform {wanted}`)"
+    )]
+    PlatformMissing {
+        image: PinnedRef,
+        wanted: String,
+        available: String,
+    },
+    #[error("invalid containers-storage location: {detail}")]
+    InvalidStore { detail: String },
+    #[error("cannot read {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse {}: {detail}", path.display())]
+    Parse { path: PathBuf, detail: String },
+}
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// A containers-storage store: explicit (`[driver@root+runroot]`) when `root`, `runroot` or
+/// `driver` is set, otherwise whatever storage.conf says (`storage_conf` overrides its path,
+/// passed to skopeo as `CONTAINERS_STORAGE_CONF`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Store {
+    /// The graph root, e.g. `/var/lib/containers/storage`.
+    pub root: Option<PathBuf>,
+    /// The run root, e.g. `/run/containers/storage`.
+    pub runroot: Option<PathBuf>,
+    /// The storage driver; [`DEFAULT_DRIVER`] when a root is given without one.
+    pub driver: Option<String>,
+    /// A storage.conf to use instead of the default search.
+    pub storage_conf: Option<PathBuf>,
+}
+
+/// An image record of the store's `<driver>-images/images.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ImageRecord {
+    /// The image ID (its config digest's hex).
+    pub id: String,
+    /// Storage names: `name@sha256:…`, `name:tag`. CRI-O pins match these only.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Manifest digests recorded for the image.
+    #[serde(default)]
+    pub digests: Vec<Digest>,
+}
+
+impl Store {
+    /// An explicit store: `containers-storage:[driver@root+runroot]`.
+    pub fn explicit(driver: &str, root: &Path, runroot: &Path) -> Store {
+        Store {
+            root: Some(root.to_path_buf()),
+            runroot: Some(runroot.to_path_buf()),
+            driver: Some(driver.to_string()),
+            storage_conf: None,
+        }
+    }
+
+    fn is_explicit(&self) -> bool {
+        self.root.is_some() || self.runroot.is_some() || self.driver.is_some()
+    }
+
+    /// The transport reference for `name` (`name@digest` or `name:tag`):
+    /// `containers-storage:[driver@root+runroot]name`, or `containers-storage:name`.
+    pub fn transport(&self, name: &str) -> Result<String> {
+        if !self.is_explicit() {
+            return Ok(format!("containers-storage:{name}"));
+        }
+        let (Some(root), Some(runroot)) = (&self.root, &self.runroot) else {
+            return Err(StorageError::InvalidStore {
+                detail: "an explicit store needs both a root and a runroot".into(),
+            });
+        };
+        let driver = self.driver.as_deref().unwrap_or(DEFAULT_DRIVER);
+        for (what, p) in [("root", root), ("runroot", runroot)] {
+            let s = p.to_str().unwrap_or("");
+            // The bracket syntax has no escaping: `]`, `+` and `@` would end its fields.
+            if !p.is_absolute() || s.is_empty() || s.contains([']', '+', '@', ':']) {
+                return Err(StorageError::InvalidStore {
+                    detail: format!(
+                        "the {what} {} must be an absolute UTF-8 path without `]`, `+`, `@` or `:`",
+                        p.display()
+                    ),
+                });
+            }
+        }
+        if driver.is_empty() || !driver.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(StorageError::InvalidStore {
+                detail: format!("bad storage driver \"{driver}\""),
+            });
+        }
+        Ok(format!(
+            "containers-storage:[{driver}@{}+{}]{name}",
+            root.display(),
+            runroot.display()
+        ))
+    }
+
+    /// The storage.conf that applies (explicit, `CONTAINERS_STORAGE_CONF`, then the defaults),
+    /// if any exists.
+    fn storage_conf_path(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.storage_conf {
+            return Some(p.clone());
+        }
+        if let Some(p) = std::env::var_os("CONTAINERS_STORAGE_CONF") {
+            return Some(PathBuf::from(p));
+        }
+        STORAGE_CONF_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    }
+
+    /// The graph root and, when known, the driver.
+    fn location(&self) -> Result<(PathBuf, Option<String>)> {
+        if self.is_explicit() {
+            let root = self
+                .root
+                .clone()
+                .ok_or_else(|| StorageError::InvalidStore {
+                    detail: "an explicit store needs both a root and a runroot".into(),
+                })?;
+            let driver = self
+                .driver
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DRIVER.to_string());
+            return Ok((root, Some(driver)));
+        }
+        let Some(path) = self.storage_conf_path() else {
+            return Ok((PathBuf::from(DEFAULT_GRAPHROOT), None));
+        };
+        let text = fs_err::read_to_string(&path).map_err(|e| StorageError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        #[derive(serde::Deserialize, Default)]
+        struct Conf {
+            #[serde(default)]
+            storage: Section,
+        }
+        #[derive(serde::Deserialize, Default)]
+        struct Section {
+            driver: Option<String>,
+            graphroot: Option<PathBuf>,
+        }
+        let conf: Conf = toml::from_str(&text).map_err(|e| StorageError::Parse {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        let root = conf
+            .storage
+            .graphroot
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_GRAPHROOT));
+        let driver = conf.storage.driver.filter(|d| !d.is_empty());
+        Ok((root, driver))
+    }
+
+    /// The path of the store's image list (`<root>/<driver>-images/images.json`), whether or
+    /// not it exists yet.
+    pub fn images_json(&self) -> Result<PathBuf> {
+        let (root, driver) = self.location()?;
+        let driver = driver.unwrap_or_else(|| {
+            DRIVER_PRIORITY
+                .iter()
+                .find(|d| root.join(format!("{d}-images")).is_dir())
+                .unwrap_or(&DEFAULT_DRIVER)
+                .to_string()
+        });
+        Ok(root.join(format!("{driver}-images")).join("images.json"))
+    }
+
+    /// Every image record of the store (empty when the store has none yet). containers-storage
+    /// replaces this file atomically, so reading it without its lock sees a consistent list.
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        let path = self.images_json()?;
+        let text = match fs_err::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(StorageError::Io { path, source: e });
+            }
+        };
+        serde_json::from_slice(&text).map_err(|e| StorageError::Parse {
+            path,
+            detail: e.to_string(),
+        })
+    }
+
+    /// The image that carries the storage name `pin` (exactly `name@sha256:…`).
+    pub fn record_named(&self, pin: &PinnedRef) -> Result<Option<ImageRecord>> {
+        let wanted = pin.to_string();
+        Ok(self
+            .images()?
+            .into_iter()
+            .find(|r| r.names.contains(&wanted)))
+    }
+
+    /// Whether `pin` is loaded: an image carries exactly the name `name@digest` (what CRI-O
+    /// pins match; an image found by digest under another name does not count, copying again
+    /// adds the name) and skopeo can read it back by that reference.
+    pub fn is_present(&self, skopeo: &Skopeo, pin: &PinnedRef) -> Result<bool> {
+        if self.record_named(pin)?.is_none() {
+            return Ok(false);
+        }
+        let reference = self.transport(&pin.to_string())?;
+        let args = vec![
+            OsString::from("inspect"),
+            OsString::from("--raw"),
+            OsString::from(&reference),
+        ];
+        match skopeo.run(self, &args) {
+            Ok(_) => Ok(true),
+            // Listed but unreadable (e.g. removed meanwhile): treat as absent, the copy repairs.
+            Err(StorageError::Skopeo { stderr, .. })
+                if stderr.contains("does not resolve to an image ID")
+                    || stderr.contains("identifier is not an image")
+                    || stderr.contains("image not known") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// How `skopeo` is found and run.
+#[derive(Debug, Clone)]
+pub struct Skopeo {
+    program: OsString,
+    search_path: Option<OsString>,
+}
+
+impl Default for Skopeo {
+    fn default() -> Self {
+        Skopeo {
+            program: OsString::from("skopeo"),
+            search_path: None,
+        }
+    }
+}
+
+/// The output of a successful child.
+#[derive(Debug)]
+struct Output {
+    stdout: Vec<u8>,
+}
+
+impl Skopeo {
+    /// `skopeo` from `PATH`.
+    pub fn new() -> Skopeo {
+        Skopeo::default()
+    }
+
+    /// Runs `program` instead (a path or a name looked up in `PATH`).
+    pub fn with_program(mut self, program: impl Into<OsString>) -> Skopeo {
+        self.program = program.into();
+        self
+    }
+
+    /// Looks the program up (and runs it) with this `PATH` instead of the inherited one.
+    pub fn with_search_path(mut self, path: impl Into<OsString>) -> Skopeo {
+        self.search_path = Some(path.into());
+        self
+    }
+
+    /// Checks that skopeo runs; returns its version line (`skopeo version 1.9.3`).
+    pub fn version(&self) -> Result<String> {
+        let out = self.run(&Store::default(), &[OsString::from("--version")])?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn argv(&self, args: &[OsString]) -> String {
+        std::iter::once(self.program.as_os_str())
+            .chain(args.iter().map(OsString::as_os_str))
+            .map(OsStr::to_string_lossy)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Runs skopeo with `args`: stdin null, stdout collected, stderr's tail kept for the error.
+    fn run(&self, store: &Store, args: &[OsString]) -> Result<Output> {
+        let argv = self.argv(args);
+        let mut cmd = Command::new(&self.program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(p) = &self.search_path {
+            cmd.env("PATH", p);
+        }
+        if let Some(conf) = &store.storage_conf {
+            cmd.env("CONTAINERS_STORAGE_CONF", conf);
+        }
+        let mut child = cmd.spawn().map_err(|source| {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                StorageError::SkopeoMissing {
+                    program: self.program.to_string_lossy().into_owned(),
+                }
+            } else {
+                StorageError::Spawn {
+                    argv: argv.clone(),
+                    source,
+                }
+            }
+        })?;
+        // Drain stderr on its own thread so neither pipe can fill up and block the child.
+        let stderr = child.stderr.take();
+        let stderr_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut s) = stderr {
+                let _ = s.read_to_end(&mut buf);
+            }
+            buf
+        });
+        let mut stdout = Vec::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_end(&mut stdout);
+        }
+        let status = child.wait().map_err(|source| StorageError::Spawn {
+            argv: argv.clone(),
+            source,
+        })?;
+        let stderr = stderr_reader.join().unwrap_or_default();
+        if !status.success() {
+            return Err(StorageError::Skopeo {
+                argv,
+                status: describe(status),
+                stderr: tail(&stderr),
+            });
+        }
+        Ok(Output { stdout })
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// The last [`STDERR_TAIL`] bytes of `bytes`, as trimmed text.
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(STDERR_TAIL);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let text = text.trim();
+    if start > 0 {
+        format!("…{text}")
+    } else {
+        text.to_string()
+    }
+}
+
+/// This machine's platform in Go's terms: what skopeo picks from an index by default.
+pub fn host_platform() -> Platform {
+    let architecture = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "powerpc64" => "ppc64",
+        "loongarch64" => "loong64",
+        other => other,
+    };
+    Platform {
+        os: std::env::consts::OS.to_string(),
+        architecture: architecture.to_string(),
+        variant: None,
+    }
+}
+
+/// Whether a carried platform is `wanted` (no variant in `wanted` accepts any variant).
+fn platform_matches(wanted: &Platform, p: &PlatformEntry) -> bool {
+    wanted.os == p.os
+        && wanted.architecture == p.architecture
+        && (wanted.variant.is_none() || wanted.variant == p.variant)
+}
+
+/// Options of [`import`].
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    pub skopeo: Skopeo,
+    /// Pick this platform from an index instead of the host's (`--override-os/-arch/-variant`).
+    pub platform: Option<Platform>,
+    /// A signature policy file for skopeo (`--policy`); `None` uses the system's policy.json.
+    pub policy: Option<PathBuf>,
+    /// A directory for skopeo's temporary files (`--tmpdir`); `None` uses its default.
+    pub tmpdir: Option<PathBuf>,
+}
+
+/// What [`import`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// The image already carried `name@digest` (and `name:tag` when tagged): nothing copied.
+    AlreadyPresent,
+    /// skopeo copied the image.
+    Imported {
+        /// The manifest digest skopeo reported (the platform instance's for an index).
+        written: Digest,
+        /// The `name:tag` name added, if the image has a tag.
+        tagged: Option<String>,
+        elapsed: Duration,
+    },
+}
+
+/// Imports `image` from pinbundle's registry at `server` into `store`, as `name@digest` and
+/// (when tagged) `name:tag`, unless it is already there.
+///
+/// # Errors
+/// skopeo missing or failing (with its argv and stderr tail), a digest other than the bundle's,
+/// an index without this node's platform, an unreadable store.
+pub fn import(
+    server: SocketAddr,
+    image: &ImageEntry,
+    store: &Store,
+    opts: &ImportOptions,
+) -> Result<ImportOutcome> {
+    let started = Instant::now();
+    let pin = PinnedRef {
+        name: image.name.clone(),
+        digest: image.digest.clone(),
+    };
+    let tagged = image.tag.as_ref().map(|t| format!("{}:{t}", image.name));
+    // Which manifest digests skopeo may write: the image's own, or for an index the carried
+    // instances of the chosen platform.
+    let accepted = accepted_digests(&pin, image, opts.platform.as_ref())?;
+
+    if let Some(record) = store.record_named(&pin)? {
+        let tag_ok = tagged
+            .as_ref()
+            .is_none_or(|t| record.names.iter().any(|n| n == t));
+        if tag_ok && store.is_present(&opts.skopeo, &pin)? {
+            return Ok(ImportOutcome::AlreadyPresent);
+        }
+    }
+
+    let source = format!(
+        "docker://{server}/{}@{}",
+        served_name(&image.name),
+        image.digest
+    );
+    let digestfile = tempfile::Builder::new()
+        .prefix("pinbundle-digest.")
+        .tempfile()
+        .map_err(|source| StorageError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let mut written = None;
+    let targets = std::iter::once(pin.to_string()).chain(tagged.clone());
+    for target in targets {
+        let args = copy_args(opts, &source, &store.transport(&target)?, digestfile.path());
+        opts.skopeo.run(store, &args)?;
+        let found = fs_err::read_to_string(digestfile.path())
+            .map_err(|e| StorageError::Io {
+                path: digestfile.path().to_path_buf(),
+                source: e,
+            })?
+            .trim()
+            .to_string();
+        let digest = found
+            .parse::<Digest>()
+            .ok()
+            .filter(|d| accepted.contains(d))
+            .ok_or_else(|| StorageError::DigestMismatch {
+                image: pin.clone(),
+                expected: accepted
+                    .iter()
+                    .map(Digest::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+                found: found.clone(),
+                digestfile: digestfile.path().to_path_buf(),
+            })?;
+        written = Some(digest);
+    }
+    let written = written.ok_or_else(|| StorageError::InvalidStore {
+        detail: "nothing was copied".into(),
+    })?;
+    Ok(ImportOutcome::Imported {
+        written,
+        tagged,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn accepted_digests(
+    pin: &PinnedRef,
+    image: &ImageEntry,
+    platform: Option<&Platform>,
+) -> Result<Vec<Digest>> {
+    if !media::is_index(&image.media_type) {
+        return Ok(vec![image.digest.clone()]);
+    }
+    let wanted = platform.cloned().unwrap_or_else(host_platform);
+    let found: Vec<Digest> = image
+        .platforms
+        .iter()
+        .filter(|p| platform_matches(&wanted, p))
+        .map(|p| p.digest.clone())
+        .collect();
+    if found.is_empty() {
+        let available = image
+            .platforms
+            .iter()
+            .map(|p| match &p.variant {
+                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
+                None => format!("{}/{}", p.os, p.architecture),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(StorageError::PlatformMissing {
+            image: pin.clone(),
+            wanted: wanted.to_string(),
+            available: if available.is_empty() {
+                "none".into()
+            } else {
+                available
+            },
+        });
+    }
+    Ok(found)
+}
+
+fn copy_args(opts: &ImportOptions, source: &str, dest: &str, digestfile: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(p) = &opts.platform {
+        args.push("--override-os".into());
+        args.push(p.os.clone().into());
+        args.push("--override-arch".into());
+        args.push(p.architecture.clone().into());
+        if let Some(v) = &p.variant {
+            args.push("--override-variant".into());
+            args.push(v.clone().into());
+        }
+    }
+    if let Some(policy) = &opts.policy {
+        args.push("--policy".into());
+        args.push(policy.into());
+    }
+    if let Some(dir) = &opts.tmpdir {
+        args.push("--tmpdir".into());
+        args.push(dir.into());
+    }
+    for a in [
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--src-no-creds",
+        "--retry-times",
+        "0",
+        // Refuse rather than convert: containers-storage accepts every manifest type, so a
+        // conversion would be a bug, and it would change the digest.
+        "--preserve-digests",
+        "--digestfile",
+    ] {
+        args.push(a.into());
+    }
+    args.push(digestfile.into());
+    args.push(source.into());
+    args.push(dest.into());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transport_strings() {
+        let s = Store::default();
+        assert_eq!(s.transport("a/b@x").unwrap(), "containers-storage:a/b@x");
+        let s = Store::explicit("vfs", Path::new("/r"), Path::new("/rr"));
+        assert_eq!(
+            s.transport("q.io/a:v1").unwrap(),
+            "containers-storage:[vfs@/r+/rr]q.io/a:v1"
+        );
+        let s = Store {
+            root: Some("/r".into()),
+            runroot: Some("/rr".into()),
+            ..Store::default()
+        };
+        assert_eq!(
+            s.transport("a").unwrap(),
+            "containers-storage:[overlay@/r+/rr]a"
+        );
+        let s = Store {
+            root: Some("/r".into()),
+            ..Store::default()
+        };
+        assert!(matches!(
+            s.transport("a"),
+            Err(StorageError::InvalidStore { .. })
+        ));
+        let s = Store::explicit("vfs", Path::new("/r+x"), Path::new("/rr"));
+        assert!(s.transport("a").is_err());
+    }
+
+    #[test]
+    fn stderr_tail_is_bounded() {
+        let long = vec![b'x'; 10_000];
+        let t = tail(&long);
+        assert!(t.starts_with('…') && t.len() <= STDERR_TAIL + 3);
+        assert_eq!(tail(b" short \n"), "short");
+    }
+}

@@ -1,0 +1,1037 @@
+//! A read-only OCI distribution API over an open [`Bundle`], for `pinbundle load` (and later
+//! `pinbundle serve`).
+//!
+//! `load` does not unpack the bundle: it serves the bundle's raw manifest bytes and streams its
+//! blobs (decompressing and checking frames as they go) to `skopeo copy docker://…`, which is
+//! containers-storage's canonical writer and keeps every digest exact (see the field notes on
+//! `oci:` layouts and Docker v2s2 manifests).
+//!
+//! This module owns routing and response bodies ([`BundleServer::handle`]), which do not depend
+//! on the listener, and a plain-HTTP loopback listener ([`serve`], [`serve_in_thread`]). It does
+//! not run `skopeo` (that is `load::storage`) and logs nothing.
+//!
+//! # What is served
+//!
+//! Every image of `pinbundle.json` is served under the repository [`served_name`]`(image.name)`,
+//! its full normalised name (`quay.io/org/app`, `docker.io/library/busybox`), so `load` copies
+//! from `docker://127.0.0.1:PORT/quay.io/org/app@sha256:…`. Under that repository:
+//! - `manifests/<digest>`: the image's top-level manifest or index and its carried platform
+//!   manifests, byte for byte, with `Content-Type` = the media type recorded in the bundle.
+//!   Other instances of an index (platforms not carried) get `404 MANIFEST_UNKNOWN`.
+//! - `manifests/<tag>`: the tag as recorded in `pinbundle.json` (the first image wins when two
+//!   entries of one repository claim the same tag).
+//! - `blobs/<digest>`: every blob the image lists (manifests, configs, layers), with `Range`
+//!   support. A blob of image A is not served under image B's repository unless B lists it too:
+//!   containers/image asks for blobs under the repository it copies from, and scoping keeps the
+//!   server from answering for content an image does not reference.
+//! - `tags/list`: the recorded tags.
+//!
+//! Everything else is `404`; every method but `GET` and `HEAD` is `405`.
+//!
+//! # Integrity while streaming
+//!
+//! Blob bodies are produced on a blocking thread from [`Bundle::open_member`], which checks every
+//! frame (XXH3, zstd checksum, size). A full-blob `GET` is also hashed as it goes and its last
+//! chunk is held back until the sha256 matches. When a frame or the digest fails, the body ends
+//! with an error: hyper then drops the connection short of `Content-Length`, so the client sees
+//! a broken transfer, never silently corrupt bytes.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::convert::Infallible;
+use std::io::{self, Read};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::Digest as _;
+use tokio::sync::{mpsc, watch};
+
+use crate::bundle::Bundle;
+use crate::bundle::format::{ImageEntry, MemberEntry};
+use crate::reference::Digest;
+
+/// The API version header every response carries.
+pub const API_VERSION_HEADER: &str = "Docker-Distribution-API-Version";
+/// `Docker-Content-Digest`.
+pub const CONTENT_DIGEST_HEADER: &str = "Docker-Content-Digest";
+/// Bytes per body chunk sent from the reading thread.
+const CHUNK: usize = 256 << 10;
+/// Chunks buffered between the reading thread and the connection (memory per transfer is about
+/// `CHUNKS_IN_FLIGHT × CHUNK` plus one decompressed frame).
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// Manifests larger than this are refused (distribution's own limit is 4 MiB).
+const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// The longest wait for a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A repository name longer than this cannot be parsed by containers/image.
+const MAX_NAME_LEN: usize = 255;
+
+/// Errors starting the server. Requests never fail the server: they get error responses.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the registry server's runtime")]
+    Runtime(#[source] io::Error),
+}
+
+/// The error a response body ends with when the bundle's bytes fail a check mid-stream.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The repository under which an image named `name` (normalised, `quay.io/org/app`) is served.
+///
+/// The name is kept as is when it is a valid distribution repository path, so the served
+/// reference reads like the original. A registry port is not (`host:5000` has a `:`), so it
+/// becomes `host__5000`: `__` is a path separator the grammar allows and DNS names cannot
+/// contain, so no other host maps to the same string. Names that still do not fit (uppercase
+/// hosts, IPv6 literals, too long with the `127.0.0.1:PORT/` prefix) are served as
+/// `pinbundle/<first 32 hex of sha256(name)>`.
+pub fn served_name(name: &str) -> String {
+    let mapped = match name.split_once('/') {
+        Some((domain, rest)) => format!("{}/{rest}", domain.replacen(':', "__", 1)),
+        None => name.to_string(),
+    };
+    // "127.0.0.1:65535/" is 16 bytes.
+    if mapped.len() + 16 <= MAX_NAME_LEN && mapped.split('/').all(valid_component) {
+        mapped
+    } else {
+        format!("pinbundle/{}", &Digest::of(name.as_bytes()).hex()[..32])
+    }
+}
+
+/// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
+fn valid_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |ch: u8| ch.is_ascii_lowercase() || ch.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|ch| ch == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// What one repository serves.
+#[derive(Debug, Default)]
+struct Repository {
+    /// tag → top-level digest.
+    tags: HashMap<String, Digest>,
+    /// Manifests and indexes (top-level and carried platform manifests) → media type.
+    manifests: HashMap<Digest, String>,
+    /// Every blob an image of this repository lists (manifests included).
+    blobs: HashSet<Digest>,
+}
+
+/// Request counters, for tests and diagnostics.
+#[derive(Debug, Default)]
+struct Counters {
+    version_checks: AtomicU64,
+    manifests: AtomicU64,
+    blobs: AtomicU64,
+    range_requests: AtomicU64,
+    tag_lists: AtomicU64,
+    not_found: AtomicU64,
+    method_not_allowed: AtomicU64,
+    range_not_satisfiable: AtomicU64,
+    aborted: AtomicU64,
+    blob_bytes: AtomicU64,
+}
+
+/// A copy of the request counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// `GET /v2/`.
+    pub version_checks: u64,
+    /// Manifest requests answered with 200 (GET or HEAD).
+    pub manifests: u64,
+    /// Blob requests answered with 200 or 206 (GET or HEAD).
+    pub blobs: u64,
+    /// Blob requests answered with 206.
+    pub range_requests: u64,
+    /// `tags/list` requests answered.
+    pub tag_lists: u64,
+    /// 404 answers.
+    pub not_found: u64,
+    /// 405 answers.
+    pub method_not_allowed: u64,
+    /// 416 answers.
+    pub range_not_satisfiable: u64,
+    /// Responses whose body was ended with an error (a damaged frame or digest, or a failed
+    /// read), plus manifests that could not be read (500).
+    pub aborted: u64,
+    /// Blob body bytes handed to connections.
+    pub blob_bytes: u64,
+}
+
+/// The routing and responses of the read-only registry, independent of any listener.
+#[derive(Debug)]
+pub struct BundleServer {
+    bundle: Arc<Bundle>,
+    repositories: HashMap<String, Repository>,
+    counters: Counters,
+}
+
+/// A response body: empty, a complete buffer, or a stream from a reading thread.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: BodyInner,
+}
+
+#[derive(Debug)]
+enum BodyInner {
+    Full(Option<Bytes>),
+    Stream {
+        rx: mpsc::Receiver<Result<Bytes, io::Error>>,
+        remaining: u64,
+    },
+}
+
+impl ResponseBody {
+    fn empty() -> ResponseBody {
+        ResponseBody {
+            inner: BodyInner::Full(None),
+        }
+    }
+
+    fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody {
+            inner: BodyInner::Full(Some(bytes.into())),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.inner {
+            BodyInner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyInner::Stream { rx, remaining } => match rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    *remaining = remaining.saturating_sub(chunk.len() as u64);
+                    Poll::Ready(Some(Ok(Frame::data(chunk))))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) if *remaining > 0 => Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob stream ended early",
+                )
+                .into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            BodyInner::Full(bytes) => bytes.is_none(),
+            BodyInner::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            BodyInner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            BodyInner::Stream { remaining, .. } => SizeHint::with_exact(*remaining),
+        }
+    }
+}
+
+/// The parsed `Range` header of a blob request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RangeRequest {
+    /// No usable range: send everything.
+    Whole,
+    /// Bytes `start..=end` (already clamped to the blob).
+    Part { start: u64, end: u64 },
+    /// Cannot be satisfied: 416.
+    Unsatisfiable,
+}
+
+/// Parses `bytes=N-`, `bytes=N-M` and `bytes=-S` against a blob of `size` bytes. Multiple
+/// ranges and malformed headers are ignored (the whole blob is sent), as RFC 9110 allows.
+fn parse_range(value: &str, size: u64) -> RangeRequest {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Whole;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Whole;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeRequest::Whole;
+    };
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (first.trim().is_empty(), num(first), num(last)) {
+        // bytes=-S: the last S bytes.
+        (true, _, Some(suffix)) => {
+            if suffix == 0 || size == 0 {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Part {
+                    start: size.saturating_sub(suffix),
+                    end: size - 1,
+                }
+            }
+        }
+        (false, Some(start), None) if last.trim().is_empty() => {
+            if start >= size {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Part {
+                    start,
+                    end: size - 1,
+                }
+            }
+        }
+        (false, Some(start), Some(end)) if start <= end => {
+            if start >= size {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Part {
+                    start,
+                    end: end.min(size - 1),
+                }
+            }
+        }
+        _ => RangeRequest::Whole,
+    }
+}
+
+/// A parsed request path.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    Base,
+    Manifest { name: &'a str, reference: &'a str },
+    Blob { name: &'a str, digest: &'a str },
+    TagList { name: &'a str },
+    Unknown,
+}
+
+fn route(path: &str) -> Route<'_> {
+    let Some(rest) = path.strip_prefix("/v2") else {
+        return Route::Unknown;
+    };
+    if rest.is_empty() || rest == "/" {
+        return Route::Base;
+    }
+    let Some(rest) = rest.strip_prefix('/') else {
+        return Route::Unknown;
+    };
+    // <name>/manifests/<reference>, <name>/blobs/<digest>, <name>/tags/list; the name may
+    // contain slashes, the last two segments never do.
+    let Some((head, last)) = rest.rsplit_once('/') else {
+        return Route::Unknown;
+    };
+    let Some((name, kind)) = head.rsplit_once('/') else {
+        return Route::Unknown;
+    };
+    if name.is_empty() || last.is_empty() {
+        return Route::Unknown;
+    }
+    match (kind, last) {
+        ("manifests", reference) => Route::Manifest { name, reference },
+        ("blobs", digest) => Route::Blob { name, digest },
+        ("tags", "list") => Route::TagList { name },
+        _ => Route::Unknown,
+    }
+}
+
+fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    detail: &str,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "errors": [{"code": code, "message": message, "detail": detail}]
+    });
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(ResponseBody::full(bytes.clone()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    resp
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Digests and recorded media types are ASCII; anything else is dropped rather than
+    // failing the response.
+    HeaderValue::from_str(s)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl BundleServer {
+    /// The default listening address: an ephemeral port on loopback.
+    pub const LOOPBACK_EPHEMERAL: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+    /// Builds the repository table from the bundle's `pinbundle.json`.
+    pub fn new(bundle: Arc<Bundle>) -> BundleServer {
+        let manifest = bundle.manifest();
+        let media: HashMap<&Digest, &str> = manifest
+            .blobs
+            .iter()
+            .map(|b| (&b.digest, b.media_type.as_str()))
+            .collect();
+        let mut repositories: HashMap<String, Repository> = HashMap::new();
+        for image in &manifest.images {
+            let repo = repositories.entry(served_name(&image.name)).or_default();
+            if let Some(tag) = &image.tag {
+                repo.tags
+                    .entry(tag.clone())
+                    .or_insert_with(|| image.digest.clone());
+            }
+            let top_type = media
+                .get(&image.digest)
+                .copied()
+                .unwrap_or(image.media_type.as_str());
+            repo.manifests
+                .insert(image.digest.clone(), top_type.to_string());
+            for p in &image.platforms {
+                let t = media
+                    .get(&p.digest)
+                    .copied()
+                    .unwrap_or(p.media_type.as_str());
+                repo.manifests.insert(p.digest.clone(), t.to_string());
+            }
+            repo.blobs.extend(image.blobs.iter().cloned());
+            repo.blobs.insert(image.digest.clone());
+        }
+        BundleServer {
+            bundle,
+            repositories,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The bundle being served.
+    pub fn bundle(&self) -> &Arc<Bundle> {
+        &self.bundle
+    }
+
+    /// The repository `image` is served under (see [`served_name`]).
+    pub fn repository_of(image: &ImageEntry) -> String {
+        served_name(&image.name)
+    }
+
+    /// A snapshot of the request counters.
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            version_checks: get(&c.version_checks),
+            manifests: get(&c.manifests),
+            blobs: get(&c.blobs),
+            range_requests: get(&c.range_requests),
+            tag_lists: get(&c.tag_lists),
+            not_found: get(&c.not_found),
+            method_not_allowed: get(&c.method_not_allowed),
+            range_not_satisfiable: get(&c.range_not_satisfiable),
+            aborted: get(&c.aborted),
+            blob_bytes: get(&c.blob_bytes),
+        }
+    }
+
+    /// Answers one request. Never fails: problems become distribution-style error responses,
+    /// and a blob whose bytes fail a check mid-stream ends its body with an error.
+    pub async fn handle<B>(self: &Arc<Self>, req: Request<B>) -> Response<ResponseBody> {
+        let mut resp = self.respond(&req).await;
+        resp.headers_mut()
+            .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+        if req.method() == Method::HEAD {
+            // Keep the headers (Content-Length included), drop the body.
+            *resp.body_mut() = ResponseBody::empty();
+        }
+        resp
+    }
+
+    async fn respond<B>(self: &Arc<Self>, req: &Request<B>) -> Response<ResponseBody> {
+        let head = match *req.method() {
+            Method::GET => false,
+            Method::HEAD => true,
+            _ => {
+                bump(&self.counters.method_not_allowed);
+                let mut resp = error_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "UNSUPPORTED",
+                    "this registry is read-only",
+                    req.method().as_str(),
+                );
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return resp;
+            }
+        };
+        match route(req.uri().path()) {
+            Route::Base => {
+                bump(&self.counters.version_checks);
+                let mut resp = Response::new(ResponseBody::full(&b"{}"[..]));
+                let h = resp.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(2));
+                resp
+            }
+            Route::Manifest { name, reference } => self.manifest(name, reference).await,
+            Route::Blob { name, digest } => {
+                let range = req
+                    .headers()
+                    .get(header::RANGE)
+                    .and_then(|v| v.to_str().ok());
+                self.blob(name, digest, range, head)
+            }
+            Route::TagList { name } => self.tag_list(name),
+            Route::Unknown => {
+                bump(&self.counters.not_found);
+                error_response(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    "no such endpoint",
+                    req.uri().path(),
+                )
+            }
+        }
+    }
+
+    fn name_unknown(&self, name: &str) -> Response<ResponseBody> {
+        bump(&self.counters.not_found);
+        error_response(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            "repository name not known to registry",
+            name,
+        )
+    }
+
+    async fn manifest(self: &Arc<Self>, name: &str, reference: &str) -> Response<ResponseBody> {
+        let Some(repo) = self.repositories.get(name) else {
+            return self.name_unknown(name);
+        };
+        let digest = if reference.contains(':') {
+            reference.parse::<Digest>().ok()
+        } else {
+            repo.tags.get(reference).cloned()
+        };
+        let found = digest.and_then(|d| {
+            let media_type = repo.manifests.get(&d)?.clone();
+            let member = self.bundle.blob(&d)?.clone();
+            Some((d, media_type, member))
+        });
+        let Some((digest, media_type, member)) = found else {
+            bump(&self.counters.not_found);
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                "manifest unknown",
+                &format!("{name}:{reference}"),
+            );
+        };
+        if member.size > MAX_MANIFEST_BYTES {
+            bump(&self.counters.aborted);
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "UNKNOWN",
+                "manifest too large",
+                &digest.to_string(),
+            );
+        }
+        let bundle = Arc::clone(&self.bundle);
+        let read = tokio::task::spawn_blocking(move || bundle.read_member(&member)).await;
+        let bytes = match read {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                bump(&self.counters.aborted);
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "the bundle's copy of this manifest is damaged",
+                    &e.to_string(),
+                );
+            }
+            Err(_) => {
+                bump(&self.counters.aborted);
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "reading the manifest failed",
+                    &digest.to_string(),
+                );
+            }
+        };
+        bump(&self.counters.manifests);
+        let len = bytes.len();
+        let mut resp = Response::new(ResponseBody::full(bytes));
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, header_value(&media_type));
+        h.insert(CONTENT_DIGEST_HEADER, header_value(&digest.to_string()));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
+        resp
+    }
+
+    fn tag_list(&self, name: &str) -> Response<ResponseBody> {
+        let Some(repo) = self.repositories.get(name) else {
+            return self.name_unknown(name);
+        };
+        bump(&self.counters.tag_lists);
+        let tags: BTreeSet<&String> = repo.tags.keys().collect();
+        let bytes = serde_json::to_vec(&serde_json::json!({"name": name, "tags": tags}))
+            .unwrap_or_default();
+        let len = bytes.len();
+        let mut resp = Response::new(ResponseBody::full(bytes));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        resp
+    }
+
+    fn blob(
+        self: &Arc<Self>,
+        name: &str,
+        digest: &str,
+        range: Option<&str>,
+        head: bool,
+    ) -> Response<ResponseBody> {
+        let Some(repo) = self.repositories.get(name) else {
+            return self.name_unknown(name);
+        };
+        let found = digest
+            .parse::<Digest>()
+            .ok()
+            .filter(|d| repo.blobs.contains(d))
+            .and_then(|d| self.bundle.blob(&d).cloned().map(|m| (d, m)));
+        let Some((digest, member)) = found else {
+            bump(&self.counters.not_found);
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to registry",
+                digest,
+            );
+        };
+        let size = member.size;
+        let (status, start, len) = match range.map_or(RangeRequest::Whole, |r| parse_range(r, size))
+        {
+            RangeRequest::Whole => (StatusCode::OK, 0, size),
+            RangeRequest::Part { start, end } => {
+                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            }
+            RangeRequest::Unsatisfiable => {
+                bump(&self.counters.range_not_satisfiable);
+                let mut resp = error_response(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "RANGE_INVALID",
+                    "requested range not satisfiable",
+                    range.unwrap_or_default(),
+                );
+                resp.headers_mut().insert(
+                    header::CONTENT_RANGE,
+                    header_value(&format!("bytes */{size}")),
+                );
+                return resp;
+            }
+        };
+        bump(&self.counters.blobs);
+        if status == StatusCode::PARTIAL_CONTENT {
+            bump(&self.counters.range_requests);
+        }
+        let body = if head || len == 0 {
+            ResponseBody::empty()
+        } else {
+            self.stream_blob(member, digest.clone(), start, len)
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(CONTENT_DIGEST_HEADER, header_value(&digest.to_string()));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        h.insert(header::ETAG, header_value(&format!("\"{digest}\"")));
+        if status == StatusCode::PARTIAL_CONTENT {
+            h.insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes {start}-{}/{size}", start + len - 1)),
+            );
+        }
+        resp
+    }
+
+    /// Streams `len` bytes of `member` from `start`, produced on a blocking thread.
+    fn stream_blob(
+        self: &Arc<Self>,
+        member: MemberEntry,
+        digest: Digest,
+        start: u64,
+        len: u64,
+    ) -> ResponseBody {
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let server = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let whole = start == 0 && len == member.size;
+            let result = server.produce(&member, &digest, start, len, whole, &tx);
+            if let Err(e) = result {
+                // The receiver may be gone (client hung up): nothing more to do then.
+                bump(&server.counters.aborted);
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        ResponseBody {
+            inner: BodyInner::Stream { rx, remaining: len },
+        }
+    }
+
+    /// Reads and sends the chunks. For a whole blob, the last chunk is sent only after the
+    /// sha256 matched, so a client never receives a complete but wrong body.
+    fn produce(
+        &self,
+        member: &MemberEntry,
+        digest: &Digest,
+        start: u64,
+        len: u64,
+        whole: bool,
+        tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+    ) -> Result<(), io::Error> {
+        let mut reader = self.bundle.open_member(member, start).take(len);
+        let mut hasher = whole.then(sha2::Sha256::new);
+        let mut pending: Option<Bytes> = None;
+        let mut sent = 0u64;
+        while sent < len {
+            let want = (len - sent).min(CHUNK as u64) as usize;
+            let mut buf = vec![0u8; want];
+            let mut filled = 0;
+            while filled < want {
+                let n = reader.read(&mut buf[filled..]).map_err(|e| {
+                    let inner = self.bundle.unwrap_io(e);
+                    io::Error::other(inner)
+                })?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{}: {} ends early",
+                            self.bundle.path().display(),
+                            member.path
+                        ),
+                    ));
+                }
+                filled += n;
+            }
+            sent += want as u64;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf);
+            }
+            if let Some(prev) = pending.replace(Bytes::from(buf)) {
+                self.send(tx, prev)?;
+            }
+        }
+        if let Some(h) = hasher {
+            let found = Digest::from_hash(h.finalize().into());
+            if &found != digest {
+                return Err(io::Error::other(crate::bundle::Error::DigestMismatch {
+                    path: self.bundle.path().to_path_buf(),
+                    member: member.path.clone(),
+                    expected: digest.clone(),
+                    found,
+                }));
+            }
+        }
+        if let Some(last) = pending {
+            self.send(tx, last)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, tx: &mpsc::Sender<Result<Bytes, io::Error>>, chunk: Bytes) -> io::Result<()> {
+        let n = chunk.len() as u64;
+        tx.blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
+        self.counters.blob_bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Serves HTTP/1.1 on one accepted connection until it closes.
+    pub async fn serve_connection<IO>(self: Arc<Self>, io: IO) -> Result<(), hyper::Error>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| {
+            let server = Arc::clone(&self);
+            async move { Ok::<_, Infallible>(server.handle(req).await) }
+        });
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(io), service)
+            .await
+    }
+}
+
+/// A server accepting connections; stops when dropped or on [`RunningServer::shutdown`].
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    server: Arc<BundleServer>,
+    stop: watch::Sender<bool>,
+    task: Option<Task>,
+}
+
+#[derive(Debug)]
+enum Task {
+    /// Spawned on the caller's runtime by [`serve`].
+    Spawned(tokio::task::JoinHandle<()>),
+    /// Running on its own thread and runtime, from [`serve_in_thread`].
+    Thread(std::thread::JoinHandle<()>),
+}
+
+impl RunningServer {
+    /// The address the server listens on (the actual port when bound to port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The routing half (for its [`BundleServer::stats`]).
+    pub fn server(&self) -> &Arc<BundleServer> {
+        &self.server
+    }
+
+    /// Stops accepting, closes open connections and waits for the accept loop to end.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        match self.task.take() {
+            Some(Task::Spawned(handle)) => {
+                let _ = handle.await;
+            }
+            Some(Task::Thread(handle)) => {
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    /// Signals the accept loop to stop. A server from [`serve_in_thread`] is joined here; one
+    /// from [`serve`] is aborted (its tasks end at their next poll), since blocking inside the
+    /// caller's runtime could deadlock — use [`RunningServer::shutdown`] to wait for it.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        match self.task.take() {
+            Some(Task::Spawned(handle)) => handle.abort(),
+            Some(Task::Thread(handle)) => {
+                let _ = handle.join();
+            }
+            None => {}
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    server: Arc<BundleServer>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                // Accept errors (e.g. EMFILE) are transient: keep serving the others.
+                if let Ok((stream, _peer)) = accepted {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(Arc::clone(&server).serve_connection(stream));
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+    connections.shutdown().await;
+}
+
+fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Serves `bundle` on `addr` (use [`BundleServer::LOOPBACK_EPHEMERAL`] for `load`) from tasks
+/// on the current tokio runtime. Plain HTTP: bind it to loopback only.
+pub async fn serve(bundle: Arc<Bundle>, addr: SocketAddr) -> Result<RunningServer, ServerError> {
+    let std_listener = bind_std(addr)?;
+    let local = std_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let server = Arc::new(BundleServer::new(bundle));
+    let (stop, stop_rx) = watch::channel(false);
+    let handle = tokio::spawn(accept_loop(listener, Arc::clone(&server), stop_rx));
+    Ok(RunningServer {
+        addr: local,
+        server,
+        stop,
+        task: Some(Task::Spawned(handle)),
+    })
+}
+
+/// Like [`serve`], but on a thread of its own with its own runtime, for synchronous callers
+/// (`load` runs `skopeo` as child processes). Dropping the result stops and joins the thread.
+pub fn serve_in_thread(
+    bundle: Arc<Bundle>,
+    addr: SocketAddr,
+) -> Result<RunningServer, ServerError> {
+    let std_listener = bind_std(addr)?;
+    let local = std_listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(std_listener)
+            .map_err(|source| ServerError::Bind { addr, source })?
+    };
+    let server = Arc::new(BundleServer::new(bundle));
+    let (stop, stop_rx) = watch::channel(false);
+    let thread_server = Arc::clone(&server);
+    let handle = std::thread::Builder::new()
+        .name("pinbundle-registry".into())
+        .spawn(move || {
+            runtime.block_on(accept_loop(listener, thread_server, stop_rx));
+            // Blocking readers notice their closed channels and return; don't wait long.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+        })
+        .map_err(ServerError::Runtime)?;
+    Ok(RunningServer {
+        addr: local,
+        server,
+        stop,
+        task: Some(Task::Thread(handle)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("/v2/"), Route::Base);
+        assert_eq!(route("/v2"), Route::Base);
+        assert_eq!(
+            route("/v2/quay.io/org/app/manifests/sha256:ab"),
+            Route::Manifest {
+                name: "quay.io/org/app",
+                reference: "sha256:ab"
+            }
+        );
+        assert_eq!(
+            route("/v2/a/blobs/sha256:ab"),
+            Route::Blob {
+                name: "a",
+                digest: "sha256:ab"
+            }
+        );
+        assert_eq!(route("/v2/a/b/tags/list"), Route::TagList { name: "a/b" });
+        assert_eq!(route("/v2/a/blobs/uploads/"), Route::Unknown);
+        assert_eq!(route("/v2/manifests/x"), Route::Unknown);
+        assert_eq!(route("/v3/a/manifests/x"), Route::Unknown);
+        assert_eq!(route("/v2x/a/manifests/x"), Route::Unknown);
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        assert_eq!(parse_range("bytes=0-", 10), Part { start: 0, end: 9 });
+        assert_eq!(parse_range("bytes=3-", 10), Part { start: 3, end: 9 });
+        assert_eq!(parse_range("bytes=3-5", 10), Part { start: 3, end: 5 });
+        assert_eq!(parse_range("bytes=3-50", 10), Part { start: 3, end: 9 });
+        assert_eq!(parse_range("bytes=-4", 10), Part { start: 6, end: 9 });
+        assert_eq!(parse_range("bytes=-40", 10), Part { start: 0, end: 9 });
+        assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-3", 10), Whole);
+        assert_eq!(parse_range("bytes=0-1,4-5", 10), Whole);
+        assert_eq!(parse_range("items=0-1", 10), Whole);
+        assert_eq!(parse_range("bytes=x-", 10), Whole);
+    }
+
+    #[test]
+    fn served_names() {
+        assert_eq!(served_name("quay.io/org/app"), "quay.io/org/app");
+        assert_eq!(
+            served_name("docker.io/library/busybox"),
+            "docker.io/library/busybox"
+        );
+        assert_eq!(served_name("127.0.0.1:5000/t/one"), "127.0.0.1__5000/t/one");
+        assert_eq!(served_name("localhost:5000/t"), "localhost__5000/t");
+        let odd = served_name("Registry.Example.com/a");
+        assert!(
+            odd.starts_with("pinbundle/") && odd.len() == 10 + 32,
+            "{odd}"
+        );
+        let long = format!("quay.io/{}", "a".repeat(240));
+        assert!(served_name(&long).starts_with("pinbundle/"));
+        assert!(valid_component("a__b") && valid_component("a--b") && !valid_component("a___b"));
+    }
+}
