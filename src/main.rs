@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use pinbundle::create::{self, CreateOptions, Platform};
+use pinbundle::load;
 use pinbundle::progress::{Reporter, Silent};
 use pinbundle::reference::Reference;
 use pinbundle::registry::client::ClientOptions;
-use pinbundle::load;
 use pinbundle::verify;
 
 /// Carry container images to air-gapped Kubernetes/OpenShift nodes in one verifiable bundle.
@@ -316,8 +316,15 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
 
 fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
     let store = match (&a.storage_root, &a.runroot) {
-        (Some(root), Some(runroot)) => load::storage::Store::explicit(a.storage_driver.as_deref().unwrap_or("overlay"), root, runroot),
-        _ => load::storage::Store { storage_conf: a.storage_conf.clone(), ..Default::default() },
+        (Some(root), Some(runroot)) => load::storage::Store::explicit(
+            a.storage_driver.as_deref().unwrap_or("overlay"),
+            root,
+            runroot,
+        ),
+        _ => load::storage::Store {
+            storage_conf: a.storage_conf.clone(),
+            ..Default::default()
+        },
     };
     let opts = load::LoadOptions {
         bundle: a.bundle,
@@ -348,15 +355,29 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
     } else {
         print_load(&report)?;
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn print_load(r: &load::LoadReport) -> Result<()> {
     let mut out = std::io::stdout().lock();
     if !r.problems.is_empty() {
-        writeln!(out, "{}: damaged, nothing was changed; {} problem(s):", r.bundle.display(), r.problems.len())?;
+        writeln!(
+            out,
+            "{}: damaged, nothing was changed; {} problem(s):",
+            r.bundle.display(),
+            r.problems.len()
+        )?;
         for p in &r.problems {
-            write!(out, "  {}: {}", p.member.as_deref().unwrap_or("file"), p.error)?;
+            write!(
+                out,
+                "  {}: {}",
+                p.member.as_deref().unwrap_or("file"),
+                p.error
+            )?;
             if !p.images.is_empty() {
                 write!(out, " (breaks {})", p.images.join(", "))?;
             }
@@ -371,20 +392,38 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
             None if r.dry_run => "",
             None => "pin not confirmed",
         };
-        writeln!(out, "{:<11} {:<18} {}  {}", i.status, pinned, human(i.size), i.pin)?;
+        writeln!(
+            out,
+            "{:<11} {:<18} {}  {}",
+            i.status,
+            pinned,
+            human(i.size),
+            i.pin
+        )?;
         if let Some(e) = &i.error {
             writeln!(out, "            {e}")?;
         }
     }
     if let Some(p) = &r.pins {
         let what = if p.changed { "updated" } else { "unchanged" };
-        writeln!(out, "pins: {} {what} ({} entries)", p.drop_in.display(), p.entries)?;
+        writeln!(
+            out,
+            "pins: {} {what} ({} entries)",
+            p.drop_in.display(),
+            p.entries
+        )?;
     }
     if let Some(rl) = &r.reload {
         writeln!(out, "reload: {rl}")?;
     }
     if let Some(c) = &r.cri {
-        let state = if c.confirmed { "confirmed present and pinned" } else if c.timed_out { "NOT confirmed (timed out)" } else { "NOT confirmed" };
+        let state = if c.confirmed {
+            "confirmed present and pinned"
+        } else if c.timed_out {
+            "NOT confirmed (timed out)"
+        } else {
+            "NOT confirmed"
+        };
         writeln!(out, "cri: {} {}: {state}", c.runtime, c.version)?;
     }
     drop(out);

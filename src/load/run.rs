@@ -116,22 +116,40 @@ pub struct CriResult {
 /// unpinned images changed); a damaged bundle or an unconfirmed pin is a report with `ok: false`.
 pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     let started = Instant::now();
-    let _lock = if opts.dry_run { None } else { Some(lock(&opts.lock)?) };
-    let bundle = Arc::new(Bundle::open(&opts.bundle).with_context(|| format!("opening {}", opts.bundle.display()))?);
-    let manifest = bundle.manifest().clone();
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock(&opts.lock)?)
+    };
     let mut report = LoadReport {
         version: 1,
         bundle: opts.bundle.clone(),
         dry_run: opts.dry_run,
         ok: false,
         problems: Vec::new(),
-        images: manifest.images.iter().map(image_result).collect(),
+        images: Vec::new(),
         pins: None,
         reload: None,
         cri: None,
         warnings: Vec::new(),
         seconds: 0.0,
     };
+    let bundle = match Bundle::open(&opts.bundle) {
+        Ok(b) => Arc::new(b),
+        Err(e @ crate::bundle::Error::Io { .. }) => return Err(e.into()),
+        Err(e) => {
+            // Damage found while opening: a finding like any other.
+            report.problems.push(Problem {
+                member: None,
+                digest: None,
+                images: Vec::new(),
+                error: verify::error_chain(&e),
+            });
+            return Ok(report);
+        }
+    };
+    let manifest = bundle.manifest().clone();
+    report.images = manifest.images.iter().map(image_result).collect();
 
     // 1. Verify everything before touching anything.
     reporter.message(&format!("verifying {}", opts.bundle.display()));
@@ -155,7 +173,11 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
                     && (platform.variant.is_none() || platform.variant == p.variant)
             })
         {
-            let carried: Vec<String> = img.platforms.iter().map(|p| format!("{}/{}", p.os, p.architecture)).collect();
+            let carried: Vec<String> = img
+                .platforms
+                .iter()
+                .map(|p| format!("{}/{}", p.os, p.architecture))
+                .collect();
             bail!(
                 "{} carries no {platform} image (it has {}); re-create the bundle with `--platform {platform}` or pass `--platform`",
                 img.reference,
@@ -170,11 +192,20 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
             .store
             .record_named(&pin)
             .with_context(|| format!("reading the store for {pin}"))?
-            .is_some_and(|r| img.tag.is_none() || r.names.iter().any(|n| *n == format!("{}:{}", img.name, img.tag.as_deref().unwrap_or(""))));
+            .is_some_and(|r| {
+                img.tag.is_none()
+                    || r.names
+                        .iter()
+                        .any(|n| *n == format!("{}:{}", img.name, img.tag.as_deref().unwrap_or("")))
+            });
         if present {
             report.images[i].status = "present";
         } else {
-            report.images[i].status = if opts.dry_run { "would-load" } else { "not-loaded" };
+            report.images[i].status = if opts.dry_run {
+                "would-load"
+            } else {
+                "not-loaded"
+            };
             missing.push(i);
         }
     }
@@ -189,8 +220,11 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
 
     // 4. Import through a registry on loopback serving the bundle as it is.
     if !missing.is_empty() {
-        let server = crate::registry::server::serve_in_thread(bundle.clone(), crate::registry::server::BundleServer::LOOPBACK_EPHEMERAL)
-            .context("starting the loopback registry that serves the bundle")?;
+        let server = crate::registry::server::serve_in_thread(
+            bundle.clone(),
+            crate::registry::server::BundleServer::LOOPBACK_EPHEMERAL,
+        )
+        .context("starting the loopback registry that serves the bundle")?;
         let import_opts = ImportOptions {
             skopeo: opts.skopeo.clone(),
             platform: opts.platform.clone(),
@@ -245,7 +279,9 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         ));
     }
     let merged = pins::update(&opts.drop_in, &refs)?;
-    report.warnings.extend(merged.warnings.iter().map(|w| w.to_string()));
+    report
+        .warnings
+        .extend(merged.warnings.iter().map(|w| w.to_string()));
     let changed = merged.content.is_some();
     report.pins = Some(PinsResult {
         drop_in: opts.drop_in.clone(),
@@ -256,10 +292,16 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     // 6. Reload, only when the pins changed.
     if changed {
         match reload::reload(opts.reload, &opts.reload_env) {
-            Ok(reload::ReloadOutcome::Systemd) => report.reload = Some("systemctl reload crio".into()),
-            Ok(reload::ReloadOutcome::Signalled { pid }) => report.reload = Some(format!("SIGHUP to crio (pid {pid})")),
+            Ok(reload::ReloadOutcome::Systemd) => {
+                report.reload = Some("systemctl reload crio".into())
+            }
+            Ok(reload::ReloadOutcome::Signalled { pid }) => {
+                report.reload = Some(format!("SIGHUP to crio (pid {pid})"))
+            }
             Ok(reload::ReloadOutcome::Skipped { command }) => {
-                report.warnings.push(format!("CRI-O was not reloaded; run `{command}` to apply the pins"));
+                report.warnings.push(format!(
+                    "CRI-O was not reloaded; run `{command}` to apply the pins"
+                ));
                 report.reload = Some(format!("skipped: run `{command}`"));
             }
             Err(e) => report.warnings.push(format!(
@@ -361,8 +403,12 @@ fn lock(path: &Path) -> Result<std::fs::File> {
         .open(path)
         .with_context(|| format!("opening the load lock {}", path.display()))?;
     if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
-        eprintln!("pinbundle: another load holds {}; waiting for it", path.display());
-        flock(&f, FlockOperation::LockExclusive).with_context(|| format!("locking {}", path.display()))?;
+        eprintln!(
+            "pinbundle: another load holds {}; waiting for it",
+            path.display()
+        );
+        flock(&f, FlockOperation::LockExclusive)
+            .with_context(|| format!("locking {}", path.display()))?;
     }
     Ok(f)
 }
@@ -406,9 +452,16 @@ fn existing_ancestor(p: &Path) -> PathBuf {
 
 /// Checks free space: the store needs the uncompressed layers of the images not yet present,
 /// skopeo's temp dir their compressed blobs; on one filesystem, both.
-fn check_space(opts: &LoadOptions, manifest: &crate::bundle::format::BundleManifest, missing: &[usize]) -> Result<()> {
+fn check_space(
+    opts: &LoadOptions,
+    manifest: &crate::bundle::format::BundleManifest,
+    missing: &[usize],
+) -> Result<()> {
     let blobs: BTreeMap<_, _> = manifest.blobs.iter().map(|b| (&b.digest, b)).collect();
-    let needed: BTreeSet<_> = missing.iter().flat_map(|&i| manifest.images[i].blobs.iter()).collect();
+    let needed: BTreeSet<_> = missing
+        .iter()
+        .flat_map(|&i| manifest.images[i].blobs.iter())
+        .collect();
     let (mut unpacked, mut staged) = (0u64, 0u64);
     for d in needed {
         if let Some(b) = blobs.get(d) {
@@ -424,10 +477,16 @@ fn check_space(opts: &LoadOptions, manifest: &crate::bundle::format::BundleManif
     }
     let margin = |n: u64| n + n * SPACE_MARGIN_PERCENT / 100 + SPACE_MARGIN_FIXED;
     let store_dir = existing_ancestor(&graphroot(&opts.store));
-    let tmp_dir = existing_ancestor(&opts.tmpdir.clone().unwrap_or_else(|| PathBuf::from("/var/tmp")));
+    let tmp_dir = existing_ancestor(
+        &opts
+            .tmpdir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/tmp")),
+    );
     let mut per_fs: BTreeMap<u64, (PathBuf, u64, u64)> = BTreeMap::new();
     for (dir, need) in [(store_dir, margin(unpacked)), (tmp_dir, margin(staged))] {
-        let st = rustix::fs::statvfs(&dir).with_context(|| format!("checking free space of {}", dir.display()))?;
+        let st = rustix::fs::statvfs(&dir)
+            .with_context(|| format!("checking free space of {}", dir.display()))?;
         let free = st.f_bavail * st.f_frsize;
         let e = per_fs.entry(st.f_fsid).or_insert((dir, 0, free));
         e.1 += need;

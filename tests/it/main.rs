@@ -2,4 +2,5 @@
 
 mod bundle;
 mod create;
+mod load;
 mod util;

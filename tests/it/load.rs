@@ -1,0 +1,532 @@
+//! `load` with real components: a real registry → `create` → `load` into a real
+//! containers-storage with real skopeo, checked with real podman; CRI-O is the `crio` stand-in
+//! (tests/crio-standin), which reads the drop-in directory and answers over the CRI socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::create::Env;
+use crate::util::{ok, pinbundle, run, tempdir, text};
+
+/// Tests that run a `crio` stand-in take this: reload finds CRI-O by scanning /proc, which
+/// must see exactly one.
+static CRIO: Mutex<()> = Mutex::new(());
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A containers-storage in a temp dir; unmounts overlay's leftovers when dropped.
+struct Store {
+    root: PathBuf,
+    run: PathBuf,
+    driver: &'static str,
+}
+
+impl Store {
+    fn new(dir: &Path, driver: &'static str) -> Store {
+        Store {
+            root: dir.join("storage"),
+            run: dir.join("run"),
+            driver,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--storage-root".into(),
+            self.root.display().to_string(),
+            "--runroot".into(),
+            self.run.display().to_string(),
+            "--storage-driver".into(),
+            self.driver.into(),
+        ]
+    }
+
+    fn podman(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.run)
+            .args(["--storage-driver", self.driver]);
+        c
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        run(self.podman().args(["image", "exists", name]))
+            .status
+            .success()
+    }
+
+    /// The storage names (what CRI-O matches pins against) of the image that has `name`.
+    fn names(&self, name: &str) -> Vec<String> {
+        let images: Value = serde_json::from_str(&self.images_json()).unwrap();
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                i["names"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| n.as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .find(|names| names.iter().any(|n| n == name))
+            .unwrap_or_default()
+    }
+
+    /// `images.json` as the store has it (or empty when nothing was ever written).
+    fn images_json(&self) -> String {
+        std::fs::read_to_string(
+            self.root
+                .join(format!("{}-images/images.json", self.driver)),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.root.join("overlay"))
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.run.join("overlay"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The `crio` stand-in, listening on a socket in `dir`.
+struct Crio {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+fn crio_binary() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_pinbundle")).with_file_name("crio");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        ok(Command::new(cargo).args(["build", "-q", "-p", "crio-standin"]));
+    }
+    bin
+}
+
+impl Crio {
+    fn start(dir: &Path, drop_in_dir: &Path, store: &Store) -> Crio {
+        let socket = dir.join("crio.sock");
+        let log = dir.join("crio.log");
+        let child = Command::new(crio_binary())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--config-dir")
+            .arg(drop_in_dir)
+            .arg("--storage-root")
+            .arg(&store.root)
+            .args(["--storage-driver", store.driver, "--version", "1.31.3"])
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let c = Crio { child, socket, log };
+        c.wait_log("listening on", 1);
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_log(&self, needle: &str, count: usize) {
+        let start = Instant::now();
+        while self.log().matches(needle).count() < count {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "crio never logged {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Crio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `pinbundle load --json` with the test's paths; returns the output and parsed report.
+fn load(
+    bundle: &Path,
+    store: &Store,
+    drop_in: &Path,
+    socket: &Path,
+    lock: &Path,
+    extra: &[&str],
+) -> (Output, Value) {
+    let o = run(pinbundle()
+        .arg("load")
+        .arg(bundle)
+        .args(store.args())
+        .arg("--crio-drop-in")
+        .arg(drop_in)
+        .arg("--cri-socket")
+        .arg(socket)
+        .arg("--lock-file")
+        .arg(lock)
+        .args(["--confirm-timeout", "10", "--json"])
+        .args(extra));
+    let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (o, v)
+}
+
+fn drop_in_entries(path: &Path) -> Vec<String> {
+    let t: toml::Value = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    t["crio"]["image"]["pinned_images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn load_imports_every_kind_pins_reloads_and_confirms() {
+    if !is_root() {
+        eprintln!("SKIPPED load test: overlay containers-storage needs root");
+        return;
+    }
+    let _crio = CRIO.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new();
+    let dir = tempdir();
+    let bundle = dir.path().join("b.pinbundle");
+    let mut refs: Vec<String> = [
+        "oci-one",
+        "oci-multi",
+        "uncompressed",
+        "zstd",
+        "index",
+        "manifest-list",
+        "special",
+    ]
+    .iter()
+    .map(|r| env.image(r).tag_reference())
+    .collect();
+    refs.push(env.image("docker").digest_reference());
+    let o = env.create(&dir.path().join("cache"), &bundle, &refs, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    let store = Store::new(dir.path(), "overlay");
+    let conf_dir = dir.path().join("crio.conf.d");
+    std::fs::create_dir(&conf_dir).unwrap();
+    let drop_in = conf_dir.join("50-pinned-images");
+    let existing = format!("quay.io/other/app@sha256:{}", "c".repeat(64));
+    std::fs::write(
+        &drop_in,
+        format!("[crio]\n  [crio.image]\n    pinned_images = [\"{existing}\"]\n"),
+    )
+    .unwrap();
+    let crio = Crio::start(dir.path(), &conf_dir, &store);
+    let lock = dir.path().join("load.lock");
+
+    let (o, report) = load(
+        &bundle,
+        &store,
+        &drop_in,
+        &crio.socket,
+        &lock,
+        &["--reload", "signal"],
+    );
+    assert!(
+        o.status.success(),
+        "load failed:\n{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["cri"]["confirmed"], true);
+    crio.wait_log("Set config pinned_images", 1);
+
+    // Every image is in the store under name@digest (the index digest for multi-arch) and,
+    // when requested by tag, name:tag.
+    let mut pins = vec![existing.clone()];
+    for r in &refs {
+        let p = env
+            .pushed
+            .iter()
+            .find(|p| r.starts_with(&p.name) && r[p.name.len()..].starts_with([':', '@']))
+            .unwrap();
+        let pin = p.digest_reference();
+        assert!(store.exists(&pin), "{pin} not in the store");
+        let names = store.names(&pin);
+        assert!(names.contains(&pin), "{pin}: names {names:?}");
+        if r.contains(":v1") {
+            assert!(names.contains(&p.tag_reference()), "{r}: names {names:?}");
+        }
+        pins.push(pin);
+        let img = report["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["reference"] == *r)
+            .unwrap();
+        assert_eq!(img["status"], "loaded");
+        assert_eq!(img["pinned"], true, "{img}");
+    }
+    pins.sort();
+    pins.dedup();
+    assert_eq!(
+        drop_in_entries(&drop_in),
+        pins,
+        "the drop-in holds exactly the union"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&drop_in).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o644);
+    assert_eq!(
+        std::fs::read_dir(&conf_dir).unwrap().count(),
+        1,
+        "no temp file left in the drop-in dir"
+    );
+
+    // A second load changes nothing: no import, no write, no reload.
+    let before = (
+        std::fs::read(&drop_in).unwrap(),
+        std::fs::metadata(&drop_in).unwrap().modified().unwrap(),
+        store.images_json(),
+    );
+    let (o, report) = load(
+        &bundle,
+        &store,
+        &drop_in,
+        &crio.socket,
+        &lock,
+        &["--reload", "signal"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        report["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "present"),
+        "{report}"
+    );
+    assert_eq!(report["pins"]["changed"], false);
+    assert!(report["reload"].is_null());
+    let after = (
+        std::fs::read(&drop_in).unwrap(),
+        std::fs::metadata(&drop_in).unwrap().modified().unwrap(),
+        store.images_json(),
+    );
+    assert_eq!(before, after);
+    assert_eq!(
+        crio.log().matches("Reloading configuration").count(),
+        1,
+        "second load reloaded CRI-O"
+    );
+}
+
+#[test]
+fn damaged_bundle_changes_nothing() {
+    let env = Env::new();
+    let dir = tempdir();
+    let bundle = dir.path().join("b.pinbundle");
+    let o = env.create(
+        &dir.path().join("cache"),
+        &bundle,
+        &[env.image("oci-multi").tag_reference()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // Flip a byte in the middle of the largest layer.
+    let b = pinbundle::bundle::Bundle::open(&bundle).unwrap();
+    let m = b
+        .index()
+        .members
+        .iter()
+        .filter(|m| m.path.starts_with("blobs/"))
+        .max_by_key(|m| m.size)
+        .unwrap()
+        .clone();
+    let f = b.index().frames[m.frame].clone();
+    drop(b);
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    bytes[(f.offset + f.length / 2) as usize] ^= 1;
+    std::fs::write(&bundle, &bytes).unwrap();
+
+    let store = Store::new(dir.path(), "vfs");
+    let drop_in = dir.path().join("crio.conf.d/50-pinned-images");
+    let (o, report) = load(
+        &bundle,
+        &store,
+        &drop_in,
+        &dir.path().join("no.sock"),
+        &dir.path().join("l"),
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert_eq!(report["ok"], false);
+    let problem = &report["problems"][0];
+    assert_eq!(problem["digest"], m.digest.to_string());
+    assert_eq!(problem["images"][0], env.image("oci-multi").tag_reference());
+    assert!(!store.root.exists(), "the store was touched");
+    assert!(!drop_in.exists(), "the drop-in was written");
+    // Damage to the bundle's own manifest is refused the same way.
+    let mut bytes = std::fs::read(&bundle).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&bundle, &bytes).unwrap();
+    let (o, report) = load(
+        &bundle,
+        &store,
+        &drop_in,
+        &dir.path().join("no.sock"),
+        &dir.path().join("l"),
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        report["problems"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("frame 0"),
+        "{report}"
+    );
+    assert!(!store.root.exists() && !drop_in.exists());
+}
+
+#[test]
+fn not_enough_space_is_refused_before_any_write() {
+    if !is_root() {
+        eprintln!("SKIPPED space test: needs root to mount a small tmpfs");
+        return;
+    }
+    let registry = pinbundle_fixtures::registry::TestRegistry::start().unwrap();
+    let big =
+        pinbundle_fixtures::push_sized(registry.addr(), "bench/big", &[4 << 20], 3, None).unwrap();
+    let env = Env {
+        registry,
+        pushed: vec![big],
+    };
+    let dir = tempdir();
+    let bundle = dir.path().join("b.pinbundle");
+    let o = env.create(
+        &dir.path().join("cache"),
+        &bundle,
+        &[env.pushed[0].tag_reference()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    ok(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small));
+    let store = Store::new(&small, "vfs");
+    let drop_in = dir.path().join("crio.conf.d/50-pinned-images");
+    let (o, _) = load(
+        &bundle,
+        &store,
+        &drop_in,
+        &dir.path().join("no.sock"),
+        &dir.path().join("l"),
+        &[],
+    );
+    let left: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
+    let _ = Command::new("umount").arg(&small).status();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("not enough free space") && err.contains("MiB free"),
+        "{err}"
+    );
+    assert!(left.is_empty(), "the store was written: {left:?}");
+    assert!(!drop_in.exists());
+}
+
+#[test]
+fn load_in_a_network_namespace_with_only_loopback() {
+    if !is_root() {
+        eprintln!("SKIPPED netns test: needs root");
+        return;
+    }
+    let env = Env::new();
+    let dir = tempdir();
+    let bundle = dir.path().join("b.pinbundle");
+    let o = env.create(
+        &dir.path().join("cache"),
+        &bundle,
+        &[
+            env.image("docker").tag_reference(),
+            env.image("index").tag_reference(),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let ns = format!("pinbundle-test-{}", std::process::id());
+    ok(Command::new("ip").args(["netns", "add", &ns]));
+    let store = Store::new(dir.path(), "vfs");
+    let drop_in = dir.path().join("crio.conf.d/50-pinned-images");
+    let o = run(Command::new("ip")
+        .args(["netns", "exec", &ns, "sh", "-c"])
+        .arg(format!(
+            "ip link set lo up && '{}' load '{}' {} --crio-drop-in '{}' --cri-socket /nonexistent --reload none --lock-file '{}' --json",
+            env!("CARGO_BIN_EXE_pinbundle"),
+            bundle.display(),
+            store.args().join(" "),
+            drop_in.display(),
+            dir.path().join("l").display()
+        )));
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    assert!(store.exists(&env.image("docker").digest_reference()));
+    assert!(store.exists(&env.image("index").digest_reference()));
+    assert_eq!(drop_in_entries(&drop_in).len(), 2);
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let env = Env::new();
+    let dir = tempdir();
+    let bundle = dir.path().join("b.pinbundle");
+    let o = env.create(
+        &dir.path().join("cache"),
+        &bundle,
+        &[env.image("oci-one").tag_reference()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let store = Store::new(dir.path(), "vfs");
+    let drop_in = dir.path().join("crio.conf.d/50-pinned-images");
+    let (o, report) = load(
+        &bundle,
+        &store,
+        &drop_in,
+        &dir.path().join("no.sock"),
+        &dir.path().join("l"),
+        &["--dry-run"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(report["images"][0]["status"], "would-load");
+    assert!(!store.root.exists() && !drop_in.exists());
+}
