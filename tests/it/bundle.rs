@@ -320,7 +320,8 @@ fn crafted_indexes_are_refused() {
     let orig = std::fs::read(&p).unwrap();
     let q = dir.path().join("crafted");
     let last = |i: &SeekIndex| i.members.len() - 1;
-    let cases: Vec<(&str, Box<dyn Fn(&mut SeekIndex)>)> = vec![
+    type Edit = Box<dyn Fn(&mut SeekIndex)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "path traversal",
             Box::new(move |i| {
