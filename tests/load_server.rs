@@ -269,10 +269,15 @@ fn http(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> R
             Ok(n) => raw.extend_from_slice(&buf[..n]),
         }
     }
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("response head");
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        // The server dropped the connection before its response head was flushed.
+        return Reply {
+            status: 0,
+            headers: HashMap::new(),
+            body: Vec::new(),
+            complete: false,
+        };
+    };
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let body = raw[split + 4..].to_vec();
     let mut lines = head.lines();
@@ -579,7 +584,9 @@ fn a_damaged_frame_breaks_the_transfer() {
         server::serve_in_thread(open_bundle(&damaged), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
     let repo = served_name(&f.one.name);
     let r = http(srv.addr(), "GET", &format!("/v2/{repo}/blobs/{layer}"), &[]);
-    assert_eq!(r.status, 200);
+    // Either the head went out and the body stops short, or the connection dropped before
+    // hyper flushed anything: never a complete body.
+    assert!(r.status == 200 || r.status == 0, "status {}", r.status);
     assert!(
         !r.complete,
         "a damaged frame must not yield a complete body"
