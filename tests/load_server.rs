@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,6 @@ use pinbundle::progress::Silent;
 use pinbundle::reference::{Digest, PinnedRef};
 use pinbundle::registry::ClientOptions;
 use pinbundle::registry::server::{self, BundleServer, served_name};
-
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -40,49 +38,21 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-/// A `docker-registry serve` process on 127.0.0.1 with a temp root, killed on drop.
+/// The shared harness's real `docker-registry`, with its address at hand.
 struct Registry {
-    child: Child,
+    _inner: pinbundle_fixtures::registry::TestRegistry,
     host: String,
-    _dir: tempfile::TempDir,
 }
 
 impl Registry {
     fn start() -> Registry {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let host = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(&host).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let inner =
+            pinbundle_fixtures::registry::TestRegistry::start().expect("start docker-registry");
+        let host = inner.addr().to_string();
         Registry {
-            child,
+            _inner: inner,
             host,
-            _dir: dir,
         }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

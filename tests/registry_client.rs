@@ -7,7 +7,6 @@
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -17,7 +16,6 @@ use pinbundle::reference::{Digest, Reference};
 use pinbundle::registry::client::{ClientOptions, Error, OCI_MANIFEST, RegistryClient};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -26,58 +24,24 @@ fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// A `docker-registry serve` process on 127.0.0.1 with a temp root, killed on drop.
+/// The shared harness's real `docker-registry` (optionally with htpasswd auth).
 struct Registry {
-    child: Child,
+    inner: pinbundle_fixtures::registry::TestRegistry,
     host: String,
-    dir: tempfile::TempDir,
     auth: Option<(String, String)>,
 }
 
 impl Registry {
     fn start(auth: Option<(&str, &str)>) -> Registry {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("data").display()
-        );
-        if let Some((user, pass)) = auth {
-            let out = Command::new("htpasswd")
-                .args(["-Bbn", user, pass])
-                .output()
-                .expect("run htpasswd");
-            assert!(out.status.success(), "htpasswd failed");
-            let file = dir.path().join("htpasswd");
-            std::fs::write(&file, &out.stdout).expect("write htpasswd");
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                file.display()
-            ));
+        let inner = match auth {
+            Some((u, p)) => pinbundle_fixtures::registry::TestRegistry::start_with_basic_auth(u, p),
+            None => pinbundle_fixtures::registry::TestRegistry::start(),
         }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("write registry config");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let host = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(&host).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start on {host}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        .expect("start docker-registry");
+        let host = inner.addr().to_string();
         Registry {
-            child,
+            inner,
             host,
-            dir,
             auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
         }
     }
@@ -85,8 +49,8 @@ impl Registry {
     /// An auth file with this registry's credentials (or the given ones).
     fn authfile(&self, creds: Option<(&str, &str)>) -> PathBuf {
         let path = self
-            .dir
-            .path()
+            .inner
+            .dir()
             .join(format!("auth-{}.json", creds.is_some()));
         let auths = match creds {
             Some((u, p)) => format!(
@@ -158,13 +122,6 @@ impl Registry {
 
     fn reference(&self, rest: &str) -> Reference {
         format!("{}/{rest}", self.host).parse().expect("reference")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
