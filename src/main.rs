@@ -371,18 +371,7 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
             r.bundle.display(),
             r.problems.len()
         )?;
-        for p in &r.problems {
-            write!(
-                out,
-                "  {}: {}",
-                p.member.as_deref().unwrap_or("file"),
-                p.error
-            )?;
-            if !p.images.is_empty() {
-                write!(out, " (breaks {})", p.images.join(", "))?;
-            }
-            writeln!(out)?;
-        }
+        print_problems(&mut out, &r.problems)?;
         return Ok(());
     }
     for i in &r.images {
@@ -467,18 +456,24 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
             r.bundle.display(),
             r.problems.len()
         )?;
-        for p in &r.problems {
-            write!(
-                out,
-                "  {}: {}",
-                p.member.as_deref().unwrap_or("file"),
-                p.error
-            )?;
-            if !p.images.is_empty() {
-                write!(out, " (breaks {})", p.images.join(", "))?;
-            }
-            writeln!(out)?;
+        print_problems(&mut out, &r.problems)?;
+    }
+    Ok(())
+}
+
+/// One line per problem, naming the member and the images it breaks.
+fn print_problems(out: &mut impl Write, problems: &[verify::Problem]) -> Result<()> {
+    for p in problems {
+        write!(
+            out,
+            "  {}: {}",
+            p.member.as_deref().unwrap_or("file"),
+            p.error
+        )?;
+        if !p.images.is_empty() {
+            write!(out, " (breaks {})", p.images.join(", "))?;
         }
+        writeln!(out)?;
     }
     Ok(())
 }

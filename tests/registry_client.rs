@@ -16,7 +16,6 @@ use pinbundle::reference::{Digest, Reference};
 use pinbundle::registry::client::{ClientOptions, Error, OCI_MANIFEST, RegistryClient};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
