@@ -243,13 +243,19 @@ fn load_imports_every_kind_pins_reloads_and_confirms() {
     let crio = Crio::start(dir.path(), &conf_dir, &store);
     let lock = dir.path().join("load.lock");
 
+    let pis = dir.path().join("pis.yaml");
     let (o, report) = load(
         &bundle,
         &store,
         &drop_in,
         &crio.socket,
         &lock,
-        &["--reload", "signal"],
+        &[
+            "--reload",
+            "signal",
+            "--pinned-image-set-out",
+            pis.to_str().unwrap(),
+        ],
     );
     assert!(
         o.status.success(),
@@ -294,6 +300,20 @@ fn load_imports_every_kind_pins_reloads_and_confirms() {
         pins,
         "the drop-in holds exactly the union"
     );
+    // The PinnedImageSet for MCO-managed nodes lists exactly this bundle's images.
+    let yaml = std::fs::read_to_string(&pis).unwrap();
+    assert!(yaml.contains("kind: PinnedImageSet"), "{yaml}");
+    let listed: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- name: "))
+        .map(|n| n.trim_matches('"'))
+        .collect();
+    let ours: Vec<&str> = pins
+        .iter()
+        .filter(|p| **p != existing)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(listed, ours, "{yaml}");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&drop_in).unwrap().permissions(),
     );
