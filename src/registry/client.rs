@@ -24,6 +24,9 @@ use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use rand::Rng as _;
 use sha2::Digest as _;
+
+/// How many bytes of a blob are gathered before each write to the cache file.
+const WRITE_BATCH: usize = 1 << 20;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::auth::{self, AuthError, AuthFile, Lookup};
@@ -530,29 +533,43 @@ impl RegistryClient {
             });
         }
         let mut stream = stream.stream;
-        while let Some(chunk) = stream.next().await {
+        // Chunks arrive in a few KiB; every tokio::fs write is a trip to the blocking pool, so
+        // write in MiB batches. `len` counts only bytes on disk: a resume starts there.
+        let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
+        let result = loop {
+            let Some(chunk) = stream.next().await else {
+                break Ok(());
+            };
             let chunk = match chunk {
                 Ok(chunk) => chunk,
                 // oci-client's own end-of-stream verification (on 200 responses): this
                 // module verifies the digest itself below, with the partial-file policy.
-                Err(e) if e.get_ref().is_some_and(|i| i.is::<DigestError>()) => break,
-                Err(e) => return Err(fail(OciDistributionError::IoError(e))),
+                Err(e) if e.get_ref().is_some_and(|i| i.is::<DigestError>()) => break Ok(()),
+                Err(e) => break Err(fail(OciDistributionError::IoError(e))),
             };
-            let chunk_len = chunk.len() as u64;
-            if *len + chunk_len > size {
-                return Err(Failure {
+            if *len + (buf.len() + chunk.len()) as u64 > size {
+                break Err(Failure {
                     error: Error::SizeMismatch {
                         what: what.to_string(),
                         expected: size,
-                        found: *len + chunk_len,
+                        found: *len + (buf.len() + chunk.len()) as u64,
                     },
                     transient: false,
                 });
             }
-            file.write_all(&chunk).await.map_err(io)?;
             hasher.update(&chunk);
-            *len += chunk_len;
-        }
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= WRITE_BATCH {
+                file.write_all(&buf).await.map_err(io)?;
+                *len += buf.len() as u64;
+                buf.clear();
+            }
+        };
+        // Keep what arrived before an error too (the hasher has seen exactly `buf`), so a
+        // retry resumes after it.
+        file.write_all(&buf).await.map_err(io)?;
+        *len += buf.len() as u64;
+        result?;
         Ok(())
     }
 
