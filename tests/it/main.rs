@@ -2,5 +2,6 @@
 
 mod bundle;
 mod create;
+mod hostile;
 mod load;
 mod util;
