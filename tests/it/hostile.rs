@@ -18,6 +18,10 @@ use crate::util::{
     files_under, pinbundle, run, stored_frame, tempdir, text, with_frames, with_index,
 };
 
+type IndexEdit = Box<dyn Fn(&mut SeekIndex)>;
+type HeaderEdit = Box<dyn Fn(&mut tar::Header)>;
+type Files = Vec<(&'static str, &'static str)>;
+
 /// Peak RSS allowed for `verify` of any hostile input (frames are ≤ 64 MiB by the format).
 const MAX_RSS_KIB: u64 = 256 << 10;
 
@@ -484,7 +488,7 @@ fn hostile_inputs_are_refused_and_change_nothing() {
 
     // Crafted seek indexes with valid digests.
     let n = index.members.len();
-    let edits: Vec<(&str, &'static str, Box<dyn Fn(&mut SeekIndex)>)> = vec![
+    let edits: Vec<(&str, &'static str, IndexEdit)> = vec![
         (
             "frame outside the file",
             "frame 1 starts at",
@@ -649,7 +653,7 @@ fn hostile_inputs_are_refused_and_change_nothing() {
 
     // Tar headers rewritten (frame bytes, XXH3, zstd checksum all valid).
     let lp = layer.path.clone();
-    let header_edits: Vec<(&str, &'static str, Box<dyn Fn(&mut tar::Header)>)> = vec![
+    let header_edits: Vec<(&str, &'static str, HeaderEdit)> = vec![
         (
             "hardlink",
             "tar header does not match",
@@ -992,7 +996,7 @@ fn hostile_inputs_are_refused_and_change_nothing() {
     ));
 
     // An intact bundle meets a hostile drop-in directory: load must refuse before importing.
-    let drop_in_cases: Vec<(&str, &'static str, Vec<(&'static str, &'static str)>)> = vec![
+    let drop_in_cases: Vec<(&str, &'static str, Files)> = vec![
         (
             "unparsable file in the dir",
             "do not parse",
@@ -1068,4 +1072,168 @@ fn hostile_inputs_are_refused_and_change_nothing() {
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// A small valid bundle (synthetic, no registry) for the property test.
+fn small_bundle() -> Vec<u8> {
+    let layer: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let mut members = vec![
+        (
+            "oci-layout".to_string(),
+            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+        ),
+        (
+            "index.json".to_string(),
+            br#"{"schemaVersion":2,"manifests":[]}"#.to_vec(),
+        ),
+    ];
+    let mut c = Crafted {
+        manifest: json!({"format": "pinbundle", "formatVersion": 1, "creator": "test",
+            "created": "1970-01-01T00:00:00Z",
+            "layout": {"ociLayout": Digest::of(&members[0].1).to_string(),
+                       "indexJson": Digest::of(&members[1].1).to_string()},
+            "images": [], "blobs": [],
+            "totals": {"images": 0, "blobs": 2, "size": 0, "uncompressedSize": 0}}),
+        blobs: BTreeMap::new(),
+        fixed: std::mem::take(&mut members),
+    };
+    c.add(layer, media::OCI_LAYER_GZIP, "layer");
+    c.add(config, media::OCI_CONFIG, "config");
+    let mut w = BundleWriter::new(
+        Vec::new(),
+        WriterOptions {
+            frame_size: 1024,
+            level: 1,
+            mtime: 0,
+        },
+    );
+    w.add_bytes(
+        "pinbundle.json",
+        &serde_json::to_vec(&c.manifest).unwrap(),
+        Compression::Zstd,
+    )
+    .unwrap();
+    for (p, d) in &c.fixed {
+        w.add_bytes(p, d, Compression::Zstd).unwrap();
+    }
+    for (d, b) in &c.blobs {
+        w.add_bytes(&d.layout_path(), b, Compression::Store)
+            .unwrap();
+    }
+    w.finish().unwrap().0
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip {
+        at: usize,
+        bits: u8,
+    },
+    Insert {
+        at: usize,
+        bytes: Vec<u8>,
+    },
+    Delete {
+        at: usize,
+        len: usize,
+    },
+    Truncate {
+        to: usize,
+    },
+    /// Adds `delta` to a numeric field of a frame or member, index re-encoded validly.
+    IndexEdit {
+        entry: usize,
+        field: u8,
+        delta: i64,
+    },
+}
+
+fn mutation() -> impl proptest::strategy::Strategy<Value = Mutation> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (any::<usize>(), 1u8..=255).prop_map(|(at, bits)| Mutation::Flip { at, bits }),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..8))
+            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
+        (any::<usize>(), 1usize..64).prop_map(|(at, len)| Mutation::Delete { at, len }),
+        any::<usize>().prop_map(|to| Mutation::Truncate { to }),
+        (
+            any::<usize>(),
+            0u8..7,
+            prop_oneof![-600i64..=-1, 1i64..=600]
+        )
+            .prop_map(|(entry, field, delta)| Mutation::IndexEdit {
+                entry,
+                field,
+                delta
+            }),
+    ]
+}
+
+fn apply(orig: &[u8], m: &Mutation) -> Vec<u8> {
+    let mut b = orig.to_vec();
+    let n = orig.len();
+    match m {
+        Mutation::Flip { at, bits } => b[at % n] ^= bits,
+        Mutation::Insert { at, bytes } => {
+            let at = at % (n + 1);
+            b.splice(at..at, bytes.iter().copied());
+        }
+        Mutation::Delete { at, len } => {
+            let at = at % n;
+            b.drain(at..(at + len).min(n));
+        }
+        Mutation::Truncate { to } => b.truncate(to % n),
+        Mutation::IndexEdit {
+            entry,
+            field,
+            delta,
+        } => {
+            let add = |v: &mut u64| *v = v.saturating_add_signed(*delta);
+            let addu = |v: &mut usize| *v = (*v as u64).saturating_add_signed(*delta) as usize;
+            b = with_index(orig, |i| {
+                let (f, m) = (entry % i.frames.len(), entry % i.members.len());
+                match field {
+                    0 => add(&mut i.frames[f].offset),
+                    1 => add(&mut i.frames[f].length),
+                    2 => add(&mut i.frames[f].size),
+                    3 => add(&mut i.members[m].size),
+                    4 => addu(&mut i.members[m].frame),
+                    5 => addu(&mut i.members[m].frames),
+                    _ => add(&mut i.members[m].data_offset),
+                }
+            });
+        }
+    }
+    b
+}
+
+#[test]
+fn hostile_mutations_never_verify_ok() {
+    use proptest::prelude::*;
+    let orig = small_bundle();
+    let dir = tempdir();
+    let p = dir.path().join("b.pinbundle");
+    std::fs::write(&p, &orig).unwrap();
+    assert!(
+        pinbundle::verify::verify(&p, 1, &pinbundle::progress::Silent)
+            .unwrap()
+            .ok
+    );
+    let q = dir.path().join("m.pinbundle");
+    let config = ProptestConfig {
+        cases: 400,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(m in mutation())| {
+        let bytes = apply(&orig, &m);
+        std::fs::write(&q, &bytes).unwrap();
+        let t = std::time::Instant::now();
+        let ok = pinbundle::verify::verify(&q, 1, &pinbundle::progress::Silent)
+            .map(|r| r.ok)
+            .unwrap_or(false);
+        prop_assert!(t.elapsed() < std::time::Duration::from_secs(2), "{m:?} took {:?}", t.elapsed());
+        prop_assert!(!ok || bytes == orig, "mutation accepted: {m:?}");
+    });
 }

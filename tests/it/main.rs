@@ -1,6 +1,7 @@
 //! pinbundle's integration tests: one binary, modules per command.
 
 mod bundle;
+mod crash;
 mod create;
 mod hostile;
 mod load;
