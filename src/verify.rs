@@ -16,7 +16,7 @@ use crate::bundle::format::{BundleManifest, MemberEntry, OCI_INDEX_PATH, OCI_LAY
 use crate::bundle::{self, Bundle};
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
-use crate::reference::Digest;
+use crate::reference::{Digest, Reference};
 
 /// The version of the `--json` documents of `verify` and `inspect`.
 pub const JSON_VERSION: u32 = 1;
@@ -226,6 +226,22 @@ fn check_structure(
         bundle.read_member(m).ok()
     };
     for img in &manifest.images {
+        // `load` names the image `name@digest` (and `name:tag`) and pins that: each must be
+        // an exact, normalised reference, not something a crafted manifest slipped in.
+        let mut names = vec![format!("{}@{}", img.name, img.digest)];
+        names.extend(img.tag.as_ref().map(|t| format!("{}:{t}", img.name)));
+        for n in names {
+            if n.parse::<Reference>().map(|r| r.to_string()).ok().as_ref() != Some(&n) {
+                problem(
+                    None,
+                    Some(img.digest.clone()),
+                    format!(
+                        "{}: \"{n}\" is not a normalised image reference",
+                        img.reference
+                    ),
+                );
+            }
+        }
         let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
         let root_what = format!("{} (manifest {})", img.reference, img.digest);
         let Some(root) = readable(&img.digest) else {
@@ -288,6 +304,13 @@ fn check_structure(
             let what = format!("{} (manifest {digest})", img.reference);
             match manifest::parse(&bytes, &media_type, &what) {
                 Ok(Parsed::Image(m)) => {
+                    if let Err(e) = manifest::check_image_media_types(&m, &what) {
+                        problem(
+                            Some(digest.layout_path()),
+                            Some(digest.clone()),
+                            e.to_string(),
+                        );
+                    }
                     for d in std::iter::once(m.config()).chain(m.layers().iter()) {
                         match manifest::digest_of(d, &what) {
                             Ok(dg) => needed.push((dg, Some(d.size()), what.clone())),

@@ -326,7 +326,8 @@ impl Bundle {
 
     fn check_tar_header(&self, member: &MemberEntry, frame: &[u8]) -> Result<(), Error> {
         let start = member.data_offset as usize - TAR_BLOCK as usize;
-        let h = tar::Header::from_byte_slice(&frame[start..start + TAR_BLOCK as usize]);
+        let bytes = &frame[start..start + TAR_BLOCK as usize];
+        let h = tar::Header::from_byte_slice(bytes);
         let mut recomputed = h.clone();
         recomputed.set_cksum();
         let path_ok = h.path_bytes().as_ref() == member.path.as_bytes();
@@ -336,6 +337,18 @@ impl Bundle {
             return Err(self.bad_member(
                 member,
                 "tar header does not match the seek index (path, size, type or checksum)".into(),
+            ));
+        }
+        // Every other field is fixed by the format (mode 0644, owner 0, no names, no link
+        // target, ustar): stock `tar -x` as root would apply a crafted mode or owner.
+        let fixed = h
+            .mtime()
+            .ok()
+            .and_then(|mtime| super::writer::tar_header(&member.path, member.size, mtime).ok());
+        if fixed.as_ref().map(|f| &f[..]) != Some(bytes) {
+            return Err(self.bad_member(
+                member,
+                "tar header has fields the format fixes (mode, owner, names, link, magic) set to other values".into(),
             ));
         }
         Ok(())

@@ -251,7 +251,7 @@ fn read_exact_or_short(r: &mut impl Read, buf: &mut [u8]) -> Result<(), ReadFail
 }
 
 /// A ustar header: fixed owner, mode and mtime so equal inputs give equal bytes.
-fn tar_header(path: &str, size: u64, mtime: u64) -> Result<[u8; TAR_BLOCK], Error> {
+pub(crate) fn tar_header(path: &str, size: u64, mtime: u64) -> Result<[u8; TAR_BLOCK], Error> {
     let mut h = tar::Header::new_ustar();
     h.set_path(path).map_err(|source| Error::Input {
         member: path.to_string(),

@@ -352,16 +352,25 @@ pub fn write_atomic(path: &Path, content: &str) -> Result<(), PinsError> {
 /// # Errors
 /// As [`merge`] and [`write_atomic`]; a file that cannot be read is an I/O error.
 pub fn update(path: &Path, ours: &[PinnedRef]) -> Result<Merged, PinsError> {
+    let merged = check_update(path, ours)?;
+    if let Some(content) = &merged.content {
+        write_atomic(path, content)?;
+    }
+    Ok(merged)
+}
+
+/// What [`update`] would do, without writing: `Err` exactly when [`update`] would refuse the
+/// existing file or one of our pins. `load` calls it before importing anything.
+///
+/// # Errors
+/// As [`merge`]; a file that cannot be read is an I/O error.
+pub fn check_update(path: &Path, ours: &[PinnedRef]) -> Result<Merged, PinsError> {
     let existing = match fs_err::read_to_string(path) {
         Ok(s) => Some(s),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(path)(e)),
     };
-    let merged = merge(path, existing.as_deref(), ours)?;
-    if let Some(content) = &merged.content {
-        write_atomic(path, content)?;
-    }
-    Ok(merged)
+    merge(path, existing.as_deref(), ours)
 }
 
 /// A drop-in file that CRI-O would fail to decode.

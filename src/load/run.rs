@@ -1,4 +1,5 @@
-//! The `load` sequence: verify → plan → space check → import → pins → reload → confirm.
+//! The `load` sequence: verify → drop-in check → plan → space check → import → pins → reload
+//! → confirm.
 //!
 //! Nothing on the node changes before the whole bundle is verified, every image's platform is
 //! known to be carried and the space check passed. The drop-in is written last, atomically,
@@ -160,7 +161,15 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         return Ok(report);
     }
 
-    // 2. Plan: tools, platforms, what is already present.
+    // 2. The drop-in dir must be one CRI-O can reload and our file one we can merge into:
+    //    refuse now, before anything is looked up or imported, rather than after.
+    let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
+    if !opts.no_pin {
+        pins::scan_dir(&opts.drop_in)?.check()?;
+        pins::check_update(&opts.drop_in, &refs)?;
+    }
+
+    // 3. Plan: tools, platforms, what is already present.
     opts.skopeo
         .version()
         .context("`load` imports with skopeo (Debian/RHEL package `skopeo`)")?;
@@ -210,7 +219,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         }
     }
 
-    // 3. Space.
+    // 4. Space.
     check_space(opts, &manifest, &missing)?;
     if opts.dry_run {
         report.ok = true;
@@ -218,7 +227,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         return Ok(report);
     }
 
-    // 4. Import through a registry on loopback serving the bundle as it is.
+    // 5. Import through a registry on loopback serving the bundle as it is.
     if !missing.is_empty() {
         let server = crate::registry::server::serve_in_thread(
             bundle.clone(),
@@ -253,8 +262,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         reporter.finish();
     }
 
-    // 5. Pins, for images now present.
-    let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
+    // 6. Pins, for images now present (checked again: the files may have changed meanwhile).
     if let Some(out) = &opts.pinned_image_set_out {
         let name = pinned_image_set_name(&bundle);
         let yaml = pins::pinned_image_set_manifest(&name, "worker", &refs)?;
@@ -289,7 +297,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         entries: merged.entries.len(),
     });
 
-    // 6. Reload, only when the pins changed.
+    // 7. Reload, only when the pins changed.
     if changed {
         match reload::reload(opts.reload, &opts.reload_env) {
             Ok(reload::ReloadOutcome::Systemd) => {
@@ -312,7 +320,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         }
     }
 
-    // 7. Confirm over the CRI.
+    // 8. Confirm over the CRI.
     let mut confirmed = true;
     if opts.cri_socket.exists() {
         let runtime = tokio::runtime::Builder::new_current_thread()

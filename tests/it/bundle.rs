@@ -6,14 +6,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use pinbundle::bundle::format::{
-    BlobEntry, BlobKind, BundleManifest, FOOTER_LEN, Footer, INDEX_FRAME_MAGIC, LayoutDigests,
-    SeekIndex, Totals,
+    BlobEntry, BlobKind, BundleManifest, LayoutDigests, SeekIndex, Totals,
 };
 use pinbundle::bundle::{Bundle, BundleWriter, Compression, WriterOptions};
 use pinbundle::progress::Silent;
 use pinbundle::reference::Digest;
 
-use crate::util::{ok, tempdir};
+use crate::util::{ok, tempdir, with_index};
 
 /// Deterministic pseudo-random bytes (xorshift), incompressible.
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -283,33 +282,6 @@ fn garbage_is_not_a_bundle() {
             .arg(dir.path().join("missing")),
     );
     assert_eq!(out.status.code(), Some(2));
-}
-
-/// Rewrites the seek index (with a valid digest, as an attacker could) and returns the bytes.
-fn with_index(orig: &[u8], edit: impl FnOnce(&mut SeekIndex)) -> Vec<u8> {
-    let mut fb = [0u8; FOOTER_LEN];
-    fb.copy_from_slice(&orig[orig.len() - FOOTER_LEN..]);
-    let footer = Footer::decode(&fb).unwrap();
-    let start = footer.index_offset as usize;
-    let mut index: SeekIndex =
-        serde_json::from_slice(&orig[start..start + footer.index_len as usize]).unwrap();
-    edit(&mut index);
-    let ib = serde_json::to_vec(&index).unwrap();
-    let mut out = orig[..start - 8].to_vec();
-    out.extend_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
-    out.extend_from_slice(&((ib.len() + FOOTER_LEN) as u32).to_le_bytes());
-    out.extend_from_slice(&ib);
-    let f = Footer {
-        index_offset: start as u64,
-        index_len: ib.len() as u64,
-        index_sha256: {
-            use sha2::Digest as _;
-            sha2::Sha256::digest(&ib).into()
-        },
-        ..footer
-    };
-    out.extend_from_slice(&f.encode());
-    out
 }
 
 #[test]

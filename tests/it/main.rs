@@ -1,6 +1,8 @@
 //! pinbundle's integration tests: one binary, modules per command.
 
 mod bundle;
+mod crash;
 mod create;
+mod hostile;
 mod load;
 mod util;

@@ -67,3 +67,102 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Splits a bundle into the bytes before its seek index frame, the seek index and the footer.
+fn split_tail(
+    orig: &[u8],
+) -> (
+    usize,
+    pinbundle::bundle::format::SeekIndex,
+    pinbundle::bundle::format::Footer,
+) {
+    use pinbundle::bundle::format::{FOOTER_LEN, Footer};
+    let mut fb = [0u8; FOOTER_LEN];
+    fb.copy_from_slice(&orig[orig.len() - FOOTER_LEN..]);
+    let footer = Footer::decode(&fb).unwrap();
+    let start = footer.index_offset as usize;
+    let index = serde_json::from_slice(&orig[start..start + footer.index_len as usize]).unwrap();
+    (start - 8, index, footer)
+}
+
+/// The skippable index frame and footer for `index_bytes` placed at `data_end`, with a valid
+/// digest (as an attacker who rewrites the index would make it).
+pub fn index_tail(
+    data_end: usize,
+    index_bytes: &[u8],
+    footer: pinbundle::bundle::format::Footer,
+) -> Vec<u8> {
+    use pinbundle::bundle::format::{FOOTER_LEN, Footer, INDEX_FRAME_MAGIC};
+    use sha2::Digest as _;
+    let mut out = Vec::new();
+    out.extend_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
+    out.extend_from_slice(&((index_bytes.len() + FOOTER_LEN) as u32).to_le_bytes());
+    out.extend_from_slice(index_bytes);
+    let f = Footer {
+        index_offset: data_end as u64 + 8,
+        index_len: index_bytes.len() as u64,
+        index_sha256: sha2::Sha256::digest(index_bytes).into(),
+        ..footer
+    };
+    out.extend_from_slice(&f.encode());
+    out
+}
+
+/// Rewrites the seek index (with a valid digest, as an attacker could) and returns the bytes.
+pub fn with_index(
+    orig: &[u8],
+    edit: impl FnOnce(&mut pinbundle::bundle::format::SeekIndex),
+) -> Vec<u8> {
+    let (data_end, mut index, footer) = split_tail(orig);
+    edit(&mut index);
+    let ib = serde_json::to_vec(&index).unwrap();
+    let mut out = orig[..data_end].to_vec();
+    out.extend_from_slice(&index_tail(data_end, &ib, footer));
+    out
+}
+
+/// Rewrites data frames (their compressed bytes; `size` as the edit leaves it) and then the
+/// index, recomputing every frame's offset, length and XXH3: damage only the deeper checks
+/// (zstd, tar, sha256) can catch.
+pub fn with_frames(
+    orig: &[u8],
+    edit: impl FnOnce(&mut Vec<Vec<u8>>, &mut pinbundle::bundle::format::SeekIndex),
+) -> Vec<u8> {
+    let (_, mut index, footer) = split_tail(orig);
+    let mut frames: Vec<Vec<u8>> = index
+        .frames
+        .iter()
+        .map(|f| orig[f.offset as usize..(f.offset + f.length) as usize].to_vec())
+        .collect();
+    edit(&mut frames, &mut index);
+    let mut out = Vec::new();
+    for (f, bytes) in index.frames.iter_mut().zip(&frames) {
+        f.offset = out.len() as u64;
+        f.length = bytes.len() as u64;
+        f.xxh3 = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes));
+        out.extend_from_slice(bytes);
+    }
+    let ib = serde_json::to_vec(&index).unwrap();
+    let tail = index_tail(out.len(), &ib, footer);
+    out.extend_from_slice(&tail);
+    out
+}
+
+/// A zstd frame of raw blocks holding `content` (single segment, content size, checksum).
+pub fn stored_frame(content: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    f.push(0b1110_0100);
+    f.extend_from_slice(&(content.len() as u64).to_le_bytes());
+    let mut chunks = content.chunks(128 << 10).peekable();
+    if chunks.peek().is_none() {
+        f.extend_from_slice(&[1, 0, 0]);
+    }
+    while let Some(block) = chunks.next() {
+        let last = u32::from(chunks.peek().is_none());
+        f.extend_from_slice(&(last | ((block.len() as u32) << 3)).to_le_bytes()[..3]);
+        f.extend_from_slice(block);
+    }
+    f.extend_from_slice(&(xxhash_rust::xxh64::xxh64(content, 0) as u32).to_le_bytes());
+    f
+}
