@@ -3,4 +3,5 @@
 mod bundle;
 mod create;
 mod load;
+mod sign;
 mod util;
