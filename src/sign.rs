@@ -203,6 +203,8 @@ fn read_small(path: &Path) -> Result<String, Error> {
 pub struct SecretKeyFile {
     path: PathBuf,
     text: String,
+    /// The decoded key line (secret material only when not encrypted).
+    raw: Vec<u8>,
     encrypted: bool,
 }
 
@@ -241,6 +243,7 @@ impl SecretKeyFile {
         Ok(SecretKeyFile {
             path: path.to_path_buf(),
             text,
+            raw: bytes,
             encrypted,
         })
     }
@@ -256,31 +259,29 @@ impl SecretKeyFile {
 
     /// Decrypts the key (`password` is required exactly when [`Self::is_encrypted`]).
     pub fn unlock(&self, password: Option<&str>) -> Result<SigningKey, Error> {
+        let bad = |detail: String| Error::BadSecretKey {
+            path: self.path.clone(),
+            detail,
+        };
+        if !self.encrypted {
+            // Read directly: stock minisign 0.11 (`-G -W`) leaves the checksum of unencrypted
+            // keys zero, which the crate refuses; `from_raw` checks instead that the secret and
+            // public halves match.
+            return SigningKey::from_raw(&self.raw).map_err(bad);
+        }
+        let password = password.ok_or_else(|| Error::PasswordNeeded {
+            path: self.path.clone(),
+        })?;
         let sk_box =
-            minisign::SecretKeyBox::from_string(&self.text).map_err(|e| Error::BadSecretKey {
-                path: self.path.clone(),
-                detail: e.to_string(),
-            })?;
-        let sk = if self.encrypted {
-            let password = password.ok_or_else(|| Error::PasswordNeeded {
-                path: self.path.clone(),
-            })?;
-            // `Some` never prompts.
+            minisign::SecretKeyBox::from_string(&self.text).map_err(|e| bad(e.to_string()))?;
+        // `Some` never prompts.
+        let sk =
             minisign::SecretKey::from_box(sk_box, Some(password.to_string())).map_err(|_| {
                 Error::WrongPassword {
                     path: self.path.clone(),
                 }
-            })?
-        } else {
-            minisign::SecretKey::from_unencrypted_box(sk_box).map_err(|e| Error::BadSecretKey {
-                path: self.path.clone(),
-                detail: e.to_string(),
-            })?
-        };
-        SigningKey::from_minisign(&sk).map_err(|detail| Error::BadSecretKey {
-            path: self.path.clone(),
-            detail,
-        })
+            })?;
+        SigningKey::from_raw(&sk.to_bytes()).map_err(bad)
     }
 }
 
@@ -299,8 +300,8 @@ impl fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
-    fn from_minisign(sk: &minisign::SecretKey) -> Result<SigningKey, String> {
-        let bytes = sk.to_bytes();
+    /// From minisign's decrypted secret key bytes.
+    fn from_raw(bytes: &[u8]) -> Result<SigningKey, String> {
         if bytes.len() != SK_LEN {
             return Err("unexpected secret key length".into());
         }

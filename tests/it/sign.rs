@@ -217,6 +217,20 @@ fn signed_bundle_is_deterministic_and_verifies_with_pinbundle_and_stock_minisign
         .args(["-Vm", MANIFEST_PATH, "-p"])
         .arg(&pk));
     assert!(!o.status.success());
+
+    // A key made by stock `minisign -G -W` (unencrypted) signs bundles pinbundle trusts.
+    let (msk, mpk) = (dir.path().join("m.key"), dir.path().join("m.pub"));
+    ok(Command::new("minisign")
+        .args(["-G", "-W", "-s"])
+        .arg(&msk)
+        .arg("-p")
+        .arg(&mpk)
+        .stdin(std::process::Stdio::null()));
+    let m = dir.path().join("m.pinbundle");
+    let o = env.create(&cache, &m, &refs, &["--sign-key", msk.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (code, report, _) = verify(&m, &[&mpk]);
+    assert_eq!(code, Some(0), "{report}");
 }
 
 #[test]
@@ -448,4 +462,46 @@ fn load_refuses_untrusted_bundles_before_touching_anything() {
     assert_eq!(report["signature"]["keyId"], good_id.as_str());
     assert!(store.exists(&env.image("oci-one").digest_reference()));
     assert_eq!(std::fs::read_to_string(&drop_in).unwrap(), existing);
+}
+
+/// The index rules: the signature is optional, right after pinbundle.json, at most once.
+#[test]
+fn signature_member_only_right_after_the_manifest() {
+    let dir = tempdir();
+    let manifest = br#"{"format":"pinbundle","formatVersion":1,"creator":"t","created":"x","layout":{"ociLayout":"sha256:0000000000000000000000000000000000000000000000000000000000000000","indexJson":"sha256:0000000000000000000000000000000000000000000000000000000000000000"},"images":[],"blobs":[],"totals":{"images":0,"blobs":0,"size":0,"uncompressedSize":0}}"#;
+    let write = |name: &str, paths: &[&str]| {
+        let p = dir.path().join(name);
+        let mut w = BundleWriter::new(std::fs::File::create(&p).unwrap(), WriterOptions::default());
+        for path in paths {
+            let data: &[u8] = if *path == MANIFEST_PATH {
+                manifest
+            } else {
+                b"sig"
+            };
+            w.add_bytes(path, data, Compression::Zstd).unwrap();
+        }
+        w.finish().unwrap();
+        p
+    };
+    let good = write("good", &[MANIFEST_PATH, SIGNATURE_PATH, "oci-layout"]);
+    assert_eq!(
+        Bundle::open(&good)
+            .unwrap()
+            .signature_bytes()
+            .unwrap()
+            .as_deref(),
+        Some(&b"sig"[..])
+    );
+    for (name, paths) in [
+        ("late", &[MANIFEST_PATH, "oci-layout", SIGNATURE_PATH][..]),
+        (
+            "twice",
+            &[MANIFEST_PATH, SIGNATURE_PATH, SIGNATURE_PATH][..],
+        ),
+        ("first", &[SIGNATURE_PATH, MANIFEST_PATH][..]),
+    ] {
+        let p = write(name, paths);
+        let e = Bundle::open(&p).expect_err(name).to_string();
+        assert!(e.contains("seek index"), "{name}: {e}");
+    }
 }
