@@ -21,13 +21,15 @@ use serde::Serialize;
 
 use crate::bundle::format::{
     BlobEntry, BlobKind, BundleManifest, FORMAT_NAME, FORMAT_VERSION, ImageEntry, LayoutDigests,
-    MANIFEST_PATH, OCI_INDEX_PATH, OCI_LAYOUT_PATH, PlatformEntry, Totals, media,
+    MANIFEST_PATH, OCI_INDEX_PATH, OCI_LAYOUT_PATH, PlatformEntry, SIGNATURE_PATH, Totals, media,
 };
 use crate::bundle::{BundleWriter, Compression, WriterOptions};
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
 use crate::registry::client::{ClientOptions, RawManifest, RegistryClient};
+use crate::sign::SigningKey;
+use crate::verify::SignatureInfo;
 
 /// An `os/architecture[/variant]` platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -105,6 +107,8 @@ pub struct CreateOptions {
     pub frame_size: usize,
     /// Seconds since the epoch to record as the creation time (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<u64>,
+    /// Sign `pinbundle.json` with this key (the member `pinbundle.json.minisig`).
+    pub sign_key: Option<SigningKey>,
 }
 
 /// The summary of a `create` run (the `--json` document).
@@ -122,6 +126,8 @@ pub struct CreateReport {
     pub blobs_fetched: usize,
     pub blobs_cached: usize,
     pub bytes_fetched: u64,
+    /// The signature written, `null` when unsigned.
+    pub signature: Option<SignatureInfo>,
     pub seconds: f64,
 }
 
@@ -441,6 +447,23 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let mut manifest_bytes =
         serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
     manifest_bytes.push(b'\n');
+    let signature = match &opts.sign_key {
+        Some(key) => {
+            let comment = trusted_comment(&bm, &manifest_bytes);
+            let bytes = key
+                .sign(&manifest_bytes, &comment)
+                .with_context(|| format!("signing {MANIFEST_PATH} with key {}", key.id()))?;
+            Some((
+                bytes,
+                SignatureInfo {
+                    key_id: key.id(),
+                    trusted_comment: comment,
+                    verified_by: None,
+                },
+            ))
+        }
+        None => None,
+    };
 
     // 5. Write.
     let out_err = || format!("writing {}", opts.output.display());
@@ -461,6 +484,10 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         );
         w.add_bytes(MANIFEST_PATH, &manifest_bytes, Compression::Zstd)
             .with_context(out_err)?;
+        if let Some((sig, _)) = &signature {
+            w.add_bytes(SIGNATURE_PATH, sig, Compression::Zstd)
+                .with_context(out_err)?;
+        }
         w.add_bytes(OCI_LAYOUT_PATH, &oci_layout, Compression::Zstd)
             .with_context(out_err)?;
         w.add_bytes(OCI_INDEX_PATH, &index_json, Compression::Zstd)
@@ -547,8 +574,21 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         blobs_fetched,
         blobs_cached,
         bytes_fetched: fetched_bytes.load(Ordering::Relaxed),
+        signature: signature.map(|(_, info)| info),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The signed comment: what a reader sees in `minisign -V` and `inspect`, authenticated with
+/// the signature. One line, from the manifest only (so signing stays deterministic).
+fn trusted_comment(bm: &BundleManifest, manifest_bytes: &[u8]) -> String {
+    format!(
+        "pinbundle created {} images {} blobs {} manifest {}",
+        bm.created,
+        bm.totals.images,
+        bm.totals.blobs,
+        Digest::of(manifest_bytes)
+    )
 }
 
 /// Resolves one reference to its manifests.

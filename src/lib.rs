@@ -5,6 +5,7 @@
 //! - [`bundle`] owns the byte format: writer, reader, seek index (local files only).
 //! - [`registry`] speaks the distribution API: the client used by `create` and the read-only
 //!   server used by `load`.
+//! - [`sign`] reads minisign keys, signs `pinbundle.json` and checks signatures.
 //! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
 //!   signals CRI-O or writes under `/etc`.
 
@@ -15,4 +16,5 @@ pub mod manifest;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod sign;
 pub mod verify;

@@ -2,7 +2,7 @@
 //! lives in the library.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -13,6 +13,7 @@ use pinbundle::load;
 use pinbundle::progress::{Reporter, Silent};
 use pinbundle::reference::Reference;
 use pinbundle::registry::client::ClientOptions;
+use pinbundle::sign;
 use pinbundle::verify;
 
 /// Carry container images to air-gapped Kubernetes/OpenShift nodes in one verifiable bundle.
@@ -35,6 +36,31 @@ enum Command {
     Verify(VerifyArgs),
     Inspect(InspectArgs),
     Load(LoadArgs),
+    Keygen(KeygenArgs),
+}
+
+/// Generate a signing key pair: NAME.key (secret, mode 0600) and NAME.pub, in minisign's
+/// formats (stock `minisign -V -p NAME.pub` checks bundle signatures; keys made by
+/// `minisign -G` work with pinbundle too).
+///
+/// The secret key is encrypted with a password (scrypt, as minisign does) taken from
+/// --password-file, else $PINBUNDLE_KEY_PASSWORD, else asked on the terminal (never when stdin
+/// is not a terminal). --unencrypted writes it unprotected, for automation that keeps it in a
+/// secret store. Existing files are never overwritten.
+#[derive(Args, Debug)]
+struct KeygenArgs {
+    /// The key pair's name: writes NAME.key and NAME.pub.
+    #[arg(short, long, value_name = "NAME")]
+    output: PathBuf,
+    /// Read the password from this file (its first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "unencrypted")]
+    password_file: Option<PathBuf>,
+    /// Do not encrypt the secret key.
+    #[arg(long)]
+    unencrypted: bool,
+    /// Print what was written as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Resolve images and write them into one bundle file (run on a connected host).
@@ -86,18 +112,31 @@ struct CreateArgs {
     /// are stored as they are.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
     level: i32,
+    /// Sign the bundle with this minisign secret key (see `pinbundle keygen`); the signature
+    /// covers pinbundle.json and through its digests every blob.
+    #[arg(long, value_name = "KEY")]
+    sign_key: Option<PathBuf>,
+    /// The signing key's password, from this file (its first line). Default:
+    /// $PINBUNDLE_KEY_PASSWORD, else asked on the terminal.
+    #[arg(long, value_name = "FILE", requires = "sign_key")]
+    password_file: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
 }
 
-/// Check every frame, blob digest and manifest reference of a bundle.
+/// Check every frame, blob digest and manifest reference of a bundle, and its signature.
 ///
 /// Exit 0 only if everything is intact; otherwise every damaged blob is named with the images
-/// it breaks, and the exit code is 1.
+/// it breaks, and the exit code is 1. With --trust-key, the bundle must also be signed by one
+/// of the keys given (checked first: an unsigned or untrusted bundle is refused, exit 1);
+/// without, a signature present is checked to be well-formed and its key id shown.
 #[derive(Args, Debug)]
 struct VerifyArgs {
     bundle: PathBuf,
+    /// A minisign public key (.pub) trusted to sign bundles; repeatable.
+    #[arg(long, value_name = "PUB")]
+    trust_key: Vec<PathBuf>,
     /// Threads to verify with. [default: number of cores]
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
@@ -124,9 +163,19 @@ struct InspectArgs {
 /// when they change); reload CRI-O; ask CRI-O over the CRI until every image reports present
 /// and pinned. Exit 0 when confirmed; 1 when the bundle is damaged or CRI-O does not confirm;
 /// 2 on other errors.
+///
+/// Signatures: when any trusted key is configured (--trust-key, or a `*.pub` file in
+/// --trusted-dir), the bundle must be signed by one of them; an unsigned bundle or one signed
+/// by another key is refused before anything is touched (exit 1).
 #[derive(Args, Debug)]
 struct LoadArgs {
     bundle: PathBuf,
+    /// A minisign public key (.pub) trusted to sign bundles; repeatable.
+    #[arg(long, value_name = "PUB")]
+    trust_key: Vec<PathBuf>,
+    /// Every `*.pub` file in this directory is a trusted key (a missing directory has none).
+    #[arg(long, value_name = "DIR", default_value = sign::DEFAULT_TRUSTED_DIR)]
+    trusted_dir: PathBuf,
     /// The store's graph root (then also give --runroot); default: from storage.conf.
     #[arg(long, value_name = "DIR", requires = "runroot")]
     storage_root: Option<PathBuf>,
@@ -211,8 +260,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Create(a) => cmd_create(a, &*reporter),
         Command::Verify(a) => {
-            let jobs = a.jobs.unwrap_or(0);
-            let report = verify::verify(&a.bundle, jobs, &*reporter)?;
+            let opts = verify::VerifyOptions {
+                jobs: a.jobs.unwrap_or(0),
+                trusted_keys: sign::read_trusted(&a.trust_key, None)?,
+            };
+            let report = verify::verify_with(&a.bundle, &opts, &*reporter)?;
             if a.json {
                 print_json(&report)?;
             } else {
@@ -225,6 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Load(a) => cmd_load(a, &*reporter),
+        Command::Keygen(a) => cmd_keygen(a),
         Command::Inspect(a) => {
             let report = verify::inspect(&a.bundle)?;
             if a.json {
@@ -237,7 +290,98 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// A secret key's password: from `file`, else `$PINBUNDLE_KEY_PASSWORD`, else asked on the
+/// terminal (twice when `confirm`); `None` when there is no source (stdin not a terminal).
+fn key_password(file: Option<&Path>, prompt: &str, confirm: bool) -> Result<Option<String>> {
+    if let Some(f) = file {
+        let text = fs_err::read_to_string(f)?;
+        let line = text.lines().next().unwrap_or("").to_string();
+        if line.is_empty() {
+            anyhow::bail!("the password file {} is empty", f.display());
+        }
+        return Ok(Some(line));
+    }
+    if let Some(p) = std::env::var_os(sign::PASSWORD_ENV).filter(|p| !p.is_empty()) {
+        return Ok(Some(p.into_string().map_err(|_| {
+            anyhow::anyhow!("{} is not valid UTF-8", sign::PASSWORD_ENV)
+        })?));
+    }
+    if !std::io::stdin().is_terminal() {
+        return Ok(None);
+    }
+    let pw = rpassword::prompt_password(prompt).context("reading the password")?;
+    if confirm {
+        let again =
+            rpassword::prompt_password("Password (again): ").context("reading the password")?;
+        if pw != again {
+            anyhow::bail!("the passwords do not match");
+        }
+    }
+    if pw.is_empty() {
+        anyhow::bail!("an empty password protects nothing; use --unencrypted to mean that");
+    }
+    Ok(Some(pw))
+}
+
+fn cmd_keygen(a: KeygenArgs) -> Result<ExitCode> {
+    let password = if a.unencrypted {
+        None
+    } else {
+        let prompt = format!("Password for {}.key: ", a.output.display());
+        Some(
+            key_password(a.password_file.as_deref(), &prompt, true)?.with_context(|| {
+                format!(
+                    "a password is needed to encrypt {}.key: give --password-file, set {}, run on a terminal, or pass --unencrypted",
+                    a.output.display(),
+                    sign::PASSWORD_ENV
+                )
+            })?,
+        )
+    };
+    let report = sign::keygen(&a.output, password.as_deref())?;
+    if a.json {
+        print_json(&report)?;
+    } else {
+        let mut err = std::io::stderr().lock();
+        writeln!(
+            err,
+            "key {}: secret key {} ({}), public key {}\ncopy {} to the nodes' {}/ (or pass it with --trust-key)",
+            report.key_id,
+            report.secret_key.display(),
+            if report.encrypted {
+                "password-protected"
+            } else {
+                "NOT encrypted"
+            },
+            report.public_key.display(),
+            report.public_key.display(),
+            sign::DEFAULT_TRUSTED_DIR
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads and decrypts the signing key (before any network work, so a wrong password fails
+/// fast).
+fn signing_key(path: &Path, password_file: Option<&Path>) -> Result<sign::SigningKey> {
+    let file = sign::SecretKeyFile::read(path)?;
+    let password = if file.is_encrypted() {
+        key_password(
+            password_file,
+            &format!("Password for {}: ", path.display()),
+            false,
+        )?
+    } else {
+        None
+    };
+    Ok(file.unlock(password.as_deref())?)
+}
+
 fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
+    let sign_key = match &a.sign_key {
+        Some(k) => Some(signing_key(k, a.password_file.as_deref())?),
+        None => None,
+    };
     let mut references = Vec::new();
     for r in &a.references {
         references.push(r.parse::<Reference>()?);
@@ -281,6 +425,7 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         level: a.level,
         frame_size: pinbundle::bundle::format::DEFAULT_FRAME_SIZE,
         source_date_epoch,
+        sign_key,
     };
     let report = create::create(&opts, reporter)?;
     if a.json {
@@ -310,6 +455,9 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
             report.blobs_cached,
             report.seconds
         )?;
+        if let Some(sig) = &report.signature {
+            writeln!(err, "signed by key {}", sig.key_id)?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -348,6 +496,8 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         lock: a.lock_file,
         root: PathBuf::from("/"),
         tmpdir: None,
+        trusted_keys: a.trust_key,
+        trusted_dir: a.trusted_dir,
     };
     let report = load::load(&opts, reporter)?;
     if a.json {
@@ -367,7 +517,7 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
     if !r.problems.is_empty() {
         writeln!(
             out,
-            "{}: damaged, nothing was changed; {} problem(s):",
+            "{}: refused (damaged or not signed by a trusted key), nothing was changed; {} problem(s):",
             r.bundle.display(),
             r.problems.len()
         )?;
@@ -440,6 +590,20 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 fn print_verify(r: &verify::VerifyReport) -> Result<()> {
     let mut out = std::io::stdout().lock();
+    match &r.signature {
+        Some(s) => {
+            let trust = match &s.verified_by {
+                Some(p) => format!("verified with trusted key {}", p.display()),
+                None => "not checked against a trusted key (give --trust-key)".into(),
+            };
+            writeln!(
+                out,
+                "signature: key {}, {trust}\n  trusted comment: {}",
+                s.key_id, s.trusted_comment
+            )?;
+        }
+        None => writeln!(out, "signature: none")?,
+    }
     if r.ok {
         writeln!(
             out,
@@ -492,6 +656,14 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
         "format:  {} v{}, by {}, created {}",
         m.format, m.format_version, m.creator, m.created
     )?;
+    match &r.signature {
+        Some(s) => writeln!(
+            out,
+            "signed:  by key {} (not checked: use `verify --trust-key`)\n         trusted comment: {}",
+            s.key_id, s.trusted_comment
+        )?,
+        None => writeln!(out, "signed:  no")?,
+    }
     writeln!(
         out,
         "content: {} images, {} blobs, {} ({} uncompressed)",

@@ -12,11 +12,14 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::bundle::format::{BundleManifest, MemberEntry, OCI_INDEX_PATH, OCI_LAYOUT_PATH};
+use crate::bundle::format::{
+    BundleManifest, MemberEntry, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH,
+};
 use crate::bundle::{self, Bundle};
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
+use crate::sign::{self, KeyId, TrustedKey};
 
 /// The version of the `--json` documents of `verify` and `inspect`.
 pub const JSON_VERSION: u32 = 1;
@@ -42,13 +45,55 @@ pub struct VerifyReport {
     pub images: usize,
     pub members_checked: usize,
     pub bytes_checked: u64,
+    /// The bundle's signature, `null` when it is unsigned (or could not be read).
+    pub signature: Option<SignatureInfo>,
     pub problems: Vec<Problem>,
 }
 
-/// Verifies the bundle at `path` with `jobs` threads (0: one per core).
+/// Who signed a bundle.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureInfo {
+    /// The signer's key id, as minisign shows it.
+    pub key_id: KeyId,
+    /// The signed comment (creation time, image count, manifest digest).
+    pub trusted_comment: String,
+    /// The trusted public key file that verified the signature; `null` when no trusted key
+    /// was given (the signature was then only checked to be well-formed) or it failed.
+    pub verified_by: Option<PathBuf>,
+}
+
+/// How to verify.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Threads (0: one per core).
+    pub jobs: usize,
+    /// When not empty, the bundle must be signed by one of these keys; otherwise it is refused
+    /// before any blob is read.
+    pub trusted_keys: Vec<TrustedKey>,
+}
+
+/// Verifies the bundle at `path` with `jobs` threads (0: one per core), without a signature
+/// policy.
 pub fn verify(
     path: &Path,
     jobs: usize,
+    reporter: &dyn Reporter,
+) -> Result<VerifyReport, bundle::Error> {
+    verify_with(
+        path,
+        &VerifyOptions {
+            jobs,
+            trusted_keys: Vec::new(),
+        },
+        reporter,
+    )
+}
+
+/// Verifies the bundle at `path`, and its signature against `opts.trusted_keys`.
+pub fn verify_with(
+    path: &Path,
+    opts: &VerifyOptions,
     reporter: &dyn Reporter,
 ) -> Result<VerifyReport, bundle::Error> {
     let bundle = match Bundle::open(path) {
@@ -62,6 +107,7 @@ pub fn verify(
                 images: 0,
                 members_checked: 0,
                 bytes_checked: 0,
+                signature: None,
                 problems: vec![Problem {
                     member: None,
                     digest: None,
@@ -71,18 +117,112 @@ pub fn verify(
             });
         }
     };
-    verify_open(&bundle, jobs, reporter)
+    verify_open_with(&bundle, opts, reporter)
 }
 
-/// Verifies an already opened bundle.
+/// Verifies an already opened bundle, without a signature policy.
 pub fn verify_open(
     bundle: &Bundle,
     jobs: usize,
     reporter: &dyn Reporter,
 ) -> Result<VerifyReport, bundle::Error> {
+    verify_open_with(
+        bundle,
+        &VerifyOptions {
+            jobs,
+            trusted_keys: Vec::new(),
+        },
+        reporter,
+    )
+}
+
+/// Verifies an already opened bundle: first its signature (with trusted keys, a bundle that
+/// is unsigned or not signed by one of them is refused before any blob is read), then every
+/// member.
+pub fn verify_open_with(
+    bundle: &Bundle,
+    opts: &VerifyOptions,
+    reporter: &dyn Reporter,
+) -> Result<VerifyReport, bundle::Error> {
+    let jobs = opts.jobs;
+    let manifest = bundle.manifest();
+    let (signature, refusal) = check_signature(bundle, &opts.trusted_keys);
+    if let Some(p) = refusal {
+        if !opts.trusted_keys.is_empty() {
+            return Ok(VerifyReport {
+                version: JSON_VERSION,
+                bundle: bundle.path().to_path_buf(),
+                ok: false,
+                images: manifest.images.len(),
+                members_checked: 0,
+                bytes_checked: 0,
+                signature,
+                problems: vec![p],
+            });
+        }
+        // Without a policy a malformed signature is damage like any other; go on.
+        return verify_members(bundle, jobs, signature, vec![p], reporter);
+    }
+    verify_members(bundle, jobs, signature, Vec::new(), reporter)
+}
+
+/// Reads and checks the signature: what it says, and the problem that refuses the bundle (or,
+/// without trusted keys, that makes it damaged).
+pub fn check_signature(
+    bundle: &Bundle,
+    trusted: &[TrustedKey],
+) -> (Option<SignatureInfo>, Option<Problem>) {
+    let problem = |member: Option<&str>, error: String| Problem {
+        member: member.map(str::to_string),
+        digest: None,
+        images: Vec::new(),
+        error,
+    };
+    let bytes = match bundle.signature_bytes() {
+        Ok(Some(b)) => b,
+        Ok(None) if trusted.is_empty() => return (None, None),
+        Ok(None) => {
+            let e = sign::Error::Unsigned {
+                trusted: trusted.iter().map(|k| k.id).collect(),
+            };
+            return (None, Some(problem(None, error_chain(&e))));
+        }
+        Err(e) => return (None, Some(problem(Some(SIGNATURE_PATH), error_chain(&e)))),
+    };
+    let sig = match sign::Signature::parse(&bytes) {
+        Ok(s) => s,
+        Err(e) => return (None, Some(problem(Some(SIGNATURE_PATH), error_chain(&e)))),
+    };
+    let mut info = SignatureInfo {
+        key_id: sig.key_id,
+        trusted_comment: sig.trusted_comment.clone(),
+        verified_by: None,
+    };
+    if trusted.is_empty() {
+        return (Some(info), None);
+    }
+    match sig.check(bundle.manifest_bytes(), trusted) {
+        Ok(k) => {
+            info.verified_by = Some(k.path.clone());
+            (Some(info), None)
+        }
+        Err(e) => (
+            Some(info),
+            Some(problem(Some(SIGNATURE_PATH), error_chain(&e))),
+        ),
+    }
+}
+
+fn verify_members(
+    bundle: &Bundle,
+    jobs: usize,
+    signature: Option<SignatureInfo>,
+    initial: Vec<Problem>,
+    reporter: &dyn Reporter,
+) -> Result<VerifyReport, bundle::Error> {
     let manifest = bundle.manifest();
     let users = blob_users(manifest);
-    let problems = Mutex::new(Vec::new());
+    let problems = Mutex::new(initial);
     let add = |p: Problem| problems.lock().unwrap_or_else(|e| e.into_inner()).push(p);
 
     // Largest members first, so one big layer does not finish last on a single core.
@@ -134,6 +274,7 @@ pub fn verify_open(
         images: manifest.images.len(),
         members_checked: bundle.index().members.len(),
         bytes_checked: bundle.file_len(),
+        signature,
         problems,
     })
 }
@@ -373,19 +514,51 @@ pub struct InspectReport {
     pub file_size: u64,
     pub frames: usize,
     pub members: usize,
+    /// Who signed the bundle (not checked against any key: use `verify --trust-key`); `null`
+    /// when it is unsigned.
+    pub signature: Option<SignatureInfo>,
     #[serde(flatten)]
     pub manifest: BundleManifest,
 }
 
+/// Why `inspect` could not report.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InspectError {
+    #[error(transparent)]
+    Bundle(#[from] bundle::Error),
+    #[error("{}: {SIGNATURE_PATH}", path.display())]
+    Signature {
+        path: PathBuf,
+        #[source]
+        source: sign::Error,
+    },
+}
+
 /// Reads what the bundle says it holds, without reading the blobs.
-pub fn inspect(path: &Path) -> Result<InspectReport, bundle::Error> {
+pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
     let b = Bundle::open(path)?;
+    let signature = match b.signature_bytes()? {
+        None => None,
+        Some(bytes) => {
+            let sig = sign::Signature::parse(&bytes).map_err(|source| InspectError::Signature {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Some(SignatureInfo {
+                key_id: sig.key_id,
+                trusted_comment: sig.trusted_comment,
+                verified_by: None,
+            })
+        }
+    };
     Ok(InspectReport {
         version: JSON_VERSION,
         bundle: path.to_path_buf(),
         file_size: b.file_len(),
         frames: b.index().frames.len(),
         members: b.index().members.len(),
+        signature,
         manifest: b.manifest().clone(),
     })
 }

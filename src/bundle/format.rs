@@ -25,6 +25,8 @@ pub const FOOTER_LEN: usize = 64;
 pub const MANIFEST_PATH: &str = "pinbundle.json";
 pub const OCI_LAYOUT_PATH: &str = "oci-layout";
 pub const OCI_INDEX_PATH: &str = "index.json";
+/// The optional minisign signature of `pinbundle.json`; when present, the second member.
+pub const SIGNATURE_PATH: &str = "pinbundle.json.minisig";
 
 /// Readers refuse indexes larger than this (a hostile footer cannot make us allocate more).
 pub const MAX_INDEX_LEN: u64 = 256 << 20;
@@ -32,6 +34,8 @@ pub const MAX_INDEX_LEN: u64 = 256 << 20;
 pub const MAX_FRAME_SIZE: u64 = 64 << 20;
 /// Readers refuse a `pinbundle.json` larger than this.
 pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
+/// Readers refuse a `pinbundle.json.minisig` larger than this (a real one is about 300 bytes).
+pub const MAX_SIGNATURE_LEN: u64 = 4096;
 /// The default upper bound of a frame's decompressed size.
 pub const DEFAULT_FRAME_SIZE: usize = 16 << 20;
 
@@ -133,8 +137,8 @@ impl SeekIndex {
     }
 }
 
-/// `pinbundle.json`: what the bundle holds. A signature over these bytes (reserved, see
-/// `bundle-format.md`) covers every blob through the digests listed here.
+/// `pinbundle.json`: what the bundle holds. A signature over these bytes (the member
+/// [`SIGNATURE_PATH`]) covers every blob through the digests listed here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BundleManifest {

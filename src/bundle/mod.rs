@@ -7,6 +7,7 @@
 
 pub mod format;
 pub mod reader;
+mod signature;
 pub mod writer;
 
 use std::io;

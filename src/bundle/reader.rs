@@ -17,7 +17,7 @@ use super::Error;
 use super::format::{
     BundleManifest, FOOTER_LEN, FORMAT_NAME, FORMAT_VERSION, Footer, FrameEntry, INDEX_FRAME_MAGIC,
     MANIFEST_PATH, MAX_FRAME_SIZE, MAX_INDEX_LEN, MAX_MANIFEST_LEN, MemberEntry, OCI_INDEX_PATH,
-    OCI_LAYOUT_PATH, SeekIndex,
+    OCI_LAYOUT_PATH, SIGNATURE_PATH, SeekIndex,
 };
 use crate::reference::Digest;
 
@@ -397,11 +397,13 @@ fn empty_manifest() -> BundleManifest {
     }
 }
 
-/// A member path the format allows; anything else (`..`, absolute paths, other names) is
-/// refused before any content is read.
-fn allowed_path(path: &str, digest: &Digest) -> bool {
+/// A member path the format allows at position `i`; anything else (`..`, absolute paths,
+/// other names, a signature anywhere but right after `pinbundle.json`) is refused before any
+/// content is read.
+fn allowed_path(i: usize, path: &str, digest: &Digest) -> bool {
     match path.strip_prefix("blobs/sha256/") {
         Some(hex) => hex == digest.hex(),
+        None if path == SIGNATURE_PATH => i == 1,
         None => matches!(path, MANIFEST_PATH | OCI_LAYOUT_PATH | OCI_INDEX_PATH),
     }
 }
@@ -443,7 +445,7 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
     let mut by_path = HashMap::with_capacity(index.members.len());
     let mut next_frame = 0usize;
     for (i, m) in index.members.iter().enumerate() {
-        if !allowed_path(&m.path, &m.digest) {
+        if !allowed_path(i, &m.path, &m.digest) {
             return Err(format!(
                 "member {i} has a path the format does not allow: {:?}",
                 m.path

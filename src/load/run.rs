@@ -20,7 +20,8 @@ use crate::bundle::format::{BlobKind, ImageEntry, media};
 use crate::create::Platform;
 use crate::progress::Reporter;
 use crate::reference::PinnedRef;
-use crate::verify::{self, Problem};
+use crate::sign;
+use crate::verify::{self, Problem, SignatureInfo, VerifyOptions};
 
 /// CRI-O's default drop-in for pins, the file MCO also writes.
 pub const DEFAULT_DROP_IN: &str = "/etc/crio/crio.conf.d/50-pinned-images";
@@ -58,6 +59,12 @@ pub struct LoadOptions {
     pub root: PathBuf,
     /// Where skopeo stages blobs (`--tmpdir`); its default (`/var/tmp`) when `None`.
     pub tmpdir: Option<PathBuf>,
+    /// Public keys (minisign `.pub` files) trusted to sign bundles, besides those of
+    /// `trusted_dir`. When any key is configured, only a bundle signed by one of them loads.
+    pub trusted_keys: Vec<PathBuf>,
+    /// A directory whose `*.pub` files are trusted keys ([`sign::DEFAULT_TRUSTED_DIR`]); a
+    /// missing directory holds none.
+    pub trusted_dir: PathBuf,
 }
 
 /// The `--json` document of `load`.
@@ -70,8 +77,11 @@ pub struct LoadReport {
     /// True when every image is in the store, pinned (unless `--no-pin`) and, where the CRI
     /// was asked, confirmed present and pinned.
     pub ok: bool,
-    /// What verification found; empty when the bundle is intact.
+    /// What verification found; empty when the bundle is intact (and, with trusted keys,
+    /// signed by one of them).
     pub problems: Vec<Problem>,
+    /// The bundle's signature, `null` when unsigned.
+    pub signature: Option<SignatureInfo>,
     pub images: Vec<ImageResult>,
     pub pins: Option<PinsResult>,
     pub reload: Option<String>,
@@ -117,6 +127,10 @@ pub struct CriResult {
 /// unpinned images changed); a damaged bundle or an unconfirmed pin is a report with `ok: false`.
 pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     let started = Instant::now();
+    // A trust configuration that cannot be read stops everything: loading without the policy
+    // an administrator set up would be worse than not loading.
+    let trusted_keys = sign::read_trusted(&opts.trusted_keys, Some(&opts.trusted_dir))
+        .context("reading the trusted signing keys")?;
     let _lock = if opts.dry_run {
         None
     } else {
@@ -128,6 +142,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         dry_run: opts.dry_run,
         ok: false,
         problems: Vec::new(),
+        signature: None,
         images: Vec::new(),
         pins: None,
         reload: None,
@@ -152,9 +167,17 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     let manifest = bundle.manifest().clone();
     report.images = manifest.images.iter().map(image_result).collect();
 
-    // 1. Verify everything before touching anything.
+    // 1. Verify everything (with trusted keys, the signature first) before touching anything.
     reporter.message(&format!("verifying {}", opts.bundle.display()));
-    let verified = verify::verify_open(&bundle, opts.jobs, reporter)?;
+    let verified = verify::verify_open_with(
+        &bundle,
+        &VerifyOptions {
+            jobs: opts.jobs,
+            trusted_keys,
+        },
+        reporter,
+    )?;
+    report.signature = verified.signature.clone();
     if !verified.ok {
         report.problems = verified.problems;
         report.seconds = started.elapsed().as_secs_f64();

@@ -16,19 +16,19 @@ use crate::util::{ok, pinbundle, run, tempdir, text};
 /// must see exactly one.
 static CRIO: Mutex<()> = Mutex::new(());
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
 /// A containers-storage in a temp dir; unmounts overlay's leftovers when dropped.
-struct Store {
-    root: PathBuf,
+pub(crate) struct Store {
+    pub(crate) root: PathBuf,
     run: PathBuf,
     driver: &'static str,
 }
 
 impl Store {
-    fn new(dir: &Path, driver: &'static str) -> Store {
+    pub(crate) fn new(dir: &Path, driver: &'static str) -> Store {
         Store {
             root: dir.join("storage"),
             run: dir.join("run"),
@@ -36,7 +36,7 @@ impl Store {
         }
     }
 
-    fn args(&self) -> Vec<String> {
+    pub(crate) fn args(&self) -> Vec<String> {
         vec![
             "--storage-root".into(),
             self.root.display().to_string(),
@@ -57,7 +57,7 @@ impl Store {
         c
     }
 
-    fn exists(&self, name: &str) -> bool {
+    pub(crate) fn exists(&self, name: &str) -> bool {
         run(self.podman().args(["image", "exists", name]))
             .status
             .success()
@@ -83,7 +83,7 @@ impl Store {
     }
 
     /// `images.json` as the store has it (or empty when nothing was ever written).
-    fn images_json(&self) -> String {
+    pub(crate) fn images_json(&self) -> String {
         std::fs::read_to_string(
             self.root
                 .join(format!("{}-images/images.json", self.driver)),
@@ -170,7 +170,7 @@ impl Drop for Crio {
 }
 
 /// Runs `pinbundle load --json` with the test's paths; returns the output and parsed report.
-fn load(
+pub(crate) fn load(
     bundle: &Path,
     store: &Store,
     drop_in: &Path,

@@ -5,4 +5,5 @@ mod crash;
 mod create;
 mod hostile;
 mod load;
+mod sign;
 mod util;
