@@ -197,6 +197,14 @@ impl Bundle {
 
     /// Reads, checks and decompresses frame `i`.
     pub fn read_frame(&self, i: usize) -> Result<Vec<u8>, Error> {
+        let mut buf = FrameBuf::default();
+        self.read_frame_into(i, &mut buf)?;
+        Ok(std::mem::take(&mut buf.out))
+    }
+
+    /// Reads, checks and decompresses frame `i` into `buf`, reusing its memory: fresh 16 MiB
+    /// buffers for every frame cost as much in page faults as hashing the frame does.
+    pub fn read_frame_into<'b>(&self, i: usize, buf: &'b mut FrameBuf) -> Result<&'b [u8], Error> {
         let f: &FrameEntry = &self.index.frames[i];
         let bad = |detail: String| Error::BadFrame {
             path: self.path.clone(),
@@ -204,30 +212,43 @@ impl Bundle {
             offset: f.offset,
             detail,
         };
-        let mut raw = vec![0u8; f.length as usize];
+        let len = f.length as usize;
+        if buf.raw.len() < len {
+            buf.raw.resize(len, 0);
+        }
+        let raw = &mut buf.raw[..len];
         self.file
-            .read_exact_at(&mut raw, f.offset)
+            .read_exact_at(raw, f.offset)
             .map_err(|source| Error::Io {
                 path: self.path.clone(),
                 source,
             })?;
-        let found = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&raw));
+        let found = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(raw));
         if found != f.xxh3 {
             return Err(bad(format!(
                 "checksum mismatch (expected {}, found {found})",
                 f.xxh3
             )));
         }
-        let out =
-            zstd::bulk::decompress(&raw, f.size as usize).map_err(|e| bad(format!("zstd: {e}")))?;
-        if out.len() as u64 != f.size {
+        // The declared size bounds the output: a frame that expands further fails here.
+        buf.out.clear();
+        buf.out.reserve(f.size as usize);
+        let dctx = match &mut buf.dctx {
+            Some(d) => d,
+            None => buf
+                .dctx
+                .insert(zstd::bulk::Decompressor::new().map_err(|e| bad(format!("zstd: {e}")))?),
+        };
+        dctx.decompress_to_buffer(&*raw, &mut buf.out)
+            .map_err(|e| bad(format!("zstd: {e}")))?;
+        if buf.out.len() as u64 != f.size {
             return Err(bad(format!(
                 "decompressed to {} bytes, expected {}",
-                out.len(),
+                buf.out.len(),
                 f.size
             )));
         }
-        Ok(out)
+        Ok(&buf.out)
     }
 
     /// A reader of `member`'s content from byte `offset` on. Frames are checked as they are
@@ -248,7 +269,8 @@ impl Bundle {
             bundle: self,
             next_frame: frame,
             end_frame: member.frame + member.frames,
-            buf: Vec::new(),
+            frame: FrameBuf::default(),
+            buf_len: 0,
             buf_pos: 0,
             skip: pos as usize,
             remaining: member.size - offset.min(member.size),
@@ -282,11 +304,12 @@ impl Bundle {
     ) -> Result<(), Error> {
         let mut hasher = sha2::Sha256::new();
         let mut remaining = member.size;
+        let mut buf = FrameBuf::default();
         for i in member.frame..member.frame + member.frames {
-            let data = self.read_frame(i)?;
-            let mut content = &data[..];
+            let data = self.read_frame_into(i, &mut buf)?;
+            let mut content = data;
             if i == member.frame {
-                self.check_tar_header(member, &data)?;
+                self.check_tar_header(member, data)?;
                 content = &content[member.data_offset as usize..];
             }
             let take = (remaining as usize).min(content.len());
@@ -485,13 +508,24 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
     Ok(by_path)
 }
 
+/// Reusable memory for reading frames: the compressed bytes, the decompressed bytes and a
+/// decompression context.
+#[derive(Default)]
+pub struct FrameBuf {
+    raw: Vec<u8>,
+    out: Vec<u8>,
+    dctx: Option<zstd::bulk::Decompressor<'static>>,
+}
+
 /// Streams a member's content, checking each frame as it is read. Errors are
 /// [`std::io::Error`]s wrapping a bundle [`Error`]; see [`Bundle::unwrap_io`].
 pub struct MemberReader<'a> {
     bundle: &'a Bundle,
     next_frame: usize,
     end_frame: usize,
-    buf: Vec<u8>,
+    frame: FrameBuf,
+    /// Decompressed bytes of the current frame in `frame.out`.
+    buf_len: usize,
     buf_pos: usize,
     skip: usize,
     remaining: u64,
@@ -502,22 +536,23 @@ impl Read for MemberReader<'_> {
         if self.remaining == 0 || out.is_empty() {
             return Ok(0);
         }
-        while self.buf_pos >= self.buf.len() {
+        while self.buf_pos >= self.buf_len {
             if self.next_frame >= self.end_frame {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "member ends early",
                 ));
             }
-            self.buf = self
+            self.buf_len = self
                 .bundle
-                .read_frame(self.next_frame)
-                .map_err(io::Error::other)?;
+                .read_frame_into(self.next_frame, &mut self.frame)
+                .map_err(io::Error::other)?
+                .len();
             self.next_frame += 1;
-            self.buf_pos = self.skip.min(self.buf.len());
+            self.buf_pos = self.skip.min(self.buf_len);
             self.skip -= self.buf_pos;
         }
-        let avail = &self.buf[self.buf_pos..];
+        let avail = &self.frame.out[self.buf_pos..self.buf_len];
         let n = avail.len().min(out.len()).min(self.remaining as usize);
         out[..n].copy_from_slice(&avail[..n]);
         self.buf_pos += n;
