@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::bundle::format::{
@@ -343,29 +342,34 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         }
     }
 
-    // 3. Fetch what the cache lacks.
-    let to_fetch: Vec<&PlannedBlob> = blobs
+    // 3. Fetch what the cache lacks. Each layer's uncompressed size (for `load`'s space check)
+    //    is measured as soon as the layer is in the cache, on the blocking pool, while other
+    //    blobs are still downloading; it is remembered beside the blob.
+    let is_cached: BTreeMap<&Digest, bool> = blobs
         .values()
-        .filter(|b| b.bytes.is_none() && !cached(&blob_dir, &b.entry))
+        .filter(|b| b.bytes.is_none())
+        .map(|b| (&b.entry.digest, cached(&blob_dir, &b.entry)))
         .collect();
-    let fetch_total: u64 = to_fetch.iter().map(|b| b.entry.size).sum();
-    let blobs_fetched = to_fetch.len();
-    let blobs_cached = blobs.values().filter(|b| b.bytes.is_none()).count() - blobs_fetched;
+    let blobs_fetched = is_cached.values().filter(|c| !**c).count();
+    let blobs_cached = is_cached.len() - blobs_fetched;
+    let fetch_total: u64 = blobs
+        .values()
+        .filter(|b| is_cached.get(&b.entry.digest) == Some(&false))
+        .map(|b| b.entry.size)
+        .sum();
     let fetched_bytes = AtomicU64::new(0);
-    if !to_fetch.is_empty() {
-        reporter.start(
-            &format!(
-                "fetching {} blobs ({} cached)",
-                to_fetch.len(),
-                blobs_cached
-            ),
-            fetch_total,
-        );
-        let sem = tokio::sync::Semaphore::new(opts.jobs.max(1));
-        runtime.block_on(async {
-            let futs = to_fetch.iter().map(|b| async {
-                let _permit = sem.acquire().await.context("fetch queue closed")?;
-                let dest = blob_dir.join(b.entry.digest.hex());
+    reporter.start(
+        &format!("fetching {blobs_fetched} blobs ({blobs_cached} cached)"),
+        fetch_total,
+    );
+    let net = tokio::sync::Semaphore::new(opts.jobs.max(1));
+    let cpu =
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let sizes: Vec<(Digest, u64)> = runtime.block_on(async {
+        let futs = blobs.values().filter(|b| b.bytes.is_none()).map(|b| async {
+            let dest = blob_dir.join(b.entry.digest.hex());
+            if is_cached.get(&b.entry.digest) == Some(&false) {
+                let _permit = net.acquire().await.context("fetch queue closed")?;
                 let progress = |n: u64| {
                     fetched_bytes.fetch_add(n, Ordering::Relaxed);
                     reporter.advance(n);
@@ -373,30 +377,27 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                 client
                     .fetch_blob(&b.source, &b.entry.digest, b.entry.size, &dest, &progress)
                     .await
-                    .with_context(|| format!("fetching blob {} of {}", b.entry.digest, b.source))
-            });
-            futures_util::future::try_join_all(futs).await
-        })?;
-        reporter.finish();
-    }
+                    .with_context(|| format!("fetching blob {} of {}", b.entry.digest, b.source))?;
+            }
+            if b.entry.kind != BlobKind::Layer {
+                return Ok(None);
+            }
+            let _permit = cpu.acquire().await.context("worker queue closed")?;
+            let (cache_dir, blob_dir, entry) =
+                (opts.cache_dir.clone(), blob_dir.clone(), b.entry.clone());
+            let n = tokio::task::spawn_blocking(move || {
+                uncompressed_size(&cache_dir, &blob_dir, &entry)
+            })
+            .await
+            .context("measuring a layer")??;
+            anyhow::Ok(Some((b.entry.digest.clone(), n)))
+        });
+        let all = futures_util::future::try_join_all(futs).await?;
+        anyhow::Ok(all.into_iter().flatten().collect())
+    })?;
+    reporter.finish();
     drop(runtime);
-
-    // Uncompressed layer sizes (for `load`'s space check), cached beside the blobs.
-    let layers: Vec<&PlannedBlob> = blobs
-        .values()
-        .filter(|b| b.entry.kind == BlobKind::Layer)
-        .collect();
-    let sizes: Vec<Result<(Digest, u64)>> = layers
-        .par_iter()
-        .map(|b| {
-            Ok((
-                b.entry.digest.clone(),
-                uncompressed_size(&opts.cache_dir, &blob_dir, &b.entry)?,
-            ))
-        })
-        .collect();
-    for s in sizes {
-        let (d, n) = s?;
+    for (d, n) in sizes {
         if let Some(b) = blobs.get_mut(&d) {
             b.entry.uncompressed_size = Some(n);
         }

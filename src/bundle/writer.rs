@@ -61,6 +61,10 @@ pub struct BundleWriter<W: Write> {
     opts: WriterOptions,
     frames: Vec<FrameEntry>,
     members: Vec<MemberEntry>,
+    /// Reused chunk buffers (decompressed frame content).
+    chunk_pool: Vec<Vec<u8>>,
+    /// Reused frame buffers with each frame's XXH3.
+    frame_pool: Vec<(Vec<u8>, u64)>,
 }
 
 impl<W: Write> BundleWriter<W> {
@@ -74,6 +78,8 @@ impl<W: Write> BundleWriter<W> {
             opts,
             frames: Vec::new(),
             members: Vec::new(),
+            chunk_pool: Vec::new(),
+            frame_pool: Vec::new(),
         }
     }
 
@@ -105,11 +111,21 @@ impl<W: Write> BundleWriter<W> {
         let mut remaining = size;
         let mut first = true;
         let batch = rayon::current_num_threads().max(1) * 2;
-        loop {
-            // Read a batch of frame-sized chunks, encode them in parallel, write them in order.
-            let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(batch);
-            while chunks.len() < batch && (first || remaining > 0) {
-                let mut chunk = Vec::new();
+        // Chunk and frame buffers live as long as the writer: fresh 16 MiB buffers per frame
+        // cost about as much in page faults as hashing them.
+        let mut chunks = std::mem::take(&mut self.chunk_pool);
+        let mut frames = std::mem::take(&mut self.frame_pool);
+        chunks.resize_with(batch, Vec::new);
+        frames.resize_with(batch, || (Vec::new(), 0));
+        let result = loop {
+            // Read a batch of frame-sized chunks; then hash their content on one thread while
+            // the others encode them; then write the frames in order.
+            let mut used = 0;
+            let mut content: Vec<std::ops::Range<usize>> = Vec::with_capacity(batch);
+            let mut read_error = None;
+            while used < batch && (first || remaining > 0) {
+                let chunk = &mut chunks[used];
+                chunk.clear();
                 let mut room = self.opts.frame_size;
                 if first {
                     chunk.extend_from_slice(&header);
@@ -119,44 +135,76 @@ impl<W: Write> BundleWriter<W> {
                 let take = remaining.min(room as u64) as usize;
                 let start = chunk.len();
                 chunk.resize(start + take, 0);
-                read_exact_or_short(&mut data, &mut chunk[start..]).map_err(|e| match e {
-                    ReadFail::Short(got) => Error::InputSize {
-                        member: path.to_string(),
-                        expected: size,
-                        found: size - remaining + got as u64,
-                    },
-                    ReadFail::Io(source) => Error::Input {
-                        member: path.to_string(),
-                        source,
-                    },
-                })?;
-                hasher.update(&chunk[start..]);
+                if let Err(e) = read_exact_or_short(&mut data, &mut chunk[start..]) {
+                    read_error = Some(match e {
+                        ReadFail::Short(got) => Error::InputSize {
+                            member: path.to_string(),
+                            expected: size,
+                            found: size - remaining + got as u64,
+                        },
+                        ReadFail::Io(source) => Error::Input {
+                            member: path.to_string(),
+                            source,
+                        },
+                    });
+                    break;
+                }
                 remaining -= take as u64;
                 if remaining == 0 {
                     let pad = (TAR_BLOCK - (size as usize % TAR_BLOCK)) % TAR_BLOCK;
                     chunk.resize(chunk.len() + pad, 0);
                 }
-                chunks.push(chunk);
+                content.push(start..start + take);
+                used += 1;
             }
-            if chunks.is_empty() {
-                break;
+            if let Some(e) = read_error {
+                break Err(e);
+            }
+            if used == 0 {
+                break Ok(());
             }
             let level = self.opts.level;
-            let encoded: Vec<io::Result<Vec<u8>>> = chunks
-                .par_iter()
-                .map(|c| match compression {
-                    Compression::Store => Ok(stored_frame(c)),
-                    Compression::Zstd => compressed_frame(c, level),
-                })
-                .collect();
-            for (chunk, frame) in chunks.iter().zip(encoded) {
-                let frame = frame.map_err(Error::Write)?;
-                self.write_frame(&frame, chunk.len() as u64)?;
+            let (encoded, ()) = rayon::join(
+                || {
+                    chunks[..used]
+                        .par_iter()
+                        .zip(frames[..used].par_iter_mut())
+                        .map(|(c, (out, xxh3))| {
+                            match compression {
+                                Compression::Store => stored_frame_into(c, out),
+                                Compression::Zstd => compressed_frame_into(c, level, out)?,
+                            }
+                            *xxh3 = xxhash_rust::xxh3::xxh3_64(out);
+                            Ok(())
+                        })
+                        .collect::<io::Result<()>>()
+                },
+                || {
+                    for (c, r) in chunks[..used].iter().zip(&content) {
+                        hasher.update(&c[r.clone()]);
+                    }
+                },
+            );
+            if let Err(e) = encoded {
+                break Err(Error::Write(e));
+            }
+            let mut failed = None;
+            for (chunk, (frame, xxh3)) in chunks[..used].iter().zip(&frames[..used]) {
+                if let Err(e) = self.write_frame(frame, chunk.len() as u64, *xxh3) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = failed {
+                break Err(e);
             }
             if remaining == 0 {
-                break;
+                break Ok(());
             }
-        }
+        };
+        self.chunk_pool = chunks;
+        self.frame_pool = frames;
+        result?;
         let mut extra = [0u8; 1];
         if data.read(&mut extra).map_err(|source| Error::Input {
             member: path.to_string(),
@@ -188,13 +236,13 @@ impl<W: Write> BundleWriter<W> {
         Ok(())
     }
 
-    fn write_frame(&mut self, frame: &[u8], size: u64) -> Result<(), Error> {
+    fn write_frame(&mut self, frame: &[u8], size: u64, xxh3: u64) -> Result<(), Error> {
         self.out.write_all(frame).map_err(Error::Write)?;
         self.frames.push(FrameEntry {
             offset: self.pos,
             length: frame.len() as u64,
             size,
-            xxh3: format!("{:016x}", xxhash_rust::xxh3::xxh3_64(frame)),
+            xxh3: format!("{xxh3:016x}"),
         });
         self.pos += frame.len() as u64;
         Ok(())
@@ -204,7 +252,7 @@ impl<W: Write> BundleWriter<W> {
     /// the index.
     pub fn finish(mut self) -> Result<(W, SeekIndex), Error> {
         let eof = compressed_frame(&[0u8; 2 * TAR_BLOCK], self.opts.level).map_err(Error::Write)?;
-        self.write_frame(&eof, 2 * TAR_BLOCK as u64)?;
+        self.write_frame(&eof, 2 * TAR_BLOCK as u64, xxhash_rust::xxh3::xxh3_64(&eof))?;
         let index = SeekIndex {
             format_version: FORMAT_VERSION,
             frames: self.frames,
@@ -270,9 +318,18 @@ pub(crate) fn tar_header(path: &str, size: u64, mtime: u64) -> Result<[u8; TAR_B
 }
 
 /// A zstd frame of raw blocks: single segment, 8-byte content size, content checksum.
+#[cfg(test)]
 pub(crate) fn stored_frame(content: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    stored_frame_into(content, &mut f);
+    f
+}
+
+/// [`stored_frame`] into a reused buffer.
+pub(crate) fn stored_frame_into(content: &[u8], f: &mut Vec<u8>) {
     let blocks = content.len().div_ceil(MAX_BLOCK).max(1);
-    let mut f = Vec::with_capacity(content.len() + 3 * blocks + 17);
+    f.clear();
+    f.reserve(content.len() + 3 * blocks + 17);
     f.extend_from_slice(&ZSTD_MAGIC.to_le_bytes());
     // Frame header descriptor: FCS flag 3 (8 bytes), single segment, checksum, no dictionary.
     f.push(0b1110_0100);
@@ -289,15 +346,24 @@ pub(crate) fn stored_frame(content: &[u8]) -> Vec<u8> {
     }
     let checksum = xxhash_rust::xxh64::xxh64(content, 0) as u32;
     f.extend_from_slice(&checksum.to_le_bytes());
-    f
 }
 
 /// A compressed zstd frame with content size and content checksum.
 pub(crate) fn compressed_frame(content: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    let mut f = Vec::new();
+    compressed_frame_into(content, level, &mut f)?;
+    Ok(f)
+}
+
+/// [`compressed_frame`] into a reused buffer.
+pub(crate) fn compressed_frame_into(content: &[u8], level: i32, f: &mut Vec<u8>) -> io::Result<()> {
     let mut c = zstd::bulk::Compressor::new(level)?;
     c.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
     c.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
-    c.compress(content)
+    f.clear();
+    f.reserve(zstd::zstd_safe::compress_bound(content.len()));
+    c.compress_to_buffer(content, f)?;
+    Ok(())
 }
 
 #[cfg(test)]
