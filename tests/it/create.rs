@@ -46,6 +46,17 @@ impl Env {
     }
 }
 
+impl Env {
+    /// `dir/b.pinbundle` made from `refs` (cache in `dir/cache`); panics with create's
+    /// stderr if it fails.
+    pub fn bundle_of(&self, dir: &Path, refs: &[String]) -> PathBuf {
+        let bundle = dir.join("b.pinbundle");
+        let o = self.create(&dir.join("cache"), &bundle, refs, &[]);
+        assert!(o.status.success(), "create failed: {}", text(&o.stderr));
+        bundle
+    }
+}
+
 pub fn inspect_json(bundle: &Path) -> Value {
     let o = ok(pinbundle().args(["inspect", "--json"]).arg(bundle));
     serde_json::from_slice(&o.stdout).expect("inspect --json is JSON")

@@ -366,14 +366,7 @@ fn load_imports_every_kind_pins_reloads_and_confirms() {
 fn damaged_bundle_changes_nothing() {
     let env = Env::new();
     let dir = tempdir();
-    let bundle = dir.path().join("b.pinbundle");
-    let o = env.create(
-        &dir.path().join("cache"),
-        &bundle,
-        &[env.image("oci-multi").tag_reference()],
-        &[],
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let bundle = env.bundle_of(dir.path(), &[env.image("oci-multi").tag_reference()]);
     // Flip a byte in the middle of the largest layer.
     let b = pinbundle::bundle::Bundle::open(&bundle).unwrap();
     let m = b
@@ -444,14 +437,7 @@ fn not_enough_space_is_refused_before_any_write() {
         pushed: vec![big],
     };
     let dir = tempdir();
-    let bundle = dir.path().join("b.pinbundle");
-    let o = env.create(
-        &dir.path().join("cache"),
-        &bundle,
-        &[env.pushed[0].tag_reference()],
-        &[],
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let bundle = env.bundle_of(dir.path(), &[env.pushed[0].tag_reference()]);
     let small = dir.path().join("small");
     std::fs::create_dir(&small).unwrap();
     ok(Command::new("mount")
@@ -487,17 +473,13 @@ fn load_in_a_network_namespace_with_only_loopback() {
     }
     let env = Env::new();
     let dir = tempdir();
-    let bundle = dir.path().join("b.pinbundle");
-    let o = env.create(
-        &dir.path().join("cache"),
-        &bundle,
+    let bundle = env.bundle_of(
+        dir.path(),
         &[
             env.image("docker").tag_reference(),
             env.image("index").tag_reference(),
         ],
-        &[],
     );
-    assert!(o.status.success(), "{}", text(&o.stderr));
     let ns = format!("pinbundle-test-{}", std::process::id());
     ok(Command::new("ip").args(["netns", "add", &ns]));
     let store = Store::new(dir.path(), "vfs");
@@ -528,14 +510,7 @@ fn load_in_a_network_namespace_with_only_loopback() {
 fn dry_run_changes_nothing() {
     let env = Env::new();
     let dir = tempdir();
-    let bundle = dir.path().join("b.pinbundle");
-    let o = env.create(
-        &dir.path().join("cache"),
-        &bundle,
-        &[env.image("oci-one").tag_reference()],
-        &[],
-    );
-    assert!(o.status.success(), "{}", text(&o.stderr));
+    let bundle = env.bundle_of(dir.path(), &[env.image("oci-one").tag_reference()]);
     let store = Store::new(dir.path(), "vfs");
     let drop_in = dir.path().join("crio.conf.d/50-pinned-images");
     let (o, report) = load(
