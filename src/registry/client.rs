@@ -307,7 +307,7 @@ impl RegistryClient {
     /// final path in a content-addressed cache.
     ///
     /// Bytes go to `<dest>.partial` (locked against concurrent fetchers), hashed while
-    /// written; only when size and sha256 match is the file fsynced and renamed to `dest`.
+    /// written; only when size and sha256 match is the file renamed to `dest`.
     /// Transient failures (5xx, 429, resets, timeouts) are retried with backoff, resuming
     /// with a `Range` request; a registry that ignores the range restarts from zero. A
     /// partial left by an earlier run is resumed; if the result does not verify, the blob is
@@ -460,12 +460,10 @@ impl RegistryClient {
             break;
         }
         file.flush().await.map_err(io(&partial))?;
-        file.sync_all().await.map_err(io(&partial))?;
+        // No fsync: forcing every blob to disk doubled `create`'s time. A blob a crash left
+        // short or zeroed behind its name is caught when the bundle writer hashes it again,
+        // which also deletes it from the cache.
         tokio::fs::rename(&partial, dest).await.map_err(io(dest))?;
-        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-            let dir = tokio::fs::File::open(parent).await.map_err(io(parent))?;
-            dir.sync_all().await.map_err(io(parent))?;
-        }
         Ok(())
     }
 
