@@ -536,6 +536,12 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     })?;
     reporter.finish();
     let bundle_size = file.metadata().with_context(out_err)?.len();
+    // Temporary files are created 0600; a bundle is meant to be read by whoever carries it.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .with_context(out_err)?;
     tmp.persist(&opts.output)
         .map_err(|e| e.error)
         .with_context(|| format!("renaming the finished bundle to {}", opts.output.display()))?;

@@ -156,6 +156,13 @@ fn bundle_of_every_fixture_extracts_verifies_and_lists_registry_digests() {
         1
     );
 
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&out).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o644,
+        "the bundle must be readable by whoever carries it"
+    );
     let v = ok(pinbundle().args(["verify", "--json"]).arg(&out));
     let report: Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(report["ok"], true, "{report}");
