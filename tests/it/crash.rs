@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::create::Env;
-use crate::util::{ok, pinbundle, run, tempdir, text};
+use crate::util::{ok, pinbundle, pins_of, run, tempdir, text};
 
 /// A fixed-seed xorshift PRNG: the kill points are random but the same on every run.
 struct Rng(u64);
@@ -145,16 +145,6 @@ fn load_cmd(dir: &Path, bundle: &Path) -> Command {
 
 const OLD_PIN: &str =
     "quay.io/other/app@sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
-
-fn pins_of(text: &str) -> Vec<String> {
-    let t: toml::Value = toml::from_str(text).expect("the drop-in parses");
-    t["crio"]["image"]["pinned_images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
-}
 
 fn images_exist(dir: &Path, pins: &[String]) -> bool {
     pins.iter().all(|p| {

@@ -195,13 +195,7 @@ pub(crate) fn load(
 }
 
 fn drop_in_entries(path: &Path) -> Vec<String> {
-    let t: toml::Value = toml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    t["crio"]["image"]["pinned_images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
+    crate::util::pins_of(&std::fs::read_to_string(path).unwrap())
 }
 
 #[test]

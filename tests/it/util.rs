@@ -166,3 +166,14 @@ pub fn stored_frame(content: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&(xxhash_rust::xxh64::xxh64(content, 0) as u32).to_le_bytes());
     f
 }
+
+/// The `pinned_images` entries of a CRI-O drop-in's text; panics if it does not parse.
+pub fn pins_of(text: &str) -> Vec<String> {
+    let t: toml::Value = toml::from_str(text).expect("the drop-in parses");
+    t["crio"]["image"]["pinned_images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
