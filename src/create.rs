@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -22,7 +22,7 @@ use crate::bundle::format::{
     BlobEntry, BlobKind, BundleManifest, FORMAT_NAME, FORMAT_VERSION, ImageEntry, LayoutDigests,
     MANIFEST_PATH, OCI_INDEX_PATH, OCI_LAYOUT_PATH, PlatformEntry, SIGNATURE_PATH, Totals, media,
 };
-use crate::bundle::{BundleWriter, Compression, WriterOptions};
+use crate::bundle::{BundleWriter, Compression, VolumeWriter, WriterOptions};
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
@@ -104,6 +104,8 @@ pub struct CreateOptions {
     pub jobs: usize,
     pub level: i32,
     pub frame_size: usize,
+    /// Write volumes `OUTPUT.001`, … of at most this many bytes instead of one file.
+    pub volume_size: Option<u64>,
     /// Seconds since the epoch to record as the creation time (`SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<u64>,
     /// Sign `pinbundle.json` with this key (the member `pinbundle.json.minisig`).
@@ -120,14 +122,23 @@ pub struct CreateReport {
     pub blobs: usize,
     /// Sum of blob sizes (each once).
     pub size: u64,
-    /// The bundle file's size.
+    /// The bundle file's size (with volumes, their sum).
     pub bundle_size: u64,
+    /// The volumes written (empty when one file was written).
+    pub volumes: Vec<CreatedVolume>,
     pub blobs_fetched: usize,
     pub blobs_cached: usize,
     pub bytes_fetched: u64,
     /// The signature written, `null` when unsigned.
     pub signature: Option<SignatureInfo>,
     pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedVolume {
+    pub path: PathBuf,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -225,6 +236,10 @@ struct Resolved {
         oci_spec::image::ImageManifest,
     )>,
 }
+
+/// Adds one blob member to the bundle or volume writer: (path, content, entry, encoding).
+type AddMember<'a> = dyn FnMut(&str, &mut dyn Read, &BlobEntry, Compression) -> Result<(), crate::bundle::Error>
+    + 'a;
 
 /// Runs `create`.
 pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateReport> {
@@ -436,7 +451,6 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         creator: format!("pinbundle {}", env!("CARGO_PKG_VERSION")),
         created: rfc3339(created_secs),
         base: None,
-        volume: None,
         layout: LayoutDigests {
             oci_layout: Digest::of(&oci_layout),
             index_json: Digest::of(&index_json),
@@ -472,27 +486,20 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         .num_threads(opts.jobs.max(1))
         .build()
         .context("starting worker threads")?;
-    let written = AtomicUsize::new(0);
+    let writer_opts = WriterOptions {
+        frame_size: opts.frame_size,
+        level: opts.level,
+        mtime: created_secs,
+    };
+    let mut head: Vec<(&str, &[u8])> = vec![(MANIFEST_PATH, &manifest_bytes)];
+    if let Some((sig, _)) = &signature {
+        head.push((SIGNATURE_PATH, sig));
+    }
+    head.push((OCI_LAYOUT_PATH, &oci_layout));
+    head.push((OCI_INDEX_PATH, &index_json));
     reporter.start("writing bundle", bm.totals.size);
-    let file = pool.install(|| -> Result<std::fs::File> {
-        let mut w = BundleWriter::new(
-            BufWriter::with_capacity(1 << 20, tmp.as_file()),
-            WriterOptions {
-                frame_size: opts.frame_size,
-                level: opts.level,
-                mtime: created_secs,
-            },
-        );
-        w.add_bytes(MANIFEST_PATH, &manifest_bytes, Compression::Zstd)
-            .with_context(out_err)?;
-        if let Some((sig, _)) = &signature {
-            w.add_bytes(SIGNATURE_PATH, sig, Compression::Zstd)
-                .with_context(out_err)?;
-        }
-        w.add_bytes(OCI_LAYOUT_PATH, &oci_layout, Compression::Zstd)
-            .with_context(out_err)?;
-        w.add_bytes(OCI_INDEX_PATH, &index_json, Compression::Zstd)
-            .with_context(out_err)?;
+    // Blobs in digest order, into one file or into volumes.
+    let add_blobs = |out: &mut AddMember| -> Result<()> {
         for b in blobs.values() {
             let path = b.entry.digest.layout_path();
             let compression = match media::layer_compression(&b.entry.media_type) {
@@ -502,52 +509,82 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                 _ => Compression::Zstd,
             };
             match &b.bytes {
-                Some(bytes) => w.add_member(
-                    &path,
-                    &bytes[..],
-                    b.entry.size,
-                    &b.entry.digest,
-                    compression,
-                ),
+                Some(bytes) => out(&path, &mut &bytes[..], &b.entry, compression),
                 None => {
                     let cache_path = blob_dir.join(b.entry.digest.hex());
                     let f = fs_err::File::open(&cache_path)?;
-                    let r = CountingReader {
+                    let mut r = CountingReader {
                         inner: std::io::BufReader::with_capacity(1 << 20, f),
                         reporter,
                     };
-                    w.add_member(&path, r, b.entry.size, &b.entry.digest, compression)
-                        .inspect_err(|_| {
-                            // A damaged cache entry must not poison the next run.
-                            let _ = fs_err::remove_file(&cache_path);
-                        })
+                    out(&path, &mut r, &b.entry, compression).inspect_err(|_| {
+                        // A damaged cache entry must not poison the next run.
+                        let _ = fs_err::remove_file(&cache_path);
+                    })
                 }
             }
             .with_context(|| format!("{} (blob {})", out_err(), b.entry.digest))?;
-            written.fetch_add(1, Ordering::Relaxed);
         }
-        let (buf, _index) = w.finish().with_context(out_err)?;
-        let file = buf
-            .into_inner()
-            .map_err(|e| e.into_error())
+        Ok(())
+    };
+    let (bundle_size, volumes) = match opts.volume_size {
+        None => {
+            let file = pool.install(|| -> Result<std::fs::File> {
+                let mut w = BundleWriter::new(
+                    BufWriter::with_capacity(1 << 20, tmp.as_file()),
+                    writer_opts,
+                );
+                for (path, bytes) in &head {
+                    w.add_bytes(path, bytes, Compression::Zstd)
+                        .with_context(out_err)?;
+                }
+                add_blobs(&mut |path, r, e, c| w.add_member(path, r, e.size, &e.digest, c))?;
+                let (buf, _index) = w.finish().with_context(out_err)?;
+                let file = buf
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .with_context(out_err)?;
+                file.sync_all().with_context(out_err)?;
+                file.try_clone().with_context(out_err)
+            })?;
+            reporter.finish();
+            let bundle_size = file.metadata().with_context(out_err)?.len();
+            // Temporary files are created 0600; a bundle is meant to be read by whoever
+            // carries it.
+            std::fs::set_permissions(
+                tmp.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+            )
             .with_context(out_err)?;
-        file.sync_all().with_context(out_err)?;
-        file.try_clone().with_context(out_err)
-    })?;
-    reporter.finish();
-    let bundle_size = file.metadata().with_context(out_err)?.len();
-    // Temporary files are created 0600; a bundle is meant to be read by whoever carries it.
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .with_context(out_err)?;
-    tmp.persist(&opts.output)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming the finished bundle to {}", opts.output.display()))?;
-    if let Ok(d) = std::fs::File::open(&out_dir) {
-        let _ = d.sync_all();
-    }
+            tmp.persist(&opts.output)
+                .map_err(|e| e.error)
+                .with_context(|| {
+                    format!("renaming the finished bundle to {}", opts.output.display())
+                })?;
+            if let Ok(d) = std::fs::File::open(&out_dir) {
+                let _ = d.sync_all();
+            }
+            (bundle_size, Vec::new())
+        }
+        Some(volume_size) => {
+            drop(tmp);
+            let written = pool.install(|| -> Result<Vec<crate::bundle::WrittenVolume>> {
+                let mut w = VolumeWriter::new(&opts.output, volume_size, writer_opts, &head)
+                    .with_context(out_err)?;
+                add_blobs(&mut |path, r, e, c| w.add_member(path, r, e.size, &e.digest, c))?;
+                w.finish().with_context(out_err)
+            })?;
+            reporter.finish();
+            let volumes: Vec<CreatedVolume> = written
+                .into_iter()
+                .map(|v| CreatedVolume {
+                    path: v.path,
+                    size: v.size,
+                })
+                .collect();
+            (volumes.iter().map(|v| v.size).sum(), volumes)
+        }
+    };
 
     Ok(CreateReport {
         version: 1,
@@ -578,6 +615,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         blobs: bm.totals.blobs,
         size: bm.totals.size,
         bundle_size,
+        volumes,
         blobs_fetched,
         blobs_cached,
         bytes_fetched: fetched_bytes.load(Ordering::Relaxed),

@@ -81,9 +81,14 @@ struct CreateArgs {
     /// Read references from an OpenShift PinnedImageSet YAML (`spec.pinnedImages[].name`).
     #[arg(long, value_name = "FILE")]
     pinned_image_set: Vec<PathBuf>,
-    /// The bundle file to write.
+    /// The bundle file to write (with --volume-size: FILE.001, FILE.002, …).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
+    /// Write volumes of at most SIZE bytes (`fat32` = 4 GiB − 1, `4G`, `700M`) instead of one
+    /// file. Each volume is a complete bundle file, verifiable alone; a blob larger than the
+    /// room left is cut between volumes and joined again on read.
+    #[arg(long, value_name = "SIZE", value_parser = parse_volume_size)]
+    volume_size: Option<u64>,
     /// Platform to keep from multi-platform images, OS/ARCH[/VARIANT]; repeatable.
     /// [default: linux/amd64]
     #[arg(long, value_name = "PLATFORM")]
@@ -133,7 +138,14 @@ struct CreateArgs {
 /// without, a signature present is checked to be well-formed and its key id shown.
 #[derive(Args, Debug)]
 struct VerifyArgs {
-    bundle: PathBuf,
+    /// The bundle file; or its volumes, in any order (one volume brings its siblings
+    /// NAME.NNN from its directory); or a directory holding them.
+    #[arg(required = true, value_name = "BUNDLE")]
+    bundle: Vec<PathBuf>,
+    /// Check only the volumes given, without requiring the rest of the set (a blob cut
+    /// between volumes is then checked against its frame checksums, not its digest).
+    #[arg(long)]
+    partial: bool,
     /// A minisign public key (.pub) trusted to sign bundles; repeatable.
     #[arg(long, value_name = "PUB")]
     trust_key: Vec<PathBuf>,
@@ -148,7 +160,9 @@ struct VerifyArgs {
 /// Show what a bundle holds (reads only its index and manifest: fast on any size).
 #[derive(Args, Debug)]
 struct InspectArgs {
-    bundle: PathBuf,
+    /// The bundle file, its volumes, or a directory holding them.
+    #[arg(required = true, value_name = "BUNDLE")]
+    bundle: Vec<PathBuf>,
     /// Print as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -169,7 +183,10 @@ struct InspectArgs {
 /// by another key is refused before anything is touched (exit 1).
 #[derive(Args, Debug)]
 struct LoadArgs {
-    bundle: PathBuf,
+    /// The bundle file; or its volumes, in any order (one volume brings its siblings
+    /// NAME.NNN from its directory); or a directory holding them. Every volume must be there.
+    #[arg(required = true, value_name = "BUNDLE")]
+    bundle: Vec<PathBuf>,
     /// A minisign public key (.pub) trusted to sign bundles; repeatable.
     #[arg(long, value_name = "PUB")]
     trust_key: Vec<PathBuf>,
@@ -247,6 +264,10 @@ fn main() -> ExitCode {
     }
 }
 
+fn parse_volume_size(s: &str) -> std::result::Result<u64, String> {
+    pinbundle::bundle::volumes::parse_volume_size(s)
+}
+
 fn reporter(no_progress: bool) -> Box<dyn Reporter> {
     if no_progress || !std::io::stderr().is_terminal() {
         Box::new(Silent)
@@ -264,7 +285,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 jobs: a.jobs.unwrap_or(0),
                 trusted_keys: sign::read_trusted(&a.trust_key, None)?,
             };
-            let report = verify::verify_with(&a.bundle, &opts, &*reporter)?;
+            let set_opts = pinbundle::bundle::SetOptions {
+                allow_partial: a.partial,
+                find_siblings: !a.partial,
+            };
+            let report = verify::verify_paths(&a.bundle, set_opts, &opts, &*reporter)?;
             if a.json {
                 print_json(&report)?;
             } else {
@@ -279,7 +304,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Load(a) => cmd_load(a, &*reporter),
         Command::Keygen(a) => cmd_keygen(a),
         Command::Inspect(a) => {
-            let report = verify::inspect(&a.bundle)?;
+            let report = verify::inspect_paths(&a.bundle)?;
             if a.json {
                 print_json(&report)?;
             } else {
@@ -424,6 +449,7 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         jobs,
         level: a.level,
         frame_size: pinbundle::bundle::format::DEFAULT_FRAME_SIZE,
+        volume_size: a.volume_size,
         source_date_epoch,
         sign_key,
     };
@@ -455,6 +481,9 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
             report.blobs_cached,
             report.seconds
         )?;
+        for v in &report.volumes {
+            writeln!(err, "  volume {} ({})", v.path.display(), human(v.size))?;
+        }
         if let Some(sig) = &report.signature {
             writeln!(err, "signed by key {}", sig.key_id)?;
         }
@@ -604,6 +633,9 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
         }
         None => writeln!(out, "signature: none")?,
     }
+    if let Some(v) = &r.volumes {
+        print_volumes(&mut out, v)?;
+    }
     if r.ok {
         writeln!(
             out,
@@ -621,6 +653,36 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
             r.problems.len()
         )?;
         print_problems(&mut out, &r.problems)?;
+    }
+    Ok(())
+}
+
+/// Which volumes were read and which were not.
+fn print_volumes(out: &mut impl Write, v: &verify::VolumesReport) -> Result<()> {
+    writeln!(
+        out,
+        "volumes: {} of {} present (set {})",
+        v.present.len(),
+        v.count,
+        v.set
+    )?;
+    for f in &v.present {
+        writeln!(out, "  {:>3}  {}", f.index, f.path.display())?;
+    }
+    for f in &v.missing {
+        writeln!(
+            out,
+            "  {:>3}  missing (expected {})",
+            f.index,
+            f.path.display()
+        )?;
+    }
+    if !v.incomplete_blobs.is_empty() {
+        writeln!(
+            out,
+            "  {} blob(s) continue in missing volumes: their parts here were checked by frame checksums only",
+            v.incomplete_blobs.len()
+        )?;
     }
     Ok(())
 }
@@ -663,6 +725,9 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
             s.key_id, s.trusted_comment
         )?,
         None => writeln!(out, "signed:  no")?,
+    }
+    if let Some(v) = &r.volumes {
+        print_volumes(&mut out, v)?;
     }
     writeln!(
         out,

@@ -12,10 +12,8 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::bundle::format::{
-    BundleManifest, MemberEntry, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH,
-};
-use crate::bundle::{self, Bundle};
+use crate::bundle::format::{BundleManifest, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH};
+use crate::bundle::{self, BlobLoc, Bundle, BundleSet, SetOptions};
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
@@ -47,7 +45,58 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     /// The bundle's signature, `null` when it is unsigned (or could not be read).
     pub signature: Option<SignatureInfo>,
+    /// The volume set, `null` for a whole bundle.
+    pub volumes: Option<VolumesReport>,
     pub problems: Vec<Problem>,
+}
+
+/// Which volumes of a set were read and which were not.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumesReport {
+    /// The set's identity (sha256 of `pinbundle.json`).
+    pub set: Digest,
+    pub count: u32,
+    /// The volumes read: number and file.
+    pub present: Vec<VolumeFile>,
+    /// The volumes not found: number and the file expected.
+    pub missing: Vec<VolumeFile>,
+    /// Blobs with a part in a missing volume: their present parts were checked only
+    /// against their frame checksums.
+    pub incomplete_blobs: Vec<Digest>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VolumeFile {
+    pub index: u32,
+    pub path: PathBuf,
+}
+
+impl VolumesReport {
+    pub fn of(set: &BundleSet) -> Option<VolumesReport> {
+        let info = set.volume_info()?;
+        Some(VolumesReport {
+            set: info.set.clone(),
+            count: info.count,
+            present: set
+                .volumes()
+                .iter()
+                .map(|v| VolumeFile {
+                    index: v.index().volume.as_ref().map_or(0, |v| v.index),
+                    path: v.path().to_path_buf(),
+                })
+                .collect(),
+            missing: set
+                .missing()
+                .iter()
+                .map(|(index, path)| VolumeFile {
+                    index: *index,
+                    path: path.clone(),
+                })
+                .collect(),
+            incomplete_blobs: set.incomplete().to_vec(),
+        })
+    }
 }
 
 /// Who signed a bundle.
@@ -90,24 +139,40 @@ pub fn verify(
     )
 }
 
-/// Verifies the bundle at `path`, and its signature against `opts.trusted_keys`.
+/// Verifies the bundle at `path` (a volume brings its siblings), and its signature against
+/// `opts.trusted_keys`.
 pub fn verify_with(
     path: &Path,
     opts: &VerifyOptions,
     reporter: &dyn Reporter,
 ) -> Result<VerifyReport, bundle::Error> {
-    let bundle = match Bundle::open(path) {
+    let set_opts = SetOptions {
+        allow_partial: false,
+        find_siblings: true,
+    };
+    verify_paths(&[path.to_path_buf()], set_opts, opts, reporter)
+}
+
+/// Verifies the bundle or volumes that `inputs` name (see [`BundleSet::open`]).
+pub fn verify_paths(
+    inputs: &[PathBuf],
+    set_opts: SetOptions,
+    opts: &VerifyOptions,
+    reporter: &dyn Reporter,
+) -> Result<VerifyReport, bundle::Error> {
+    let set = match BundleSet::open(inputs, set_opts) {
         Ok(b) => b,
         Err(e @ bundle::Error::Io { .. }) => return Err(e),
         Err(e) => {
             return Ok(VerifyReport {
                 version: JSON_VERSION,
-                bundle: path.to_path_buf(),
+                bundle: inputs.first().cloned().unwrap_or_default(),
                 ok: false,
                 images: 0,
                 members_checked: 0,
                 bytes_checked: 0,
                 signature: None,
+                volumes: None,
                 problems: vec![Problem {
                     member: None,
                     digest: None,
@@ -117,12 +182,12 @@ pub fn verify_with(
             });
         }
     };
-    verify_open_with(&bundle, opts, reporter)
+    verify_open_with(&set, opts, reporter)
 }
 
 /// Verifies an already opened bundle, without a signature policy.
 pub fn verify_open(
-    bundle: &Bundle,
+    bundle: &BundleSet,
     jobs: usize,
     reporter: &dyn Reporter,
 ) -> Result<VerifyReport, bundle::Error> {
@@ -140,7 +205,7 @@ pub fn verify_open(
 /// is unsigned or not signed by one of them is refused before any blob is read), then every
 /// member.
 pub fn verify_open_with(
-    bundle: &Bundle,
+    bundle: &BundleSet,
     opts: &VerifyOptions,
     reporter: &dyn Reporter,
 ) -> Result<VerifyReport, bundle::Error> {
@@ -157,6 +222,7 @@ pub fn verify_open_with(
                 members_checked: 0,
                 bytes_checked: 0,
                 signature,
+                volumes: VolumesReport::of(bundle),
                 problems: vec![p],
             });
         }
@@ -169,7 +235,7 @@ pub fn verify_open_with(
 /// Reads and checks the signature: what it says, and the problem that refuses the bundle (or,
 /// without trusted keys, that makes it damaged).
 pub fn check_signature(
-    bundle: &Bundle,
+    bundle: &BundleSet,
     trusted: &[TrustedKey],
 ) -> (Option<SignatureInfo>, Option<Problem>) {
     let problem = |member: Option<&str>, error: String| Problem {
@@ -213,8 +279,18 @@ pub fn check_signature(
     }
 }
 
+/// One unit of verification work.
+enum Work<'a> {
+    /// A member that is not a blob (`pinbundle.json`, `index.json`, …) of one volume.
+    Member(&'a Bundle, usize),
+    /// A blob, whole or joined from its parts.
+    Blob(&'a BlobLoc),
+    /// A part whose blob has other parts in missing volumes: frames only.
+    Part(&'a Bundle, usize),
+}
+
 fn verify_members(
-    bundle: &Bundle,
+    bundle: &BundleSet,
     jobs: usize,
     signature: Option<SignatureInfo>,
     initial: Vec<Problem>,
@@ -225,28 +301,47 @@ fn verify_members(
     let problems = Mutex::new(initial);
     let add = |p: Problem| problems.lock().unwrap_or_else(|e| e.into_inner()).push(p);
 
-    // Largest members first, so one big layer does not finish last on a single core.
-    let mut members: Vec<&MemberEntry> = bundle.index().members.iter().collect();
-    members.sort_by_key(|m| std::cmp::Reverse(m.size));
+    let mut work: Vec<(u64, Work)> = Vec::new();
+    for v in bundle.volumes() {
+        for (i, m) in v.index().members.iter().enumerate() {
+            if !m.path.starts_with("blobs/") {
+                work.push((m.size, Work::Member(v, i)));
+            } else if bundle.incomplete().contains(&m.digest) {
+                work.push((m.size, Work::Part(v, i)));
+            }
+        }
+    }
+    work.extend(bundle.blobs().map(|b| (b.size, Work::Blob(b))));
+    // Largest first, so one big layer does not finish last on a single core.
+    work.sort_by_key(|(size, _)| std::cmp::Reverse(*size));
     reporter.start("verifying", bundle.file_len());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
         .map_err(|e| bundle::Error::Write(std::io::Error::other(e)))?;
     pool.install(|| {
-        members.par_iter().for_each(|m| {
-            if let Err(e) = bundle.verify_member(m, |n| reporter.advance(n)) {
-                let digest = m
-                    .path
-                    .strip_prefix("blobs/sha256/")
-                    .map(|_| m.digest.clone());
+        work.par_iter().for_each(|(_, w)| {
+            let progress = |n| reporter.advance(n);
+            let (result, member, digest) = match w {
+                Work::Member(v, i) | Work::Part(v, i) => {
+                    let m = &v.index().members[*i];
+                    let digest = m.path.starts_with("blobs/").then(|| m.digest.clone());
+                    (v.verify_member(m, progress), m.path.clone(), digest)
+                }
+                Work::Blob(loc) => (
+                    bundle.verify_blob(loc, progress),
+                    loc.digest.layout_path(),
+                    Some(loc.digest.clone()),
+                ),
+            };
+            if let Err(e) = result {
                 let images = digest
                     .as_ref()
                     .and_then(|d| users.get(d))
                     .cloned()
                     .unwrap_or_default();
                 add(Problem {
-                    member: Some(m.path.clone()),
+                    member: Some(member),
                     digest,
                     images,
                     error: error_chain(&e),
@@ -254,13 +349,15 @@ fn verify_members(
             }
         });
     });
-    if let Err(e) = bundle.verify_end() {
-        add(Problem {
-            member: None,
-            digest: None,
-            images: Vec::new(),
-            error: error_chain(&e),
-        });
+    for v in bundle.volumes() {
+        if let Err(e) = v.verify_end() {
+            add(Problem {
+                member: None,
+                digest: None,
+                images: Vec::new(),
+                error: error_chain(&e),
+            });
+        }
     }
     reporter.finish();
     let mut problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -272,9 +369,14 @@ fn verify_members(
         bundle: bundle.path().to_path_buf(),
         ok: problems.is_empty(),
         images: manifest.images.len(),
-        members_checked: bundle.index().members.len(),
+        members_checked: bundle
+            .volumes()
+            .iter()
+            .map(|v| v.index().members.len())
+            .sum(),
         bytes_checked: bundle.file_len(),
         signature,
+        volumes: VolumesReport::of(bundle),
         problems,
     })
 }
@@ -296,7 +398,7 @@ fn blob_users(manifest: &BundleManifest) -> BTreeMap<Digest, Vec<String>> {
 /// Cross-checks `pinbundle.json`, the members and the image manifests. Members already found
 /// broken are not parsed again.
 fn check_structure(
-    bundle: &Bundle,
+    bundle: &BundleSet,
     users: &BTreeMap<Digest, Vec<String>>,
     broken: &BTreeSet<String>,
     problems: &mut Vec<Problem>,
@@ -315,41 +417,53 @@ fn check_structure(
             error,
         });
     };
-    for (path, expected) in [
-        (OCI_LAYOUT_PATH, &manifest.layout.oci_layout),
-        (OCI_INDEX_PATH, &manifest.layout.index_json),
-    ] {
-        match bundle.member(path) {
-            Some(m) if &m.digest == expected => {}
-            Some(m) => problem(
-                Some(path.into()),
-                None,
-                format!(
-                    "digest {} differs from pinbundle.json's {expected}",
-                    m.digest
+    // With volumes missing (a partial check), absent blobs are expected.
+    let partial = !bundle.missing().is_empty();
+    let in_missing_volume = |d: &Digest| partial && bundle.blob(d).is_none();
+    let many = bundle.volumes().len() > 1;
+    for v in bundle.volumes() {
+        for (path, expected) in [
+            (OCI_LAYOUT_PATH, &manifest.layout.oci_layout),
+            (OCI_INDEX_PATH, &manifest.layout.index_json),
+        ] {
+            let shown = if many {
+                format!("{path} in {}", v.path().display())
+            } else {
+                path.to_string()
+            };
+            match v.member(path) {
+                Some(m) if &m.digest == expected => {}
+                Some(m) => problem(
+                    Some(shown),
+                    None,
+                    format!(
+                        "digest {} differs from pinbundle.json's {expected}",
+                        m.digest
+                    ),
                 ),
-            ),
-            None => problem(Some(path.into()), None, "missing".into()),
+                None => problem(Some(shown), None, "missing".into()),
+            }
         }
     }
     let listed: BTreeMap<&Digest, u64> =
         manifest.blobs.iter().map(|b| (&b.digest, b.size)).collect();
     for b in &manifest.blobs {
         match bundle.blob(&b.digest) {
+            None if in_missing_volume(&b.digest) => {}
             None => problem(
                 Some(b.digest.layout_path()),
                 Some(b.digest.clone()),
                 "listed in pinbundle.json but missing from the bundle".into(),
             ),
             Some(m) if m.size != b.size => problem(
-                Some(m.path.clone()),
+                Some(b.digest.layout_path()),
                 Some(b.digest.clone()),
                 format!("is {} bytes, pinbundle.json says {}", m.size, b.size),
             ),
             Some(_) => {}
         }
     }
-    for m in &bundle.index().members {
+    for m in bundle.volumes().iter().flat_map(|v| &v.index().members) {
         if m.path.starts_with("blobs/") && !listed.contains_key(&m.digest) {
             problem(
                 Some(m.path.clone()),
@@ -360,11 +474,11 @@ fn check_structure(
     }
     // Every image's manifests must reference only present blobs of the declared sizes.
     let readable = |d: &Digest| -> Option<Vec<u8>> {
-        let m = bundle.blob(d)?;
-        if broken.contains(&m.path) {
+        let loc = bundle.blob(d)?;
+        if broken.contains(&d.layout_path()) {
             return None;
         }
-        bundle.read_member(m).ok()
+        bundle.read_blob(loc).ok()
     };
     for img in &manifest.images {
         // `load` names the image `name@digest` (and `name:tag`) and pins that: each must be
@@ -386,6 +500,9 @@ fn check_structure(
         let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
         let root_what = format!("{} (manifest {})", img.reference, img.digest);
         let Some(root) = readable(&img.digest) else {
+            if in_missing_volume(&img.digest) {
+                continue;
+            }
             problem(
                 Some(img.digest.layout_path()),
                 Some(img.digest.clone()),
@@ -420,6 +537,7 @@ fn check_structure(
                         }
                         match readable(&p.digest) {
                             Some(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
+                            None if in_missing_volume(&p.digest) => {}
                             None => problem(
                                 Some(p.digest.layout_path()),
                                 Some(p.digest.clone()),
@@ -473,13 +591,14 @@ fn check_structure(
         }
         for (d, size, what) in needed {
             match bundle.blob(&d) {
+                None if in_missing_volume(&d) => {}
                 None => problem(
                     Some(d.layout_path()),
                     Some(d.clone()),
                     format!("{what} references a blob missing from the bundle"),
                 ),
                 Some(m) if Some(m.size) != size => problem(
-                    Some(m.path.clone()),
+                    Some(d.layout_path()),
                     Some(d.clone()),
                     format!(
                         "{what} declares {} bytes, the bundle has {}",
@@ -517,6 +636,8 @@ pub struct InspectReport {
     /// Who signed the bundle (not checked against any key: use `verify --trust-key`); `null`
     /// when it is unsigned.
     pub signature: Option<SignatureInfo>,
+    /// The volume set, `null` for a whole bundle.
+    pub volumes: Option<VolumesReport>,
     #[serde(flatten)]
     pub manifest: BundleManifest,
 }
@@ -537,12 +658,22 @@ pub enum InspectError {
 
 /// Reads what the bundle says it holds, without reading the blobs.
 pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
-    let b = Bundle::open(path)?;
+    inspect_paths(&[path.to_path_buf()])
+}
+
+/// [`inspect`] of a bundle or of volumes (any that are present: missing ones are listed).
+pub fn inspect_paths(inputs: &[PathBuf]) -> Result<InspectReport, InspectError> {
+    let set_opts = SetOptions {
+        allow_partial: true,
+        find_siblings: true,
+    };
+    let b = BundleSet::open(inputs, set_opts)?;
+    let path = b.path().to_path_buf();
     let signature = match b.signature_bytes()? {
         None => None,
         Some(bytes) => {
             let sig = sign::Signature::parse(&bytes).map_err(|source| InspectError::Signature {
-                path: path.to_path_buf(),
+                path: path.clone(),
                 source,
             })?;
             Some(SignatureInfo {
@@ -554,11 +685,12 @@ pub fn inspect(path: &Path) -> Result<InspectReport, InspectError> {
     };
     Ok(InspectReport {
         version: JSON_VERSION,
-        bundle: path.to_path_buf(),
+        bundle: path.clone(),
         file_size: b.file_len(),
-        frames: b.index().frames.len(),
-        members: b.index().members.len(),
+        frames: b.volumes().iter().map(|v| v.index().frames.len()).sum(),
+        members: b.volumes().iter().map(|v| v.index().members.len()).sum(),
         signature,
+        volumes: VolumesReport::of(&b),
         manifest: b.manifest().clone(),
     })
 }

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use pinbundle::bundle::Bundle;
 use pinbundle::bundle::format::ImageEntry;
+use pinbundle::bundle::{Bundle, BundleSet};
 use pinbundle::create::{CreateOptions, Platform};
 use pinbundle::load::storage::{self, ImportOptions, ImportOutcome, Skopeo, StorageError, Store};
 use pinbundle::progress::Silent;
@@ -185,6 +185,7 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
         jobs: 2,
         level: 3,
         frame_size: 256 << 10,
+        volume_size: None,
         source_date_epoch: Some(0),
         sign_key: None,
     };
@@ -209,8 +210,8 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
     }
 }
 
-fn open_bundle(path: &Path) -> Arc<Bundle> {
-    Arc::new(Bundle::open(path).expect("open bundle"))
+fn open_bundle(path: &Path) -> Arc<BundleSet> {
+    Arc::new(BundleSet::single(Bundle::open(path).expect("open bundle")).expect("one file"))
 }
 
 /// A raw HTTP/1.1 exchange (`Connection: close`): status, headers, body, and whether the body
@@ -305,7 +306,7 @@ async fn raw_http_manifests_blobs_ranges_and_errors() {
         for image in [&f.one, &f.two, &f.multi] {
             let repo = served_name(&image.name);
             let original = bundle
-                .read_member(bundle.blob(&image.digest).unwrap())
+                .read_blob(bundle.blob(&image.digest).unwrap())
                 .unwrap();
             let media = &bundle
                 .manifest()
@@ -349,8 +350,9 @@ async fn raw_http_manifests_blobs_ranges_and_errors() {
         let repo = served_name(&f.one.name);
         let layer = f.one.platforms[0].layers[0].clone();
         let member = bundle.blob(&layer).unwrap().clone();
-        assert!(member.frames > 3, "layer spans {} frames", member.frames);
-        let whole = bundle.read_member(&member).unwrap();
+        let frames = bundle.part(&member, 0).1.frames;
+        assert!(frames > 3, "layer spans {frames} frames");
+        let whole = bundle.read_blob(&member).unwrap();
         let path = format!("/v2/{repo}/blobs/{layer}");
         let r = http(addr, "GET", &path, &[]);
         assert_eq!(r.status, 200);

@@ -95,7 +95,26 @@ pub struct SeekIndex {
     pub frames: Vec<FrameEntry>,
     /// Every tar member in file order. Each starts a new frame and spans whole frames.
     pub members: Vec<MemberEntry>,
+    /// Present when the file is one volume of a split set (section 8.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeInfo>,
 }
+
+/// Which set a volume belongs to and where it stands in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeInfo {
+    /// The set's identity: the sha256 of `pinbundle.json`, which every volume carries
+    /// byte-identical.
+    pub set: Digest,
+    /// This volume's number, from 1.
+    pub index: u32,
+    /// How many volumes the set has.
+    pub count: u32,
+}
+
+/// The most volumes a set may have (file names end in three digits).
+pub const MAX_VOLUMES: u32 = 999;
 
 /// One zstd data frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +147,25 @@ pub struct MemberEntry {
     pub frames: usize,
     /// Offset of the content inside the first frame's decompressed bytes (after the tar header).
     pub data_offset: u64,
+    /// Present when the member is one part of a blob cut between volumes; `digest` is then
+    /// the whole blob's and `path` is `blobs/sha256/<hex>.part-NNN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<PartInfo>,
+}
+
+/// Where a part member's bytes go in its blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PartInfo {
+    /// The part's number, from 1; `NNN` in its path.
+    pub index: u32,
+    /// Offset of the part's first byte in the blob.
+    pub offset: u64,
+}
+
+/// The tar path of part `index` of the blob `digest`.
+pub fn part_path(digest: &Digest, index: u32) -> String {
+    format!("{}.part-{index:03}", digest.layout_path())
 }
 
 impl SeekIndex {
@@ -152,9 +190,6 @@ pub struct BundleManifest {
     /// Reserved for delta bundles: the base bundle this one completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<serde_json::Value>,
-    /// Reserved for split volumes: the set this volume belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub volume: Option<serde_json::Value>,
     /// Digests of the OCI layout's own files, so this manifest covers every member.
     pub layout: LayoutDigests,
     pub images: Vec<ImageEntry>,

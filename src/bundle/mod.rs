@@ -7,7 +7,9 @@
 
 pub mod format;
 pub mod reader;
+pub mod set;
 mod signature;
+pub mod volumes;
 pub mod writer;
 
 use std::io;
@@ -16,6 +18,8 @@ use std::path::PathBuf;
 use crate::reference::Digest;
 
 pub use reader::{Bundle, MemberReader};
+pub use set::{BlobLoc, BundleSet, SetOptions};
+pub use volumes::{VolumeWriter, WrittenVolume};
 pub use writer::{BundleWriter, Compression, WriterOptions};
 
 /// What can go wrong reading or writing a bundle. Each variant names the file and the member,
@@ -77,6 +81,48 @@ pub enum Error {
         expected: Digest,
         found: Digest,
     },
+    #[error(
+        "a volume of {size} bytes cannot hold this bundle's head members, one frame and its index ({needed} bytes): use a larger --volume-size"
+    )]
+    VolumeTooSmall { size: u64, needed: u64 },
+    #[error("the bundle needs more than {max} volumes: use a larger --volume-size")]
+    TooManyVolumes { max: u32 },
+    #[error("{}", describe_missing(set, *count, missing))]
+    MissingVolumes {
+        set: Digest,
+        count: u32,
+        /// Each missing volume's number and the file name it would have next to the others.
+        missing: Vec<(u32, PathBuf)>,
+    },
+    #[error(
+        "{} belongs to another set ({found}) than {} (set {expected}); remove it or give only one set's volumes",
+        path.display(),
+        first.display()
+    )]
+    ForeignVolume {
+        path: PathBuf,
+        found: String,
+        first: PathBuf,
+        expected: String,
+    },
+    #[error("volume {index} of set {set} is given twice: {} and {}", a.display(), b.display())]
+    DuplicateVolume {
+        set: Digest,
+        index: u32,
+        a: PathBuf,
+        b: PathBuf,
+    },
+    #[error("{} holds no pinbundle bundle or volume", path.display())]
+    NoBundleInDirectory { path: PathBuf },
+    #[error(
+        "{}: blob {digest} is cut into parts that do not join up ({detail})",
+        path.display()
+    )]
+    BadParts {
+        path: PathBuf,
+        digest: Digest,
+        detail: String,
+    },
     #[error("reading the content of {member}")]
     Input {
         member: String,
@@ -95,4 +141,15 @@ pub enum Error {
         expected: Digest,
         found: Digest,
     },
+}
+
+fn describe_missing(set: &Digest, count: u32, missing: &[(u32, PathBuf)]) -> String {
+    let list: Vec<String> = missing
+        .iter()
+        .map(|(i, p)| format!("volume {i} ({})", p.display()))
+        .collect();
+    format!(
+        "the volume set {set} has {count} volumes; missing: {}",
+        list.join(", ")
+    )
 }

@@ -16,8 +16,8 @@ use sha2::Digest as _;
 use super::Error;
 use super::format::{
     BundleManifest, FOOTER_LEN, FORMAT_NAME, FORMAT_VERSION, Footer, FrameEntry, INDEX_FRAME_MAGIC,
-    MANIFEST_PATH, MAX_FRAME_SIZE, MAX_INDEX_LEN, MAX_MANIFEST_LEN, MemberEntry, OCI_INDEX_PATH,
-    OCI_LAYOUT_PATH, SIGNATURE_PATH, SeekIndex,
+    MANIFEST_PATH, MAX_FRAME_SIZE, MAX_INDEX_LEN, MAX_MANIFEST_LEN, MAX_VOLUMES, MemberEntry,
+    OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH, SeekIndex, part_path,
 };
 use crate::reference::Digest;
 
@@ -150,6 +150,15 @@ impl Bundle {
                     manifest.format, manifest.format_version
                 ),
             });
+        }
+        if let Some(v) = &bundle.index.volume {
+            let own = Digest::of(&bytes);
+            if v.set != own {
+                return Err(bundle.bad_index(format!(
+                    "volume of set {} carries a {MANIFEST_PATH} with digest {own}",
+                    v.set
+                )));
+            }
         }
         bundle.manifest = manifest;
         bundle.manifest_bytes = bytes;
@@ -296,13 +305,39 @@ impl Bundle {
     }
 
     /// Reads `member` completely, checking every frame, the tar header, the padding and the
-    /// digest, without keeping more than one frame in memory.
+    /// digest, without keeping more than one frame in memory. A part member's digest is its
+    /// whole blob's, so a part alone is checked up to its frames' checksums
+    /// ([`super::BundleSet`] hashes the joined parts).
     pub fn verify_member(
         &self,
         member: &MemberEntry,
-        mut progress: impl FnMut(u64),
+        progress: impl FnMut(u64),
     ) -> Result<(), Error> {
         let mut hasher = sha2::Sha256::new();
+        self.check_member(member, &mut hasher, progress)?;
+        if member.part.is_some() {
+            return Ok(());
+        }
+        let found = Digest::from_hash(hasher.finalize().into());
+        if found != member.digest {
+            return Err(Error::DigestMismatch {
+                path: self.path.clone(),
+                member: member.path.clone(),
+                expected: member.digest.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks every frame, the tar header and the padding of `member`, feeding its content to
+    /// `hasher`.
+    pub fn check_member(
+        &self,
+        member: &MemberEntry,
+        hasher: &mut sha2::Sha256,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(), Error> {
         let mut remaining = member.size;
         let mut buf = FrameBuf::default();
         for i in member.frame..member.frame + member.frames {
@@ -320,14 +355,8 @@ impl Bundle {
             remaining -= take as u64;
             progress(self.index.frames[i].length);
         }
-        let found = Digest::from_hash(hasher.finalize().into());
-        if remaining != 0 || found != member.digest {
-            return Err(Error::DigestMismatch {
-                path: self.path.clone(),
-                member: member.path.clone(),
-                expected: member.digest.clone(),
-                found,
-            });
+        if remaining != 0 {
+            return Err(self.bad_member(member, "content ends early".into()));
         }
         Ok(())
     }
@@ -404,7 +433,6 @@ fn empty_manifest() -> BundleManifest {
         creator: String::new(),
         created: String::new(),
         base: None,
-        volume: None,
         layout: super::format::LayoutDigests {
             oci_layout: Digest::of(b""),
             index_json: Digest::of(b""),
@@ -423,11 +451,17 @@ fn empty_manifest() -> BundleManifest {
 /// A member path the format allows at position `i`; anything else (`..`, absolute paths,
 /// other names, a signature anywhere but right after `pinbundle.json`) is refused before any
 /// content is read.
-fn allowed_path(i: usize, path: &str, digest: &Digest) -> bool {
-    match path.strip_prefix("blobs/sha256/") {
-        Some(hex) => hex == digest.hex(),
-        None if path == SIGNATURE_PATH => i == 1,
-        None => matches!(path, MANIFEST_PATH | OCI_LAYOUT_PATH | OCI_INDEX_PATH),
+fn allowed_path(i: usize, m: &MemberEntry) -> bool {
+    if let Some(p) = &m.part {
+        return p.index >= 1 && m.path == part_path(&m.digest, p.index);
+    }
+    match m.path.strip_prefix("blobs/sha256/") {
+        Some(hex) => hex == m.digest.hex(),
+        None if m.path == SIGNATURE_PATH => i == 1,
+        None => matches!(
+            m.path.as_str(),
+            MANIFEST_PATH | OCI_LAYOUT_PATH | OCI_INDEX_PATH
+        ),
     }
 }
 
@@ -465,10 +499,21 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
             first.path
         ));
     }
+    match &index.volume {
+        Some(v) if v.index == 0 || v.index > v.count || v.count > MAX_VOLUMES => {
+            return Err(format!("volume {} of {} is out of range", v.index, v.count));
+        }
+        None if index.members.iter().any(|m| m.part.is_some()) => {
+            return Err("a part member in a file that is not a volume".into());
+        }
+        _ => {}
+    }
+    // A blob appears at most once per volume, whole or as one part.
+    let mut blobs = std::collections::HashSet::new();
     let mut by_path = HashMap::with_capacity(index.members.len());
     let mut next_frame = 0usize;
     for (i, m) in index.members.iter().enumerate() {
-        if !allowed_path(i, &m.path, &m.digest) {
+        if !allowed_path(i, m) {
             return Err(format!(
                 "member {i} has a path the format does not allow: {:?}",
                 m.path
@@ -476,6 +521,9 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
         }
         if by_path.insert(m.path.clone(), i).is_some() {
             return Err(format!("member \"{}\" appears twice", m.path));
+        }
+        if m.path.starts_with("blobs/") && !blobs.insert(&m.digest) {
+            return Err(format!("blob {} appears twice", m.digest));
         }
         if m.frame != next_frame || m.frames == 0 {
             return Err(format!(

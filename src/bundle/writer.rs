@@ -49,7 +49,7 @@ impl Default for WriterOptions {
     }
 }
 
-const TAR_BLOCK: usize = 512;
+pub(crate) const TAR_BLOCK: usize = 512;
 /// zstd's largest block.
 const MAX_BLOCK: usize = 128 << 10;
 
@@ -58,28 +58,19 @@ const MAX_BLOCK: usize = 128 << 10;
 pub struct BundleWriter<W: Write> {
     out: W,
     pos: u64,
-    opts: WriterOptions,
+    enc: Encoder,
     frames: Vec<FrameEntry>,
     members: Vec<MemberEntry>,
-    /// Reused chunk buffers (decompressed frame content).
-    chunk_pool: Vec<Vec<u8>>,
-    /// Reused frame buffers with each frame's XXH3.
-    frame_pool: Vec<(Vec<u8>, u64)>,
 }
 
 impl<W: Write> BundleWriter<W> {
-    pub fn new(out: W, mut opts: WriterOptions) -> Self {
-        // Keep the format's reader limit, and room for the tar header in the first frame.
-        let max = MAX_FRAME_SIZE as usize - TAR_BLOCK;
-        opts.frame_size = opts.frame_size.clamp(2 * TAR_BLOCK, max);
+    pub fn new(out: W, opts: WriterOptions) -> Self {
         BundleWriter {
             out,
             pos: 0,
-            opts,
+            enc: Encoder::new(opts),
             frames: Vec::new(),
             members: Vec::new(),
-            chunk_pool: Vec::new(),
-            frame_pool: Vec::new(),
         }
     }
 
@@ -100,13 +91,149 @@ impl<W: Write> BundleWriter<W> {
     pub fn add_member(
         &mut self,
         path: &str,
-        mut data: impl Read,
+        data: impl Read,
         size: u64,
         digest: &Digest,
         compression: Compression,
     ) -> Result<(), Error> {
-        let header = tar_header(path, size, self.opts.mtime)?;
+        let header = tar_header(path, size, self.enc.opts.mtime)?;
         let first_frame = self.frames.len();
+        let BundleWriter {
+            out,
+            pos,
+            enc,
+            frames,
+            ..
+        } = self;
+        enc.encode(
+            path,
+            Some(&header),
+            data,
+            size,
+            digest,
+            compression,
+            |frame, content, xxh3| write_frame(out, pos, frames, frame, content, xxh3),
+        )?;
+        self.members.push(MemberEntry {
+            path: path.to_string(),
+            digest: digest.clone(),
+            size,
+            frame: first_frame,
+            frames: self.frames.len() - first_frame,
+            data_offset: TAR_BLOCK as u64,
+            part: None,
+        });
+        Ok(())
+    }
+
+    /// Writes the tar end-of-archive, the seek index and the footer; returns the output and
+    /// the index.
+    pub fn finish(mut self) -> Result<(W, SeekIndex), Error> {
+        let eof = end_of_archive(self.enc.opts.level)?;
+        write_frame(
+            &mut self.out,
+            &mut self.pos,
+            &mut self.frames,
+            &eof,
+            2 * TAR_BLOCK as u64,
+            xxhash_rust::xxh3::xxh3_64(&eof),
+        )?;
+        let index = SeekIndex {
+            format_version: FORMAT_VERSION,
+            frames: self.frames,
+            members: self.members,
+            volume: None,
+        };
+        self.out
+            .write_all(&trailer(&index, self.pos)?)
+            .map_err(Error::Write)?;
+        self.out.flush().map_err(Error::Write)?;
+        Ok((self.out, index))
+    }
+}
+
+/// Writes one frame at `*pos` and records it.
+pub(crate) fn write_frame(
+    out: &mut impl Write,
+    pos: &mut u64,
+    frames: &mut Vec<FrameEntry>,
+    frame: &[u8],
+    size: u64,
+    xxh3: u64,
+) -> Result<(), Error> {
+    out.write_all(frame).map_err(Error::Write)?;
+    frames.push(FrameEntry {
+        offset: *pos,
+        length: frame.len() as u64,
+        size,
+        xxh3: format!("{xxh3:016x}"),
+    });
+    *pos += frame.len() as u64;
+    Ok(())
+}
+
+/// The compressed tar end-of-archive frame (two zero blocks).
+pub(crate) fn end_of_archive(level: i32) -> Result<Vec<u8>, Error> {
+    compressed_frame(&[0u8; 2 * TAR_BLOCK], level).map_err(Error::Write)
+}
+
+/// The index's skippable frame: the seek index, then the footer. `data_end` is the file
+/// offset where the frame starts (the end of the data frames).
+pub(crate) fn trailer(index: &SeekIndex, data_end: u64) -> Result<Vec<u8>, Error> {
+    let index_bytes = serde_json::to_vec(index).map_err(|e| Error::Write(io::Error::other(e)))?;
+    let footer = super::format::Footer {
+        version: FORMAT_VERSION,
+        flags: 0,
+        index_offset: data_end + 8,
+        index_len: index_bytes.len() as u64,
+        index_sha256: sha2::Sha256::digest(&index_bytes).into(),
+    };
+    let payload_len = u32::try_from(index_bytes.len() + FOOTER_LEN)
+        .map_err(|_| Error::Write(io::Error::other("seek index larger than 4 GiB")))?;
+    let mut tail = Vec::with_capacity(8 + payload_len as usize);
+    tail.extend_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
+    tail.extend_from_slice(&payload_len.to_le_bytes());
+    tail.extend_from_slice(&index_bytes);
+    tail.extend_from_slice(&footer.encode());
+    Ok(tail)
+}
+
+/// Cuts members into frames and encodes them, in parallel, with reused buffers.
+pub(crate) struct Encoder {
+    pub(crate) opts: WriterOptions,
+    /// Reused chunk buffers (decompressed frame content).
+    chunk_pool: Vec<Vec<u8>>,
+    /// Reused frame buffers with each frame's XXH3.
+    frame_pool: Vec<(Vec<u8>, u64)>,
+}
+
+impl Encoder {
+    pub(crate) fn new(mut opts: WriterOptions) -> Encoder {
+        // Keep the format's reader limit, and room for the tar header in the first frame.
+        let max = MAX_FRAME_SIZE as usize - TAR_BLOCK;
+        opts.frame_size = opts.frame_size.clamp(2 * TAR_BLOCK, max);
+        Encoder {
+            opts,
+            chunk_pool: Vec::new(),
+            frame_pool: Vec::new(),
+        }
+    }
+
+    /// Reads `size` bytes of member `path` from `data` in frame-sized chunks (the first one
+    /// led by `header` when given; the last one padded to a tar block), encodes them and
+    /// hands each frame to `sink` in order as (frame bytes, decompressed size, XXH3). The
+    /// content must hash to `digest`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode(
+        &mut self,
+        path: &str,
+        header: Option<&[u8; TAR_BLOCK]>,
+        mut data: impl Read,
+        size: u64,
+        digest: &Digest,
+        compression: Compression,
+        mut sink: impl FnMut(&[u8], u64, u64) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let mut hasher = sha2::Sha256::new();
         let mut remaining = size;
         let mut first = true;
@@ -119,7 +246,7 @@ impl<W: Write> BundleWriter<W> {
         frames.resize_with(batch, || (Vec::new(), 0));
         let result = loop {
             // Read a batch of frame-sized chunks; then hash their content on one thread while
-            // the others encode them; then write the frames in order.
+            // the others encode them; then hand the frames on in order.
             let mut used = 0;
             let mut content: Vec<std::ops::Range<usize>> = Vec::with_capacity(batch);
             let mut read_error = None;
@@ -128,8 +255,10 @@ impl<W: Write> BundleWriter<W> {
                 chunk.clear();
                 let mut room = self.opts.frame_size;
                 if first {
-                    chunk.extend_from_slice(&header);
-                    room -= TAR_BLOCK;
+                    if let Some(h) = header {
+                        chunk.extend_from_slice(h);
+                        room -= TAR_BLOCK;
+                    }
                     first = false;
                 }
                 let take = remaining.min(room as u64) as usize;
@@ -190,7 +319,7 @@ impl<W: Write> BundleWriter<W> {
             }
             let mut failed = None;
             for (chunk, (frame, xxh3)) in chunks[..used].iter().zip(&frames[..used]) {
-                if let Err(e) = self.write_frame(frame, chunk.len() as u64, *xxh3) {
+                if let Err(e) = sink(frame, chunk.len() as u64, *xxh3) {
                     failed = Some(e);
                     break;
                 }
@@ -225,58 +354,7 @@ impl<W: Write> BundleWriter<W> {
                 found,
             });
         }
-        self.members.push(MemberEntry {
-            path: path.to_string(),
-            digest: digest.clone(),
-            size,
-            frame: first_frame,
-            frames: self.frames.len() - first_frame,
-            data_offset: TAR_BLOCK as u64,
-        });
         Ok(())
-    }
-
-    fn write_frame(&mut self, frame: &[u8], size: u64, xxh3: u64) -> Result<(), Error> {
-        self.out.write_all(frame).map_err(Error::Write)?;
-        self.frames.push(FrameEntry {
-            offset: self.pos,
-            length: frame.len() as u64,
-            size,
-            xxh3: format!("{xxh3:016x}"),
-        });
-        self.pos += frame.len() as u64;
-        Ok(())
-    }
-
-    /// Writes the tar end-of-archive, the seek index and the footer; returns the output and
-    /// the index.
-    pub fn finish(mut self) -> Result<(W, SeekIndex), Error> {
-        let eof = compressed_frame(&[0u8; 2 * TAR_BLOCK], self.opts.level).map_err(Error::Write)?;
-        self.write_frame(&eof, 2 * TAR_BLOCK as u64, xxhash_rust::xxh3::xxh3_64(&eof))?;
-        let index = SeekIndex {
-            format_version: FORMAT_VERSION,
-            frames: self.frames,
-            members: self.members,
-        };
-        let index_bytes =
-            serde_json::to_vec(&index).map_err(|e| Error::Write(io::Error::other(e)))?;
-        let footer = super::format::Footer {
-            version: FORMAT_VERSION,
-            flags: 0,
-            index_offset: self.pos + 8,
-            index_len: index_bytes.len() as u64,
-            index_sha256: sha2::Sha256::digest(&index_bytes).into(),
-        };
-        let payload_len = u32::try_from(index_bytes.len() + FOOTER_LEN)
-            .map_err(|_| Error::Write(io::Error::other("seek index larger than 4 GiB")))?;
-        let mut tail = Vec::with_capacity(8 + payload_len as usize);
-        tail.extend_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
-        tail.extend_from_slice(&payload_len.to_le_bytes());
-        tail.extend_from_slice(&index_bytes);
-        tail.extend_from_slice(&footer.encode());
-        self.out.write_all(&tail).map_err(Error::Write)?;
-        self.out.flush().map_err(Error::Write)?;
-        Ok((self.out, index))
     }
 }
 
@@ -318,7 +396,6 @@ pub(crate) fn tar_header(path: &str, size: u64, mtime: u64) -> Result<[u8; TAR_B
 }
 
 /// A zstd frame of raw blocks: single segment, 8-byte content size, content checksum.
-#[cfg(test)]
 pub(crate) fn stored_frame(content: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
     stored_frame_into(content, &mut f);

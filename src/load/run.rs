@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
 use super::{confirm, pins, reload};
-use crate::bundle::Bundle;
 use crate::bundle::format::{BlobKind, ImageEntry, media};
+use crate::bundle::{BundleSet, SetOptions};
 use crate::create::Platform;
 use crate::progress::Reporter;
 use crate::reference::PinnedRef;
@@ -37,7 +37,8 @@ const SPACE_MARGIN_PERCENT: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    pub bundle: PathBuf,
+    /// The bundle file, its volumes in any order (one brings its siblings), or a directory.
+    pub bundle: Vec<PathBuf>,
     pub store: Store,
     pub drop_in: PathBuf,
     pub reload: reload::ReloadMode,
@@ -138,7 +139,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     };
     let mut report = LoadReport {
         version: 1,
-        bundle: opts.bundle.clone(),
+        bundle: opts.bundle.first().cloned().unwrap_or_default(),
         dry_run: opts.dry_run,
         ok: false,
         problems: Vec::new(),
@@ -150,7 +151,11 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         warnings: Vec::new(),
         seconds: 0.0,
     };
-    let bundle = match Bundle::open(&opts.bundle) {
+    let set_opts = SetOptions {
+        allow_partial: false,
+        find_siblings: true,
+    };
+    let bundle = match BundleSet::open(&opts.bundle, set_opts) {
         Ok(b) => Arc::new(b),
         Err(e @ crate::bundle::Error::Io { .. }) => return Err(e.into()),
         Err(e) => {
@@ -168,7 +173,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     report.images = manifest.images.iter().map(image_result).collect();
 
     // 1. Verify everything (with trusted keys, the signature first) before touching anything.
-    reporter.message(&format!("verifying {}", opts.bundle.display()));
+    reporter.message(&format!("verifying {}", bundle.path().display()));
     let verified = verify::verify_open_with(
         &bundle,
         &VerifyOptions {
@@ -416,7 +421,7 @@ fn image_result(img: &ImageEntry) -> ImageResult {
 
 /// A Kubernetes name for the PinnedImageSet: `pinbundle-` and the first 12 hex digits of the
 /// bundle manifest's digest, so the same bundle always gives the same name.
-fn pinned_image_set_name(bundle: &Bundle) -> String {
+fn pinned_image_set_name(bundle: &BundleSet) -> String {
     let d = crate::reference::Digest::of(bundle.manifest_bytes());
     format!("pinbundle-{}", &d.hex()[..12])
 }

@@ -54,8 +54,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::bundle::Bundle;
-use crate::bundle::format::{ImageEntry, MemberEntry};
+use crate::bundle::format::ImageEntry;
+use crate::bundle::{BlobLoc, BundleSet};
 use crate::reference::Digest;
 
 /// The API version header every response carries.
@@ -192,7 +192,7 @@ pub struct Stats {
 /// The routing and responses of the read-only registry, independent of any listener.
 #[derive(Debug)]
 pub struct BundleServer {
-    bundle: Arc<Bundle>,
+    bundle: Arc<BundleSet>,
     repositories: HashMap<String, Repository>,
     counters: Counters,
 }
@@ -412,7 +412,7 @@ impl BundleServer {
         SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
     /// Builds the repository table from the bundle's `pinbundle.json`.
-    pub fn new(bundle: Arc<Bundle>) -> BundleServer {
+    pub fn new(bundle: Arc<BundleSet>) -> BundleServer {
         let manifest = bundle.manifest();
         let media: HashMap<&Digest, &str> = manifest
             .blobs
@@ -451,7 +451,7 @@ impl BundleServer {
     }
 
     /// The bundle being served.
-    pub fn bundle(&self) -> &Arc<Bundle> {
+    pub fn bundle(&self) -> &Arc<BundleSet> {
         &self.bundle
     }
 
@@ -584,7 +584,7 @@ impl BundleServer {
             );
         }
         let bundle = Arc::clone(&self.bundle);
-        let read = tokio::task::spawn_blocking(move || bundle.read_member(&member)).await;
+        let read = tokio::task::spawn_blocking(move || bundle.read_blob(&member)).await;
         let bytes = match read {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(e)) => {
@@ -714,7 +714,7 @@ impl BundleServer {
     /// Streams `len` bytes of `member` from `start`, produced on a blocking thread.
     fn stream_blob(
         self: &Arc<Self>,
-        member: MemberEntry,
+        member: BlobLoc,
         digest: Digest,
         start: u64,
         len: u64,
@@ -739,14 +739,14 @@ impl BundleServer {
     /// sha256 matched, so a client never receives a complete but wrong body.
     fn produce(
         &self,
-        member: &MemberEntry,
+        member: &BlobLoc,
         digest: &Digest,
         start: u64,
         len: u64,
         whole: bool,
         tx: &mpsc::Sender<Result<Bytes, io::Error>>,
     ) -> Result<(), io::Error> {
-        let mut reader = self.bundle.open_member(member, start).take(len);
+        let mut reader = self.bundle.open_blob(member, start).take(len);
         let mut hasher = whole.then(sha2::Sha256::new);
         let mut pending: Option<Bytes> = None;
         let mut sent = 0u64;
@@ -756,16 +756,16 @@ impl BundleServer {
             let mut filled = 0;
             while filled < want {
                 let n = reader.read(&mut buf[filled..]).map_err(|e| {
-                    let inner = self.bundle.unwrap_io(e);
+                    let inner = crate::bundle::set::unwrap_io(self.bundle.path(), e);
                     io::Error::other(inner)
                 })?;
                 if n == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!(
-                            "{}: {} ends early",
+                            "{}: blob {} ends early",
                             self.bundle.path().display(),
-                            member.path
+                            member.digest
                         ),
                     ));
                 }
@@ -784,7 +784,7 @@ impl BundleServer {
             if &found != digest {
                 return Err(io::Error::other(crate::bundle::Error::DigestMismatch {
                     path: self.bundle.path().to_path_buf(),
-                    member: member.path.clone(),
+                    member: member.digest.layout_path(),
                     expected: digest.clone(),
                     found,
                 }));
@@ -913,7 +913,7 @@ fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
 
 /// Serves `bundle` on `addr` (use [`BundleServer::LOOPBACK_EPHEMERAL`] for `load`) from tasks
 /// on the current tokio runtime. Plain HTTP: bind it to loopback only.
-pub async fn serve(bundle: Arc<Bundle>, addr: SocketAddr) -> Result<RunningServer, ServerError> {
+pub async fn serve(bundle: Arc<BundleSet>, addr: SocketAddr) -> Result<RunningServer, ServerError> {
     let std_listener = bind_std(addr)?;
     let local = std_listener
         .local_addr()
@@ -934,7 +934,7 @@ pub async fn serve(bundle: Arc<Bundle>, addr: SocketAddr) -> Result<RunningServe
 /// Like [`serve`], but on a thread of its own with its own runtime, for synchronous callers
 /// (`load` runs `skopeo` as child processes). Dropping the result stops and joins the thread.
 pub fn serve_in_thread(
-    bundle: Arc<Bundle>,
+    bundle: Arc<BundleSet>,
     addr: SocketAddr,
 ) -> Result<RunningServer, ServerError> {
     let std_listener = bind_std(addr)?;

@@ -83,7 +83,6 @@ fn write_bundle(path: &Path, blobs: &[Blob], frame_size: usize) {
         creator: "test".into(),
         created: "1970-01-01T00:00:00Z".into(),
         base: None,
-        volume: None,
         layout: LayoutDigests {
             oci_layout: Digest::of(&oci_layout),
             index_json: Digest::of(&index_json),

@@ -7,3 +7,4 @@ mod hostile;
 mod load;
 mod sign;
 mod util;
+mod volumes;
