@@ -469,3 +469,93 @@ fn missing_foreign_and_damaged_volumes_are_named_before_anything_is_loaded() {
         "{r}"
     );
 }
+
+/// Opens and verifies `paths` as a set; true when both succeed without problems.
+fn set_ok(paths: &[PathBuf]) -> bool {
+    let r = pinbundle::verify::verify_paths(
+        paths,
+        SetOptions::default(),
+        &Default::default(),
+        &pinbundle::progress::Silent,
+    );
+    matches!(r, Ok(r) if r.ok)
+}
+
+#[test]
+fn tampered_volume_indexes_are_refused() {
+    let dir = tempdir();
+    let blobs: Vec<(Vec<u8>, Compression)> = (0..4)
+        .map(|i| (content(90 << 10, i + 1, false), Compression::Store))
+        .collect();
+    let paths = write_set(dir.path(), &blobs, 96 << 10, 4 << 10);
+    assert!(paths.len() >= 3);
+    assert!(set_ok(&paths), "the untouched set verifies");
+    // The volume holding the first part that continues in the next volume.
+    let (vi, mi) = paths
+        .iter()
+        .enumerate()
+        .find_map(|(vi, p)| {
+            let b = Bundle::open(p).unwrap();
+            let mi = b.index().members.iter().position(|m| m.part.is_some())?;
+            Some((vi, mi))
+        })
+        .expect("a split blob");
+    let orig = std::fs::read(&paths[vi]).unwrap();
+    type Edit = Box<dyn Fn(&mut pinbundle::bundle::format::SeekIndex)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        ("volume field removed", Box::new(|i| i.volume = None)),
+        (
+            "index beyond count",
+            Box::new(|i| {
+                let v = i.volume.as_mut().unwrap();
+                v.index = v.count + 1;
+            }),
+        ),
+        (
+            "another set",
+            Box::new(|i| i.volume.as_mut().unwrap().set = Digest::of(b"other")),
+        ),
+        (
+            "count changed",
+            Box::new(|i| i.volume.as_mut().unwrap().count += 1),
+        ),
+        (
+            "part offset moved",
+            Box::new(move |i| i.members[mi].part.as_mut().unwrap().offset += 512),
+        ),
+        (
+            "part renumbered",
+            Box::new(move |i| {
+                let m = &mut i.members[mi];
+                m.part.as_mut().unwrap().index += 1;
+                m.path =
+                    pinbundle::bundle::format::part_path(&m.digest, m.part.as_ref().unwrap().index);
+            }),
+        ),
+        (
+            "part path traversal",
+            Box::new(move |i| i.members[mi].path = "../../etc/passwd".into()),
+        ),
+        (
+            "part turned whole",
+            Box::new(move |i| {
+                let m = &mut i.members[mi];
+                m.part = None;
+                m.path = m.digest.layout_path();
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        std::fs::write(&paths[vi], crate::util::with_index(&orig, |i| edit(i))).unwrap();
+        assert!(!set_ok(&paths), "{what}: accepted");
+    }
+    std::fs::write(&paths[vi], &orig).unwrap();
+    assert!(set_ok(&paths));
+    // The same volume twice (a copy under another name) is named.
+    let copy = dir.path().join("copy.001");
+    std::fs::copy(&paths[0], &copy).unwrap();
+    let mut with_copy = paths.clone();
+    with_copy.push(copy.clone());
+    let e = BundleSet::open(&with_copy, SetOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("given twice"), "{e}");
+}
