@@ -296,6 +296,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                     media_type: m.media_type.clone(),
                     kind,
                     uncompressed_size: None,
+                    carried: true,
                 },
                 source: source.clone(),
                 bytes: Some(Arc::from(&m.bytes[..])),
@@ -333,6 +334,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                             media_type: manifest::media_type_str(d),
                             kind,
                             uncompressed_size: None,
+                            carried: true,
                         },
                         source: r.reference.clone(),
                         bytes: None,
@@ -429,6 +431,8 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         blobs: entries.len(),
         size: entries.iter().map(|b| b.size).sum(),
         uncompressed_size: entries.iter().filter_map(|b| b.uncompressed_size).sum(),
+        omitted_blobs: None,
+        omitted_size: None,
     };
     let bm = BundleManifest {
         format: FORMAT_NAME.into(),
