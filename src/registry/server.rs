@@ -26,6 +26,10 @@
 //!   server from answering for content an image does not reference.
 //! - `tags/list`: the recorded tags.
 //!
+//! A delta bundle lists blobs it does not carry (bundle-format.md, section 8.2): those are
+//! served from the base bundles given with [`BundleServer::with_bases`], when one carries them,
+//! and are `404 BLOB_UNKNOWN` otherwise (skopeo then must find the layer in the store).
+//!
 //! Everything else is `404`; every method but `GET` and `HEAD` is `405`.
 //!
 //! # Integrity while streaming
@@ -193,6 +197,8 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct BundleServer {
     bundle: Arc<Bundle>,
+    /// Bundles that may carry the blobs a delta `bundle` omits; searched after `bundle`.
+    bases: Vec<Arc<Bundle>>,
     repositories: HashMap<String, Repository>,
     counters: Counters,
 }
@@ -445,9 +451,24 @@ impl BundleServer {
         }
         BundleServer {
             bundle,
+            bases: Vec::new(),
             repositories,
             counters: Counters::default(),
         }
+    }
+
+    /// Also serves, from `bases`, the blobs `bundle` lists but does not carry (a delta's).
+    pub fn with_bases(mut self, bases: Vec<Arc<Bundle>>) -> BundleServer {
+        self.bases = bases;
+        self
+    }
+
+    /// The bundle that carries blob `digest` (the served bundle first, then the bases), and
+    /// its member.
+    fn find_blob(&self, digest: &Digest) -> Option<(Arc<Bundle>, MemberEntry)> {
+        std::iter::once(&self.bundle)
+            .chain(&self.bases)
+            .find_map(|b| b.blob(digest).map(|m| (Arc::clone(b), m.clone())))
     }
 
     /// The bundle being served.
@@ -650,8 +671,8 @@ impl BundleServer {
             .parse::<Digest>()
             .ok()
             .filter(|d| repo.blobs.contains(d))
-            .and_then(|d| self.bundle.blob(&d).cloned().map(|m| (d, m)));
-        let Some((digest, member)) = found else {
+            .and_then(|d| self.find_blob(&d).map(|(b, m)| (d, b, m)));
+        let Some((digest, source, member)) = found else {
             bump(&self.counters.not_found);
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -689,7 +710,7 @@ impl BundleServer {
         let body = if head || len == 0 {
             ResponseBody::empty()
         } else {
-            self.stream_blob(member, digest.clone(), start, len)
+            self.stream_blob(source, member, digest.clone(), start, len)
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -711,9 +732,10 @@ impl BundleServer {
         resp
     }
 
-    /// Streams `len` bytes of `member` from `start`, produced on a blocking thread.
+    /// Streams `len` bytes of `source`'s `member` from `start`, produced on a blocking thread.
     fn stream_blob(
         self: &Arc<Self>,
+        source: Arc<Bundle>,
         member: MemberEntry,
         digest: Digest,
         start: u64,
@@ -723,7 +745,7 @@ impl BundleServer {
         let server = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let whole = start == 0 && len == member.size;
-            let result = server.produce(&member, &digest, start, len, whole, &tx);
+            let result = server.produce(&source, &member, &digest, start, len, whole, &tx);
             if let Err(e) = result {
                 // The receiver may be gone (client hung up): nothing more to do then.
                 bump(&server.counters.aborted);
@@ -737,8 +759,10 @@ impl BundleServer {
 
     /// Reads and sends the chunks. For a whole blob, the last chunk is sent only after the
     /// sha256 matched, so a client never receives a complete but wrong body.
+    #[expect(clippy::too_many_arguments, reason = "one private call site")]
     fn produce(
         &self,
+        bundle: &Bundle,
         member: &MemberEntry,
         digest: &Digest,
         start: u64,
@@ -746,7 +770,7 @@ impl BundleServer {
         whole: bool,
         tx: &mpsc::Sender<Result<Bytes, io::Error>>,
     ) -> Result<(), io::Error> {
-        let mut reader = self.bundle.open_member(member, start).take(len);
+        let mut reader = bundle.open_member(member, start).take(len);
         let mut hasher = whole.then(sha2::Sha256::new);
         let mut pending: Option<Bytes> = None;
         let mut sent = 0u64;
@@ -756,17 +780,13 @@ impl BundleServer {
             let mut filled = 0;
             while filled < want {
                 let n = reader.read(&mut buf[filled..]).map_err(|e| {
-                    let inner = self.bundle.unwrap_io(e);
+                    let inner = bundle.unwrap_io(e);
                     io::Error::other(inner)
                 })?;
                 if n == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{}: {} ends early",
-                            self.bundle.path().display(),
-                            member.path
-                        ),
+                        format!("{}: {} ends early", bundle.path().display(), member.path),
                     ));
                 }
                 filled += n;
@@ -783,7 +803,7 @@ impl BundleServer {
             let found = Digest::from_hash(h.finalize().into());
             if &found != digest {
                 return Err(io::Error::other(crate::bundle::Error::DigestMismatch {
-                    path: self.bundle.path().to_path_buf(),
+                    path: bundle.path().to_path_buf(),
                     member: member.path.clone(),
                     expected: digest.clone(),
                     found,
@@ -937,6 +957,14 @@ pub fn serve_in_thread(
     bundle: Arc<Bundle>,
     addr: SocketAddr,
 ) -> Result<RunningServer, ServerError> {
+    serve_server_in_thread(BundleServer::new(bundle), addr)
+}
+
+/// Like [`serve_in_thread`], for a server already set up (e.g. [`BundleServer::with_bases`]).
+pub fn serve_server_in_thread(
+    server: BundleServer,
+    addr: SocketAddr,
+) -> Result<RunningServer, ServerError> {
     let std_listener = bind_std(addr)?;
     let local = std_listener
         .local_addr()
@@ -951,7 +979,7 @@ pub fn serve_in_thread(
         tokio::net::TcpListener::from_std(std_listener)
             .map_err(|source| ServerError::Bind { addr, source })?
     };
-    let server = Arc::new(BundleServer::new(bundle));
+    let server = Arc::new(server);
     let (stop, stop_rx) = watch::channel(false);
     let thread_server = Arc::clone(&server);
     let handle = std::thread::Builder::new()
