@@ -255,6 +255,10 @@ struct LoadArgs {
     /// Threads to verify with. [default: number of cores]
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
+    /// A bundle that carries layers this delta bundle leaves out (the layers it omits must be
+    /// in containers-storage already, or in one of these); repeatable.
+    #[arg(long, value_name = "BUNDLE")]
+    base: Vec<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -566,6 +570,7 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         tmpdir: None,
         trusted_keys: a.trust_key,
         trusted_dir: a.trusted_dir,
+        bases: a.base,
     };
     let report = load::load(&opts, reporter)?;
     if a.json {
@@ -618,6 +623,17 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
             "pins: {} {what} ({} entries)",
             p.drop_in.display(),
             p.entries
+        )?;
+    }
+    if let Some(d) = &r.delta {
+        let sum = |v: &[delta::OmittedSource]| v.iter().map(|s| s.size).sum::<u64>();
+        writeln!(
+            out,
+            "delta: {} layers ({}) reused from the store, {} ({}) from base bundles",
+            d.from_storage.len(),
+            human(sum(&d.from_storage)),
+            d.from_bases.len(),
+            human(sum(&d.from_bases))
         )?;
     }
     if let Some(rl) = &r.reload {
