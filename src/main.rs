@@ -764,17 +764,17 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
         human(m.totals.uncompressed_size)
     )?;
     if let Some(b) = &m.base {
-        let omitted: Vec<_> = m.blobs.iter().filter(|b| !b.carried).collect();
-        let omitted_size: u64 = omitted.iter().map(|b| b.size).sum();
+        let (carried, omitted): (Vec<_>, Vec<_>) = m.blobs.iter().partition(|b| b.carried);
+        let size = |v: &[&pinbundle::bundle::format::BlobEntry]| v.iter().map(|b| b.size).sum();
         writeln!(
             out,
             "delta:   of {} (created {})\n         carries {} blobs ({}), omits {} layers ({}): `load` needs them in the store or `--base`",
             b.manifest,
             b.created,
-            m.blobs.len() - omitted.len(),
-            human(m.totals.size - omitted_size),
+            carried.len(),
+            human(size(&carried)),
             omitted.len(),
-            human(omitted_size)
+            human(size(&omitted))
         )?;
     }
     for i in &m.images {
@@ -924,6 +924,33 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_delta_flags() {
+        let cli = Cli::try_parse_from([
+            "pinbundle",
+            "load",
+            "d.pb",
+            "--base",
+            "a.pb",
+            "--base",
+            "b.pb",
+        ])
+        .unwrap();
+        let Command::Load(l) = cli.command else {
+            panic!("not load")
+        };
+        assert_eq!(l.base, [PathBuf::from("a.pb"), PathBuf::from("b.pb")]);
+        let cli =
+            Cli::try_parse_from(["pinbundle", "create", "a:1", "-o", "x", "--base", "i.json"])
+                .unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.base, Some(PathBuf::from("i.json")));
+        assert!(Cli::try_parse_from(["pinbundle", "diff", "old"]).is_err());
+        assert!(Cli::try_parse_from(["pinbundle", "index-export", "b.pb"]).is_err());
     }
 
     #[test]
