@@ -132,6 +132,23 @@ fn rewritten(
     w.finish().unwrap().0
 }
 
+/// `GET path` on a plain-HTTP server: the status code and the body.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..end]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, resp[end + 4..].to_vec())
+}
+
 fn verify_json(bundle: &Path) -> (Option<i32>, Value) {
     let o = run(pinbundle().args(["verify", "--json"]).arg(bundle));
     (
@@ -273,6 +290,30 @@ fn delta_is_smaller_by_the_shared_layers_and_records_its_base() {
     let by_index: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(by_index["blobs"], diff["blobs"]);
     assert_eq!(by_index["old"]["identity"], v1_identity.to_string());
+
+    // The loopback registry serves an omitted layer only from a base bundle that carries it.
+    {
+        use pinbundle::registry::server::{self, BundleServer};
+        let delta = std::sync::Arc::new(Bundle::open(&r.delta).unwrap());
+        let path = format!(
+            "/v2/{}/blobs/{}",
+            server::served_name(&m.images[0].name),
+            shared[0].0
+        );
+        let alone =
+            server::serve_in_thread(delta.clone(), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
+        assert_eq!(http_get(alone.addr(), &path).0, 404);
+        drop(alone);
+        let base = std::sync::Arc::new(Bundle::open(&r.v1).unwrap());
+        let with_base = server::serve_server_in_thread(
+            BundleServer::new(delta).with_bases(vec![base]),
+            BundleServer::LOOPBACK_EPHEMERAL,
+        )
+        .unwrap();
+        let (status, body) = http_get(with_base.addr(), &path);
+        assert_eq!(status, 200);
+        assert_eq!(Digest::of(&body).to_string(), shared[0].0);
+    }
 
     // 7. Hostile: an omitted layer that is a member anyway, and carried:false without a base.
     let layer = &shared[0].0;
