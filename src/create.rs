@@ -19,8 +19,9 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::bundle::format::{
-    BlobEntry, BlobKind, BundleManifest, FORMAT_NAME, FORMAT_VERSION, ImageEntry, LayoutDigests,
-    MANIFEST_PATH, OCI_INDEX_PATH, OCI_LAYOUT_PATH, PlatformEntry, SIGNATURE_PATH, Totals, media,
+    BaseRef, BlobEntry, BlobKind, BundleManifest, FORMAT_NAME, FORMAT_VERSION, ImageEntry,
+    LayoutDigests, MANIFEST_PATH, OCI_INDEX_PATH, OCI_LAYOUT_PATH, PlatformEntry, SIGNATURE_PATH,
+    Totals, media,
 };
 use crate::bundle::{BundleWriter, Compression, VolumeWriter, WriterOptions};
 use crate::manifest::{self, Parsed};
@@ -110,6 +111,9 @@ pub struct CreateOptions {
     pub source_date_epoch: Option<u64>,
     /// Sign `pinbundle.json` with this key (the member `pinbundle.json.minisig`).
     pub sign_key: Option<SigningKey>,
+    /// Write a delta of this base (a bundle or its exported index): layers it lists are
+    /// neither fetched nor carried.
+    pub base: Option<PathBuf>,
 }
 
 /// The summary of a `create` run (the `--json` document).
@@ -131,6 +135,12 @@ pub struct CreateReport {
     pub bytes_fetched: u64,
     /// The signature written, `null` when unsigned.
     pub signature: Option<SignatureInfo>,
+    /// The base of a delta, `null` for a full bundle.
+    pub base: Option<BaseRef>,
+    /// Blobs in the file, and layers left to the base (`blobs` counts both).
+    pub blobs_carried: usize,
+    pub blobs_omitted: usize,
+    pub bytes_omitted: u64,
     pub seconds: f64,
 }
 
@@ -265,6 +275,13 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         .with_context(|| format!("cannot write to the output directory {}", out_dir.display()))?;
     let blob_dir = opts.cache_dir.join("blobs").join("sha256");
     fs_err::create_dir_all(&blob_dir).context("creating the blob cache")?;
+    let base = match &opts.base {
+        Some(p) => Some(
+            crate::delta::Base::open(p)
+                .with_context(|| format!("reading the base {}", p.display()))?,
+        ),
+        None => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.jobs.clamp(1, 8))
@@ -311,6 +328,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                     media_type: m.media_type.clone(),
                     kind,
                     uncompressed_size: None,
+                    carried: true,
                 },
                 source: source.clone(),
                 bytes: Some(Arc::from(&m.bytes[..])),
@@ -348,6 +366,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                             media_type: manifest::media_type_str(d),
                             kind,
                             uncompressed_size: None,
+                            carried: true,
                         },
                         source: r.reference.clone(),
                         bytes: None,
@@ -357,12 +376,20 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         }
     }
 
+    // A delta neither fetches nor carries the layers its base lists (their uncompressed sizes
+    // come from the base).
+    if let Some(base) = &base {
+        let mut entries: Vec<&mut BlobEntry> = blobs.values_mut().map(|b| &mut b.entry).collect();
+        crate::delta::omit_from(base, &mut entries)
+            .with_context(|| format!("planning a delta of {}", base.path.display()))?;
+    }
+
     // 3. Fetch what the cache lacks. Each layer's uncompressed size (for `load`'s space check)
     //    is measured as soon as the layer is in the cache, on the blocking pool, while other
     //    blobs are still downloading; it is remembered beside the blob.
     let is_cached: BTreeMap<&Digest, bool> = blobs
         .values()
-        .filter(|b| b.bytes.is_none())
+        .filter(fetched)
         .map(|b| (&b.entry.digest, cached(&blob_dir, &b.entry)))
         .collect();
     let blobs_fetched = is_cached.values().filter(|c| !**c).count();
@@ -381,7 +408,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let cpu =
         tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
     let sizes: Vec<(Digest, u64)> = runtime.block_on(async {
-        let futs = blobs.values().filter(|b| b.bytes.is_none()).map(|b| async {
+        let futs = blobs.values().filter(fetched).map(|b| async {
             let dest = blob_dir.join(b.entry.digest.hex());
             if is_cached.get(&b.entry.digest) == Some(&false) {
                 let _permit = net.acquire().await.context("fetch queue closed")?;
@@ -439,18 +466,23 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
     let index_json = oci_index_json(&images, &blobs)?;
     let entries: Vec<BlobEntry> = blobs.values().map(|b| b.entry.clone()).collect();
+    let omitted: Vec<&BlobEntry> = entries.iter().filter(|b| !b.carried).collect();
+    let bytes_omitted: u64 = omitted.iter().map(|b| b.size).sum();
+    let blobs_omitted = omitted.len();
     let totals = Totals {
         images: images.len(),
         blobs: entries.len(),
         size: entries.iter().map(|b| b.size).sum(),
         uncompressed_size: entries.iter().filter_map(|b| b.uncompressed_size).sum(),
+        omitted_blobs: base.as_ref().map(|_| blobs_omitted),
+        omitted_size: base.as_ref().map(|_| bytes_omitted),
     };
     let bm = BundleManifest {
         format: FORMAT_NAME.into(),
         format_version: FORMAT_VERSION,
         creator: format!("pinbundle {}", env!("CARGO_PKG_VERSION")),
         created: rfc3339(created_secs),
-        base: None,
+        base: base.as_ref().map(crate::delta::Base::base_ref),
         layout: LayoutDigests {
             oci_layout: Digest::of(&oci_layout),
             index_json: Digest::of(&index_json),
@@ -497,10 +529,10 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     }
     head.push((OCI_LAYOUT_PATH, &oci_layout));
     head.push((OCI_INDEX_PATH, &index_json));
-    reporter.start("writing bundle", bm.totals.size);
+    reporter.start("writing bundle", bm.totals.size - bytes_omitted);
     // Blobs in digest order, into one file or into volumes.
     let add_blobs = |out: &mut AddMember| -> Result<()> {
-        for b in blobs.values() {
+        for b in blobs.values().filter(|b| b.entry.carried) {
             let path = b.entry.digest.layout_path();
             let compression = match media::layer_compression(&b.entry.media_type) {
                 Some(media::LayerCompression::Gzip | media::LayerCompression::Zstd) => {
@@ -620,6 +652,10 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         blobs_cached,
         bytes_fetched: fetched_bytes.load(Ordering::Relaxed),
         signature: signature.map(|(_, info)| info),
+        base: bm.base.clone(),
+        blobs_carried: bm.totals.blobs - blobs_omitted,
+        blobs_omitted,
+        bytes_omitted,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -716,6 +752,12 @@ async fn resolve(
         root,
         instances,
     })
+}
+
+/// Whether `b` comes from the cache (or the registry): blobs, but not manifests (fetched while
+/// resolving) nor the layers a delta leaves to its base.
+fn fetched(b: &&PlannedBlob) -> bool {
+    b.bytes.is_none() && b.entry.carried
 }
 
 /// Whether the cache holds `b` completely. Cache files are renamed into place only after

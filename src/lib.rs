@@ -6,11 +6,13 @@
 //! - [`registry`] speaks the distribution API: the client used by `create` and the read-only
 //!   server used by `load`.
 //! - [`sign`] reads minisign keys, signs `pinbundle.json` and checks signatures.
+//! - [`delta`] holds what delta bundles need: bases, identities, load planning, `diff`.
 //! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
 //!   signals CRI-O or writes under `/etc`.
 
 pub mod bundle;
 pub mod create;
+pub mod delta;
 pub mod load;
 pub mod manifest;
 pub mod progress;

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use pinbundle::create::{self, CreateOptions, Platform};
+use pinbundle::delta;
 use pinbundle::load;
 use pinbundle::progress::{Reporter, Silent};
 use pinbundle::reference::Reference;
@@ -37,6 +38,36 @@ enum Command {
     Inspect(InspectArgs),
     Load(LoadArgs),
     Keygen(KeygenArgs),
+    IndexExport(IndexExportArgs),
+    Diff(DiffArgs),
+}
+
+/// Write a bundle's index (its exact `pinbundle.json`), a small file to pass to
+/// `create --base` instead of the whole bundle.
+///
+/// The index has the same identity (sha256) as the bundle, so a delta made from it is
+/// byte-identical to one made from the bundle.
+#[derive(Args, Debug)]
+struct IndexExportArgs {
+    bundle: PathBuf,
+    /// The file to write.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+/// Show what changed between two bundles (or exported indexes): images added, removed and
+/// changed, and the blobs and bytes only in NEW (what a delta of OLD carries), shared, and
+/// only in OLD.
+///
+/// Images are matched by reference, then what is left by repository (`app:v1` → `app:v2` is
+/// a change).
+#[derive(Args, Debug)]
+struct DiffArgs {
+    old: PathBuf,
+    new: PathBuf,
+    /// Print as JSON on stdout.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Generate a signing key pair: NAME.key (secret, mode 0600) and NAME.pub, in minisign's
@@ -125,6 +156,11 @@ struct CreateArgs {
     /// $PINBUNDLE_KEY_PASSWORD, else asked on the terminal.
     #[arg(long, value_name = "FILE", requires = "sign_key")]
     password_file: Option<PathBuf>,
+    /// Write a delta: leave out the layers this earlier bundle (or its index from
+    /// `pinbundle index-export`) lists; they are not fetched either. `load` then takes them
+    /// from the node's store or from the base bundle.
+    #[arg(long, value_name = "BUNDLE|INDEX")]
+    base: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -236,6 +272,10 @@ struct LoadArgs {
     /// Threads to verify with. [default: number of cores]
     #[arg(long, short = 'j', value_name = "N")]
     jobs: Option<usize>,
+    /// A bundle that carries layers this delta bundle leaves out (the layers it omits must be
+    /// in containers-storage already, or in one of these); repeatable.
+    #[arg(long, value_name = "BUNDLE")]
+    base: Vec<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -303,6 +343,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Load(a) => cmd_load(a, &*reporter),
         Command::Keygen(a) => cmd_keygen(a),
+        Command::IndexExport(a) => {
+            let identity = delta::export_index(&a.bundle, &a.output)?;
+            eprintln!(
+                "wrote {}: the index of {} ({identity})",
+                a.output.display(),
+                a.bundle.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Diff(a) => {
+            let open =
+                |p: &Path| delta::Base::open(p).with_context(|| format!("reading {}", p.display()));
+            let report = delta::diff(&open(&a.old)?, &open(&a.new)?);
+            if a.json {
+                print_json(&report)?;
+            } else {
+                print_diff(&report)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect(a) => {
             let report = verify::inspect_paths(&a.bundle)?;
             if a.json {
@@ -452,6 +512,7 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         volume_size: a.volume_size,
         source_date_epoch,
         sign_key,
+        base: a.base,
     };
     let report = create::create(&opts, reporter)?;
     if a.json {
@@ -483,6 +544,17 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         )?;
         for v in &report.volumes {
             writeln!(err, "  volume {} ({})", v.path.display(), human(v.size))?;
+        }
+        if let Some(base) = &report.base {
+            writeln!(
+                err,
+                "delta of {} (created {}): {} blobs carried, {} layers ({}) left to the base",
+                base.manifest,
+                base.created,
+                report.blobs_carried,
+                report.blobs_omitted,
+                human(report.bytes_omitted)
+            )?;
         }
         if let Some(sig) = &report.signature {
             writeln!(err, "signed by key {}", sig.key_id)?;
@@ -527,6 +599,7 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         tmpdir: None,
         trusted_keys: a.trust_key,
         trusted_dir: a.trusted_dir,
+        bases: a.base,
     };
     let report = load::load(&opts, reporter)?;
     if a.json {
@@ -579,6 +652,17 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
             "pins: {} {what} ({} entries)",
             p.drop_in.display(),
             p.entries
+        )?;
+    }
+    if let Some(d) = &r.delta {
+        let sum = |v: &[delta::OmittedSource]| v.iter().map(|s| s.size).sum::<u64>();
+        writeln!(
+            out,
+            "delta: {} layers ({}) reused from the store, {} ({}) from base bundles",
+            d.from_storage.len(),
+            human(sum(&d.from_storage)),
+            d.from_bases.len(),
+            human(sum(&d.from_bases))
         )?;
     }
     if let Some(rl) = &r.reload {
@@ -635,6 +719,13 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
     }
     if let Some(v) = &r.volumes {
         print_volumes(&mut out, v)?;
+    }
+    if let Some(b) = &r.base {
+        writeln!(
+            out,
+            "delta of {} (created {}): layers it does not carry must be on the node or in that bundle",
+            b.manifest, b.created
+        )?;
     }
     if r.ok {
         writeln!(
@@ -737,6 +828,20 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
         human(m.totals.size),
         human(m.totals.uncompressed_size)
     )?;
+    if let Some(b) = &m.base {
+        let (carried, omitted): (Vec<_>, Vec<_>) = m.blobs.iter().partition(|b| b.carried);
+        let size = |v: &[&pinbundle::bundle::format::BlobEntry]| v.iter().map(|b| b.size).sum();
+        writeln!(
+            out,
+            "delta:   of {} (created {})\n         carries {} blobs ({}), omits {} layers ({}): `load` needs them in the store or `--base`",
+            b.manifest,
+            b.created,
+            carried.len(),
+            human(size(&carried)),
+            omitted.len(),
+            human(size(&omitted))
+        )?;
+    }
     for i in &m.images {
         writeln!(
             out,
@@ -755,6 +860,62 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
             "  size:   {} ({} uncompressed)",
             human(i.size),
             human(i.uncompressed_size)
+        )?;
+    }
+    Ok(())
+}
+
+fn print_diff(r: &delta::DiffReport) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (what, side) in [("old", &r.old), ("new", &r.new)] {
+        let of = side
+            .base
+            .as_ref()
+            .map(|b| format!(", delta of {}", b.manifest))
+            .unwrap_or_default();
+        writeln!(
+            out,
+            "{what}: {} ({}, created {}{of})",
+            side.path.display(),
+            side.identity,
+            side.created
+        )?;
+    }
+    for i in &r.images {
+        let digest = |d: &Option<pinbundle::reference::Digest>| {
+            d.as_ref().map_or("-".to_string(), |d| d.to_string())
+        };
+        match i.status {
+            "changed" => writeln!(
+                out,
+                "  changed   {} → {}\n            {} → {}",
+                i.old_reference.as_deref().unwrap_or("-"),
+                i.new_reference.as_deref().unwrap_or("-"),
+                digest(&i.old_digest),
+                digest(&i.new_digest)
+            )?,
+            status => writeln!(
+                out,
+                "  {status:<9} {} {}",
+                i.new_reference
+                    .as_deref()
+                    .or(i.old_reference.as_deref())
+                    .unwrap_or("-"),
+                digest(&i.new_digest.clone().or(i.old_digest.clone()))
+            )?,
+        }
+    }
+    writeln!(out, "blobs:")?;
+    for (what, c) in [
+        ("only in new", r.blobs.only_new),
+        ("shared", r.blobs.shared),
+        ("only in old", r.blobs.only_old),
+    ] {
+        writeln!(
+            out,
+            "  {what:<12} {:>6} blobs  {:>10}",
+            c.blobs,
+            human(c.size)
         )?;
     }
     Ok(())
@@ -828,6 +989,33 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_delta_flags() {
+        let cli = Cli::try_parse_from([
+            "pinbundle",
+            "load",
+            "d.pb",
+            "--base",
+            "a.pb",
+            "--base",
+            "b.pb",
+        ])
+        .unwrap();
+        let Command::Load(l) = cli.command else {
+            panic!("not load")
+        };
+        assert_eq!(l.base, [PathBuf::from("a.pb"), PathBuf::from("b.pb")]);
+        let cli =
+            Cli::try_parse_from(["pinbundle", "create", "a:1", "-o", "x", "--base", "i.json"])
+                .unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.base, Some(PathBuf::from("i.json")));
+        assert!(Cli::try_parse_from(["pinbundle", "diff", "old"]).is_err());
+        assert!(Cli::try_parse_from(["pinbundle", "index-export", "b.pb"]).is_err());
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::bundle::format::{BundleManifest, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH};
+use crate::bundle::format::{
+    BaseRef, BlobKind, BundleManifest, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH,
+};
 use crate::bundle::{self, BlobLoc, Bundle, BundleSet, SetOptions};
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
@@ -47,6 +49,9 @@ pub struct VerifyReport {
     pub signature: Option<SignatureInfo>,
     /// The volume set, `null` for a whole bundle.
     pub volumes: Option<VolumesReport>,
+    /// For a delta bundle: its base (the layers it does not carry are the base's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
     pub problems: Vec<Problem>,
 }
 
@@ -173,6 +178,7 @@ pub fn verify_paths(
                 bytes_checked: 0,
                 signature: None,
                 volumes: None,
+                base: None,
                 problems: vec![Problem {
                     member: None,
                     digest: None,
@@ -223,6 +229,7 @@ pub fn verify_open_with(
                 bytes_checked: 0,
                 signature,
                 volumes: VolumesReport::of(bundle),
+                base: manifest.base.clone(),
                 problems: vec![p],
             });
         }
@@ -377,6 +384,7 @@ fn verify_members(
         bytes_checked: bundle.file_len(),
         signature,
         volumes: VolumesReport::of(bundle),
+        base: manifest.base.clone(),
         problems,
     })
 }
@@ -447,7 +455,30 @@ fn check_structure(
     }
     let listed: BTreeMap<&Digest, u64> =
         manifest.blobs.iter().map(|b| (&b.digest, b.size)).collect();
-    for b in &manifest.blobs {
+    // A delta's omitted layers (section 8.2): listed, never members, and only in a delta.
+    let omitted: BTreeMap<&Digest, u64> = manifest
+        .blobs
+        .iter()
+        .filter(|b| !b.carried)
+        .map(|b| (&b.digest, b.size))
+        .collect();
+    for b in manifest.blobs.iter().filter(|b| !b.carried) {
+        let error = if manifest.base.is_none() {
+            "marked \"carried\": false, but the bundle is not a delta (no base)"
+        } else if b.kind != BlobKind::Layer {
+            "marked \"carried\": false, but only layers may be left to the base"
+        } else if bundle.blob(&b.digest).is_some() {
+            "marked \"carried\": false, but present in the bundle"
+        } else {
+            continue;
+        };
+        problem(
+            Some(b.digest.layout_path()),
+            Some(b.digest.clone()),
+            error.into(),
+        );
+    }
+    for b in manifest.blobs.iter().filter(|b| b.carried) {
         match bundle.blob(&b.digest) {
             None if in_missing_volume(&b.digest) => {}
             None => problem(
@@ -592,6 +623,17 @@ fn check_structure(
         for (d, size, what) in needed {
             match bundle.blob(&d) {
                 None if in_missing_volume(&d) => {}
+                // Checked when loading: on the node or in a base bundle.
+                None if size.is_some() && omitted.get(&d) == size.as_ref() => {}
+                None if omitted.contains_key(&d) => problem(
+                    None,
+                    Some(d.clone()),
+                    format!(
+                        "{what} declares {} bytes for {d}, pinbundle.json says {}",
+                        size.unwrap_or(0),
+                        omitted.get(&d).copied().unwrap_or(0)
+                    ),
+                ),
                 None => problem(
                     Some(d.layout_path()),
                     Some(d.clone()),

@@ -188,6 +188,7 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
         volume_size: None,
         source_date_epoch: Some(0),
         sign_key: None,
+        base: None,
     };
     pinbundle::create::create(&opts, &Silent).expect("create the bundle");
     let b = Bundle::open(&bundle).expect("open the bundle");

@@ -187,15 +187,27 @@ pub struct BundleManifest {
     pub creator: String,
     /// RFC 3339 UTC, from `SOURCE_DATE_EPOCH` when set.
     pub created: String,
-    /// Reserved for delta bundles: the base bundle this one completes.
+    /// For a delta bundle (section 8.2): the base whose layers it omits. Absent in a full
+    /// bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base: Option<serde_json::Value>,
+    pub base: Option<BaseRef>,
     /// Digests of the OCI layout's own files, so this manifest covers every member.
     pub layout: LayoutDigests,
     pub images: Vec<ImageEntry>,
     /// Every blob in the bundle, sorted by digest, each once.
     pub blobs: Vec<BlobEntry>,
     pub totals: Totals,
+}
+
+/// The base of a delta bundle (bundle-format.md, section 8.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseRef {
+    /// The base's identity: the sha256 of the exact bytes of its `pinbundle.json` (which is
+    /// also what `pinbundle index-export` writes).
+    pub manifest: Digest,
+    /// The base's `created`, for display only.
+    pub created: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,6 +276,18 @@ pub struct BlobEntry {
     /// For layers: the size of the uncompressed tar stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncompressed_size: Option<u64>,
+    /// Whether the blob is a member of this bundle. Only a delta's layers may be `false`
+    /// (written as `"carried": false`; omitted when true, so full bundles are unchanged).
+    #[serde(default = "carried_default", skip_serializing_if = "is_carried")]
+    pub carried: bool,
+}
+
+fn carried_default() -> bool {
+    true
+}
+
+fn is_carried(carried: &bool) -> bool {
+    *carried
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,6 +299,12 @@ pub struct Totals {
     pub size: u64,
     /// Sum of layer uncompressed sizes (each layer once).
     pub uncompressed_size: u64,
+    /// For a delta: how many of `blobs` are not carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted_blobs: Option<usize>,
+    /// For a delta: the sum of the sizes of the blobs not carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted_size: Option<u64>,
 }
 
 /// Media types pinbundle understands.

@@ -444,6 +444,8 @@ fn empty_manifest() -> BundleManifest {
             blobs: 0,
             size: 0,
             uncompressed_size: 0,
+            omitted_blobs: None,
+            omitted_size: None,
         },
     }
 }

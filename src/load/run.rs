@@ -1,8 +1,9 @@
-//! The `load` sequence: verify → drop-in check → plan → space check → import → pins → reload
-//! → confirm.
+//! The `load` sequence: verify → drop-in check → plan → delta check → space check → import →
+//! pins → reload → confirm.
 //!
 //! Nothing on the node changes before the whole bundle is verified, every image's platform is
-//! known to be carried and the space check passed. The drop-in is written last, atomically,
+//! known to be carried, every layer a delta omits is known to be in the store or in a `--base`
+//! bundle, and the space check passed. The drop-in is written last, atomically,
 //! and only for images that are now in the store.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +19,7 @@ use super::{confirm, pins, reload};
 use crate::bundle::format::{BlobKind, ImageEntry, media};
 use crate::bundle::{BundleSet, SetOptions};
 use crate::create::Platform;
+use crate::delta;
 use crate::progress::Reporter;
 use crate::reference::PinnedRef;
 use crate::sign;
@@ -66,6 +68,9 @@ pub struct LoadOptions {
     /// A directory whose `*.pub` files are trusted keys ([`sign::DEFAULT_TRUSTED_DIR`]); a
     /// missing directory holds none.
     pub trusted_dir: PathBuf,
+    /// Bundles that carry layers a delta bundle omits. They need no signature: what is taken
+    /// from them is checked against the digests of the (verified, maybe signed) delta.
+    pub bases: Vec<PathBuf>,
 }
 
 /// The `--json` document of `load`.
@@ -87,6 +92,9 @@ pub struct LoadReport {
     pub pins: Option<PinsResult>,
     pub reload: Option<String>,
     pub cri: Option<CriResult>,
+    /// For a delta bundle: where the layers it omits come from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta: Option<delta::LoadPlan>,
     pub warnings: Vec<String>,
     pub seconds: f64,
 }
@@ -148,6 +156,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         pins: None,
         reload: None,
         cri: None,
+        delta: None,
         warnings: Vec::new(),
         seconds: 0.0,
     };
@@ -247,19 +256,29 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         }
     }
 
-    // 4. Space.
-    check_space(opts, &manifest, &missing)?;
+    // 4. A delta: every layer it omits must already be in the store or in a `--base` bundle.
+    let bases = plan_delta(opts, &manifest, &missing, &mut report)?;
+    let reused = report
+        .delta
+        .as_ref()
+        .map(delta::LoadPlan::reused)
+        .unwrap_or_default();
+
+    // 5. Space.
+    check_space(opts, &manifest, &missing, &reused)?;
     if opts.dry_run {
         report.ok = true;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
 
-    // 5. Import through a registry on loopback serving the bundle as it is.
+    // 6. Import through a registry on loopback serving the bundle as it is (and a delta's
+    //    omitted layers from its bases).
     if !missing.is_empty() {
-        let server = crate::registry::server::serve_in_thread(
-            bundle.clone(),
-            crate::registry::server::BundleServer::LOOPBACK_EPHEMERAL,
+        use crate::registry::server::{BundleServer, serve_server_in_thread};
+        let server = serve_server_in_thread(
+            BundleServer::new(bundle.clone()).with_bases(bases),
+            BundleServer::LOOPBACK_EPHEMERAL,
         )
         .context("starting the loopback registry that serves the bundle")?;
         let import_opts = ImportOptions {
@@ -290,7 +309,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         reporter.finish();
     }
 
-    // 6. Pins, for images now present (checked again: the files may have changed meanwhile).
+    // 7. Pins, for images now present (checked again: the files may have changed meanwhile).
     if let Some(out) = &opts.pinned_image_set_out {
         let name = pinned_image_set_name(&bundle);
         let yaml = pins::pinned_image_set_manifest(&name, "worker", &refs)?;
@@ -325,7 +344,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         entries: merged.entries.len(),
     });
 
-    // 7. Reload, only when the pins changed.
+    // 8. Reload, only when the pins changed.
     if changed {
         match reload::reload(opts.reload, &opts.reload_env) {
             Ok(reload::ReloadOutcome::Systemd) => {
@@ -348,7 +367,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         }
     }
 
-    // 8. Confirm over the CRI.
+    // 9. Confirm over the CRI.
     let mut confirmed = true;
     if opts.cri_socket.exists() {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -398,6 +417,37 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     report.ok = confirmed;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Opens the `--base` bundles and, for a delta, finds where each layer it omits comes from
+/// for the images to import (`report.delta`); refuses when some are nowhere. Returns the
+/// bases for the server.
+fn plan_delta(
+    opts: &LoadOptions,
+    manifest: &crate::bundle::format::BundleManifest,
+    missing: &[usize],
+    report: &mut LoadReport,
+) -> Result<Vec<Arc<BundleSet>>> {
+    let mut bases = Vec::new();
+    for p in &opts.bases {
+        let base =
+            delta::Base::open(p).with_context(|| format!("opening the base {}", p.display()))?;
+        bases.push(base.require_bundle()?);
+    }
+    if manifest.base.is_none() {
+        if !bases.is_empty() {
+            report
+                .warnings
+                .push("the bundle is not a delta: `--base` was not needed".into());
+        }
+        return Ok(Vec::new());
+    }
+    let in_store = opts
+        .store
+        .layer_digests()
+        .context("reading the store's layers")?;
+    report.delta = Some(delta::plan_load(manifest, missing, &bases, &in_store)?);
+    Ok(bases)
 }
 
 fn pin_of(img: &ImageEntry) -> PinnedRef {
@@ -492,11 +542,14 @@ fn check_space(
     opts: &LoadOptions,
     manifest: &crate::bundle::format::BundleManifest,
     missing: &[usize],
+    reused: &BTreeSet<crate::reference::Digest>,
 ) -> Result<()> {
     let blobs: BTreeMap<_, _> = manifest.blobs.iter().map(|b| (&b.digest, b)).collect();
+    // Layers the store already has (a delta's) are reused, not copied.
     let needed: BTreeSet<_> = missing
         .iter()
         .flat_map(|&i| manifest.images[i].blobs.iter())
+        .filter(|d| !reused.contains(*d))
         .collect();
     let (mut unpacked, mut staged) = (0u64, 0u64);
     for d in needed {

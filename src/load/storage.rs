@@ -239,6 +239,16 @@ impl Store {
     /// The path of the store's image list (`<root>/<driver>-images/images.json`), whether or
     /// not it exists yet.
     pub fn images_json(&self) -> Result<PathBuf> {
+        Ok(self.driver_dir("images")?.join("images.json"))
+    }
+
+    /// The path of the store's layer list (`<root>/<driver>-layers/layers.json`).
+    pub fn layers_json(&self) -> Result<PathBuf> {
+        Ok(self.driver_dir("layers")?.join("layers.json"))
+    }
+
+    /// `<root>/<driver>-<what>`, the driver found as containers-storage finds it.
+    fn driver_dir(&self, what: &str) -> Result<PathBuf> {
         let (root, driver) = self.location()?;
         let driver = driver.unwrap_or_else(|| {
             DRIVER_PRIORITY
@@ -247,7 +257,41 @@ impl Store {
                 .unwrap_or(&DEFAULT_DRIVER)
                 .to_string()
         });
-        Ok(root.join(format!("{driver}-images")).join("images.json"))
+        Ok(root.join(format!("{driver}-{what}")))
+    }
+
+    /// The blob digests of the store's complete layers: each layer's `compressed-diff-digest`
+    /// and `diff-digest`. containers/image reuses a layer found by either (TryReusingBlob)
+    /// instead of fetching the blob, which is what lets `load` import a delta bundle.
+    pub fn layer_digests(&self) -> Result<std::collections::BTreeSet<Digest>> {
+        #[derive(serde::Deserialize)]
+        struct Layer {
+            #[serde(rename = "compressed-diff-digest")]
+            compressed: Option<String>,
+            #[serde(rename = "diff-digest")]
+            uncompressed: Option<String>,
+            #[serde(default)]
+            flags: std::collections::HashMap<String, serde_json::Value>,
+        }
+        let path = self.layers_json()?;
+        let text = match fs_err::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+            Err(e) => return Err(StorageError::Io { path, source: e }),
+        };
+        let layers: Vec<Layer> =
+            serde_json::from_slice(&text).map_err(|e| StorageError::Parse {
+                path,
+                detail: e.to_string(),
+            })?;
+        Ok(layers
+            .into_iter()
+            // A layer still being written is not there yet.
+            .filter(|l| l.flags.get("incomplete") != Some(&serde_json::Value::Bool(true)))
+            .flat_map(|l| [l.compressed, l.uncompressed])
+            .flatten()
+            .filter_map(|d| d.parse().ok())
+            .collect())
     }
 
     /// Every image record of the store (empty when the store has none yet). containers-storage

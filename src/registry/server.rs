@@ -1,4 +1,4 @@
-//! A read-only OCI distribution API over an open [`Bundle`], for `pinbundle load` (and later
+//! A read-only OCI distribution API over an open [`BundleSet`], for `pinbundle load` (and later
 //! `pinbundle serve`).
 //!
 //! `load` does not unpack the bundle: it serves the bundle's raw manifest bytes and streams its
@@ -26,11 +26,15 @@
 //!   server from answering for content an image does not reference.
 //! - `tags/list`: the recorded tags.
 //!
+//! A delta bundle lists blobs it does not carry (bundle-format.md, section 8.2): those are
+//! served from the base bundles given with [`BundleServer::with_bases`], when one carries them,
+//! and are `404 BLOB_UNKNOWN` otherwise (skopeo then must find the layer in the store).
+//!
 //! Everything else is `404`; every method but `GET` and `HEAD` is `405`.
 //!
 //! # Integrity while streaming
 //!
-//! Blob bodies are produced on a blocking thread from [`Bundle::open_member`], which checks every
+//! Blob bodies are produced on a blocking thread from [`BundleSet::open_blob`], which checks every
 //! frame (XXH3, zstd checksum, size). A full-blob `GET` is also hashed as it goes and its last
 //! chunk is held back until the sha256 matches. When a frame or the digest fails, the body ends
 //! with an error: hyper then drops the connection short of `Content-Length`, so the client sees
@@ -193,6 +197,8 @@ pub struct Stats {
 #[derive(Debug)]
 pub struct BundleServer {
     bundle: Arc<BundleSet>,
+    /// Bundles that may carry the blobs a delta `bundle` omits; searched after `bundle`.
+    bases: Vec<Arc<BundleSet>>,
     repositories: HashMap<String, Repository>,
     counters: Counters,
 }
@@ -445,9 +451,24 @@ impl BundleServer {
         }
         BundleServer {
             bundle,
+            bases: Vec::new(),
             repositories,
             counters: Counters::default(),
         }
+    }
+
+    /// Also serves, from `bases`, the blobs `bundle` lists but does not carry (a delta's).
+    pub fn with_bases(mut self, bases: Vec<Arc<BundleSet>>) -> BundleServer {
+        self.bases = bases;
+        self
+    }
+
+    /// The bundle that carries blob `digest` (the served bundle first, then the bases), and
+    /// its member.
+    fn find_blob(&self, digest: &Digest) -> Option<(Arc<BundleSet>, BlobLoc)> {
+        std::iter::once(&self.bundle)
+            .chain(&self.bases)
+            .find_map(|b| b.blob(digest).map(|m| (Arc::clone(b), m.clone())))
     }
 
     /// The bundle being served.
@@ -650,8 +671,8 @@ impl BundleServer {
             .parse::<Digest>()
             .ok()
             .filter(|d| repo.blobs.contains(d))
-            .and_then(|d| self.bundle.blob(&d).cloned().map(|m| (d, m)));
-        let Some((digest, member)) = found else {
+            .and_then(|d| self.find_blob(&d).map(|(b, m)| (d, b, m)));
+        let Some((digest, source, member)) = found else {
             bump(&self.counters.not_found);
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -689,7 +710,7 @@ impl BundleServer {
         let body = if head || len == 0 {
             ResponseBody::empty()
         } else {
-            self.stream_blob(member, digest.clone(), start, len)
+            self.stream_blob(source, member, digest.clone(), start, len)
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -711,9 +732,10 @@ impl BundleServer {
         resp
     }
 
-    /// Streams `len` bytes of `member` from `start`, produced on a blocking thread.
+    /// Streams `len` bytes of `source`'s `member` from `start`, produced on a blocking thread.
     fn stream_blob(
         self: &Arc<Self>,
+        source: Arc<BundleSet>,
         member: BlobLoc,
         digest: Digest,
         start: u64,
@@ -723,7 +745,7 @@ impl BundleServer {
         let server = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let whole = start == 0 && len == member.size;
-            let result = server.produce(&member, &digest, start, len, whole, &tx);
+            let result = server.produce(&source, &member, &digest, start, len, whole, &tx);
             if let Err(e) = result {
                 // The receiver may be gone (client hung up): nothing more to do then.
                 bump(&server.counters.aborted);
@@ -737,8 +759,10 @@ impl BundleServer {
 
     /// Reads and sends the chunks. For a whole blob, the last chunk is sent only after the
     /// sha256 matched, so a client never receives a complete but wrong body.
+    #[expect(clippy::too_many_arguments, reason = "one private call site")]
     fn produce(
         &self,
+        bundle: &BundleSet,
         member: &BlobLoc,
         digest: &Digest,
         start: u64,
@@ -746,7 +770,7 @@ impl BundleServer {
         whole: bool,
         tx: &mpsc::Sender<Result<Bytes, io::Error>>,
     ) -> Result<(), io::Error> {
-        let mut reader = self.bundle.open_blob(member, start).take(len);
+        let mut reader = bundle.open_blob(member, start).take(len);
         let mut hasher = whole.then(sha2::Sha256::new);
         let mut pending: Option<Bytes> = None;
         let mut sent = 0u64;
@@ -756,7 +780,7 @@ impl BundleServer {
             let mut filled = 0;
             while filled < want {
                 let n = reader.read(&mut buf[filled..]).map_err(|e| {
-                    let inner = crate::bundle::set::unwrap_io(self.bundle.path(), e);
+                    let inner = crate::bundle::set::unwrap_io(bundle.path(), e);
                     io::Error::other(inner)
                 })?;
                 if n == 0 {
@@ -764,7 +788,7 @@ impl BundleServer {
                         io::ErrorKind::UnexpectedEof,
                         format!(
                             "{}: blob {} ends early",
-                            self.bundle.path().display(),
+                            bundle.path().display(),
                             member.digest
                         ),
                     ));
@@ -783,7 +807,7 @@ impl BundleServer {
             let found = Digest::from_hash(h.finalize().into());
             if &found != digest {
                 return Err(io::Error::other(crate::bundle::Error::DigestMismatch {
-                    path: self.bundle.path().to_path_buf(),
+                    path: bundle.path().to_path_buf(),
                     member: member.digest.layout_path(),
                     expected: digest.clone(),
                     found,
@@ -937,6 +961,14 @@ pub fn serve_in_thread(
     bundle: Arc<BundleSet>,
     addr: SocketAddr,
 ) -> Result<RunningServer, ServerError> {
+    serve_server_in_thread(BundleServer::new(bundle), addr)
+}
+
+/// Like [`serve_in_thread`], for a server already set up (e.g. [`BundleServer::with_bases`]).
+pub fn serve_server_in_thread(
+    server: BundleServer,
+    addr: SocketAddr,
+) -> Result<RunningServer, ServerError> {
     let std_listener = bind_std(addr)?;
     let local = std_listener
         .local_addr()
@@ -951,7 +983,7 @@ pub fn serve_in_thread(
         tokio::net::TcpListener::from_std(std_listener)
             .map_err(|source| ServerError::Bind { addr, source })?
     };
-    let server = Arc::new(BundleServer::new(bundle));
+    let server = Arc::new(server);
     let (stop, stop_rx) = watch::channel(false);
     let thread_server = Arc::clone(&server);
     let handle = std::thread::Builder::new()

@@ -75,6 +75,7 @@ fn write_bundle(path: &Path, blobs: &[Blob], frame_size: usize) {
             media_type: "application/octet-stream".into(),
             kind: BlobKind::Layer,
             uncompressed_size: Some(b.data.len() as u64),
+            carried: true,
         })
         .collect();
     let manifest = BundleManifest {
@@ -93,6 +94,8 @@ fn write_bundle(path: &Path, blobs: &[Blob], frame_size: usize) {
             blobs: entries.len(),
             size: entries.iter().map(|b| b.size).sum(),
             uncompressed_size: 0,
+            omitted_blobs: None,
+            omitted_size: None,
         },
         blobs: entries,
     };

@@ -3,6 +3,7 @@
 mod bundle;
 mod crash;
 mod create;
+mod delta;
 mod hostile;
 mod load;
 mod sign;

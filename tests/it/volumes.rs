@@ -43,6 +43,7 @@ fn head(blobs: &[(Vec<u8>, Compression)]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             media_type: "application/octet-stream".into(),
             kind: BlobKind::Layer,
             uncompressed_size: Some(b.len() as u64),
+            carried: true,
         })
         .collect();
     entries.sort_by(|a, b| a.digest.cmp(&b.digest));
@@ -62,6 +63,8 @@ fn head(blobs: &[(Vec<u8>, Compression)]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
             blobs: entries.len(),
             size: entries.iter().map(|b| b.size).sum(),
             uncompressed_size: 0,
+            omitted_blobs: None,
+            omitted_size: None,
         },
         blobs: entries,
     };

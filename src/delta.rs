@@ -1,0 +1,683 @@
+//! Delta bundles (bundle-format.md, section 8.2): what `create --base`, `load --base`,
+//! `index-export` and `diff` share.
+//!
+//! A bundle's identity is the sha256 of the exact bytes of its `pinbundle.json`; an exported
+//! index is exactly those bytes, so it has the same identity as its bundle. A delta lists every
+//! blob of its images but carries only the layers its base does not list; it records the
+//! base's identity. This module opens bases ([`Base`]), decides what a delta omits
+//! ([`omittable_layers`]), checks before `load` touches anything that every omitted layer can
+//! be had ([`plan_load`]), and compares two bundles ([`diff`]). It runs no skopeo and writes
+//! nothing but an exported index; `load::storage` reads the node's store for it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::bundle::format::{
+    BaseRef, BlobEntry, BlobKind, BundleManifest, FORMAT_NAME, FORMAT_VERSION, MAX_MANIFEST_LEN,
+};
+use crate::bundle::{self, Bundle, BundleSet, SetOptions};
+use crate::reference::Digest;
+
+/// The version of `diff --json`'s document.
+pub const DIFF_JSON_VERSION: u32 = 1;
+
+/// What can go wrong with bases and deltas. Each variant names the file or blobs involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Bundle(#[from] bundle::Error),
+    #[error("cannot read {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{} is neither a bundle nor an index exported with `pinbundle index-export`: {detail}",
+        path.display()
+    )]
+    NotAnIndex { path: PathBuf, detail: String },
+    #[error(
+        "{} is an exported index, which carries no blobs; `load --base` needs the base bundle itself",
+        path.display()
+    )]
+    IndexNotBundle { path: PathBuf },
+    #[error(
+        "the base {} says layer {digest} has {base_size} bytes, the image says {size}",
+        path.display()
+    )]
+    SizeConflict {
+        path: PathBuf,
+        digest: Digest,
+        base_size: u64,
+        size: u64,
+    },
+    #[error(
+        "the base bundle {}: its copy of layer {digest} is damaged",
+        path.display()
+    )]
+    BaseDamaged {
+        path: PathBuf,
+        digest: Digest,
+        #[source]
+        source: Box<bundle::Error>,
+    },
+    #[error("{}", unavailable_message(.base, .missing))]
+    Unavailable {
+        base: Option<BaseRef>,
+        missing: Vec<MissingBlob>,
+    },
+}
+
+/// A base: an earlier bundle, or its exported index.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub path: PathBuf,
+    /// sha256 of the exact bytes of its `pinbundle.json`.
+    pub identity: Digest,
+    pub manifest: BundleManifest,
+    /// The open bundle (or volume set); `None` for an exported index.
+    pub bundle: Option<Arc<BundleSet>>,
+}
+
+impl Base {
+    /// Opens `path` as a bundle (a volume brings the siblings it finds: a base's missing
+    /// volumes only mean fewer blobs to take from it) or, when it is not one, as an exported
+    /// `pinbundle.json`.
+    pub fn open(path: &Path) -> Result<Base, Error> {
+        let set_opts = SetOptions {
+            allow_partial: true,
+            find_siblings: true,
+        };
+        match BundleSet::open(&[path.to_path_buf()], set_opts) {
+            Ok(b) => Ok(Base {
+                path: path.to_path_buf(),
+                identity: Digest::of(b.manifest_bytes()),
+                manifest: b.manifest().clone(),
+                bundle: Some(Arc::new(b)),
+            }),
+            Err(bundle::Error::NotABundle { .. }) => Base::open_index(path),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn open_index(path: &Path) -> Result<Base, Error> {
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let not_index = |detail: String| Error::NotAnIndex {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // Bounded like the reader bounds `pinbundle.json`: a huge file is refused, not read.
+        let mut bytes = Vec::new();
+        file.take(MAX_MANIFEST_LEN + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        if bytes.len() as u64 > MAX_MANIFEST_LEN {
+            return Err(not_index(format!(
+                "larger than {} MiB",
+                MAX_MANIFEST_LEN >> 20
+            )));
+        }
+        let manifest: BundleManifest =
+            serde_json::from_slice(&bytes).map_err(|e| not_index(e.to_string()))?;
+        if manifest.format != FORMAT_NAME || manifest.format_version != FORMAT_VERSION {
+            return Err(not_index(format!(
+                "format \"{}\" version {} (expected \"{FORMAT_NAME}\" version {FORMAT_VERSION})",
+                manifest.format, manifest.format_version
+            )));
+        }
+        Ok(Base {
+            path: path.to_path_buf(),
+            identity: Digest::of(&bytes),
+            manifest,
+            bundle: None,
+        })
+    }
+
+    /// What a delta of this base records.
+    pub fn base_ref(&self) -> BaseRef {
+        BaseRef {
+            manifest: self.identity.clone(),
+            created: self.manifest.created.clone(),
+        }
+    }
+
+    /// The open bundle, or an error for an exported index.
+    pub fn require_bundle(&self) -> Result<Arc<BundleSet>, Error> {
+        self.bundle.clone().ok_or_else(|| Error::IndexNotBundle {
+            path: self.path.clone(),
+        })
+    }
+}
+
+/// Writes the exact bytes of `bundle`'s `pinbundle.json` to `out` (temporary file, then
+/// rename), and returns the identity they share.
+pub fn export_index(bundle: &Path, out: &Path) -> Result<Digest, Error> {
+    let b = Bundle::open(bundle)?;
+    let bytes = b.manifest_bytes();
+    let io_err = |source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(&dir)
+        .map_err(io_err)?;
+    tmp.write_all(bytes).map_err(io_err)?;
+    tmp.as_file().sync_all().map_err(io_err)?;
+    // Temporary files are 0600; an index is as public as the bundle it describes.
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(io_err)?;
+    tmp.persist(out).map_err(|e| io_err(e.error))?;
+    Ok(Digest::of(bytes))
+}
+
+/// The layers `base` lists (carried or not: a node that loaded a delta base had them all),
+/// with their entries: what a delta of it omits. Only layers: indexes, manifests and configs
+/// are a few KiB, and containers-storage cannot hand a config back by digest.
+pub fn omittable_layers(base: &Base) -> BTreeMap<&Digest, &BlobEntry> {
+    base.manifest
+        .blobs
+        .iter()
+        .filter(|b| b.kind == BlobKind::Layer && b.uncompressed_size.is_some())
+        .map(|b| (&b.digest, b))
+        .collect()
+}
+
+/// Marks the layers of `entries` that `base` lists as not carried, taking their uncompressed
+/// size from the base (so `create` need not fetch them). Returns how many were marked.
+pub fn omit_from(base: &Base, entries: &mut [&mut BlobEntry]) -> Result<usize, Error> {
+    let have = omittable_layers(base);
+    let mut n = 0;
+    for e in entries.iter_mut().filter(|e| e.kind == BlobKind::Layer) {
+        let Some(b) = have.get(&e.digest) else {
+            continue;
+        };
+        if b.size != e.size {
+            return Err(Error::SizeConflict {
+                path: base.path.clone(),
+                digest: e.digest.clone(),
+                base_size: b.size,
+                size: e.size,
+            });
+        }
+        e.carried = false;
+        e.uncompressed_size = b.uncompressed_size;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// An omitted layer nothing given can provide.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MissingBlob {
+    pub digest: Digest,
+    pub size: u64,
+    /// The references that need it.
+    pub images: Vec<String>,
+}
+
+/// An omitted layer and where `load` takes it from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OmittedSource {
+    pub digest: Digest,
+    pub size: u64,
+    /// The base bundle that carries it; `null` when the node's store already has it.
+    pub bundle: Option<PathBuf>,
+}
+
+/// Where each omitted layer of the images to import comes from (`load --json`'s `delta`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadPlan {
+    /// The delta's base.
+    pub base: Option<BaseRef>,
+    /// Served from `--base` bundles (each checked against its digest first).
+    pub from_bases: Vec<OmittedSource>,
+    /// Already in the node's containers-storage; skopeo reuses them.
+    pub from_storage: Vec<OmittedSource>,
+}
+
+impl LoadPlan {
+    /// The digests skopeo will not copy (already in the store).
+    pub fn reused(&self) -> BTreeSet<Digest> {
+        self.from_storage.iter().map(|s| s.digest.clone()).collect()
+    }
+}
+
+/// For the images `import` (indexes into `manifest.images`), finds every blob the bundle does
+/// not carry in `in_store` (layer digests the node's store has, compressed or not) or in one of
+/// `bases`, whose copy is then verified. Refuses, listing every blob found nowhere.
+pub fn plan_load(
+    manifest: &BundleManifest,
+    import: &[usize],
+    bases: &[Arc<BundleSet>],
+    in_store: &BTreeSet<Digest>,
+) -> Result<LoadPlan, Error> {
+    let omitted: BTreeMap<&Digest, &BlobEntry> = manifest
+        .blobs
+        .iter()
+        .filter(|b| !b.carried)
+        .map(|b| (&b.digest, b))
+        .collect();
+    let mut needed: BTreeMap<&Digest, Vec<String>> = BTreeMap::new();
+    for &i in import {
+        let img = &manifest.images[i];
+        for d in img.blobs.iter().filter(|d| omitted.contains_key(d)) {
+            needed.entry(d).or_default().push(img.reference.clone());
+        }
+    }
+    let mut plan = LoadPlan {
+        base: manifest.base.clone(),
+        from_bases: Vec::new(),
+        from_storage: Vec::new(),
+    };
+    let mut missing = Vec::new();
+    for (digest, images) in needed {
+        let size = omitted.get(digest).map_or(0, |b| b.size);
+        // The store first: skopeo reuses a layer it has and never asks for the blob.
+        if in_store.contains(digest) {
+            plan.from_storage.push(OmittedSource {
+                digest: digest.clone(),
+                size,
+                bundle: None,
+            });
+            continue;
+        }
+        let carrier = bases
+            .iter()
+            .find_map(|b| b.blob(digest).map(|m| (b, m.clone())));
+        match carrier {
+            Some((b, member)) => {
+                b.verify_blob(&member, |_| {})
+                    .map_err(|source| Error::BaseDamaged {
+                        path: b.path().to_path_buf(),
+                        digest: digest.clone(),
+                        source: Box::new(source),
+                    })?;
+                plan.from_bases.push(OmittedSource {
+                    digest: digest.clone(),
+                    size,
+                    bundle: Some(b.path().to_path_buf()),
+                });
+            }
+            None => missing.push(MissingBlob {
+                digest: digest.clone(),
+                size,
+                images,
+            }),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::Unavailable {
+            base: manifest.base.clone(),
+            missing,
+        });
+    }
+    Ok(plan)
+}
+
+fn unavailable_message(base: &Option<BaseRef>, missing: &[MissingBlob]) -> String {
+    let total: u64 = missing.iter().map(|m| m.size).sum();
+    let mut s = format!(
+        "this delta bundle does not carry {} layer(s) ({} bytes) that are neither in this node's containers-storage nor in a bundle given with `--base`; nothing was changed. Missing:",
+        missing.len(),
+        total
+    );
+    for m in missing {
+        let _ = write!(
+            s,
+            "\n  {} ({} bytes), needed by {}",
+            m.digest,
+            m.size,
+            m.images.join(", ")
+        );
+    }
+    let of = base
+        .as_ref()
+        .map(|b| format!(" (its base is {}, created {})", b.manifest, b.created))
+        .unwrap_or_default();
+    let _ = write!(
+        s,
+        "\nLoad the base bundle first, or pass it with `--base BUNDLE`{of}"
+    );
+    s
+}
+
+/// One side of a [`DiffReport`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffSide {
+    pub path: PathBuf,
+    pub identity: Digest,
+    pub created: String,
+    /// Its base, when it is a delta.
+    pub base: Option<BaseRef>,
+    pub images: usize,
+    pub blobs: usize,
+    pub size: u64,
+}
+
+/// How one image differs.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageChange {
+    /// `added`, `removed`, `changed` (same reference, or same repository, another digest) or
+    /// `unchanged`.
+    pub status: &'static str,
+    pub name: String,
+    pub old_reference: Option<String>,
+    pub new_reference: Option<String>,
+    pub old_digest: Option<Digest>,
+    pub new_digest: Option<Digest>,
+}
+
+/// A count of blobs and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub blobs: usize,
+    pub size: u64,
+}
+
+impl Count {
+    fn add(&mut self, size: u64) {
+        self.blobs += 1;
+        self.size += size;
+    }
+}
+
+/// Blobs of the two bundles (every blob listed, carried or not), each once.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlobDiff {
+    /// What a delta of OLD would have to carry (at least).
+    pub only_new: Count,
+    pub shared: Count,
+    pub only_old: Count,
+}
+
+/// What `pinbundle diff OLD NEW` reports.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiffReport {
+    pub version: u32,
+    pub old: DiffSide,
+    pub new: DiffSide,
+    pub images: Vec<ImageChange>,
+    pub blobs: BlobDiff,
+}
+
+fn side(b: &Base) -> DiffSide {
+    let m = &b.manifest;
+    DiffSide {
+        path: b.path.clone(),
+        identity: b.identity.clone(),
+        created: m.created.clone(),
+        base: m.base.clone(),
+        images: m.images.len(),
+        blobs: m.blobs.len(),
+        size: m.blobs.iter().map(|b| b.size).sum(),
+    }
+}
+
+/// Compares two bundles (or exported indexes). Images are matched by reference; what is left
+/// on both sides is then matched by repository in order (`app:v1` → `app:v2` is a change).
+pub fn diff(old: &Base, new: &Base) -> DiffReport {
+    let (om, nm) = (&old.manifest, &new.manifest);
+    let mut images = Vec::new();
+    let mut old_left: Vec<usize> = Vec::new();
+    for (i, o) in om.images.iter().enumerate() {
+        match nm.images.iter().find(|n| n.reference == o.reference) {
+            Some(n) => images.push(ImageChange {
+                status: if n.digest == o.digest {
+                    "unchanged"
+                } else {
+                    "changed"
+                },
+                name: o.name.clone(),
+                old_reference: Some(o.reference.clone()),
+                new_reference: Some(n.reference.clone()),
+                old_digest: Some(o.digest.clone()),
+                new_digest: Some(n.digest.clone()),
+            }),
+            None => old_left.push(i),
+        }
+    }
+    for n in nm
+        .images
+        .iter()
+        .filter(|n| !om.images.iter().any(|o| o.reference == n.reference))
+    {
+        let pos = old_left.iter().position(|&i| om.images[i].name == n.name);
+        let o = pos.map(|p| &om.images[old_left.remove(p)]);
+        images.push(ImageChange {
+            status: match o {
+                Some(o) if o.digest == n.digest => "unchanged",
+                Some(_) => "changed",
+                None => "added",
+            },
+            name: n.name.clone(),
+            old_reference: o.map(|o| o.reference.clone()),
+            new_reference: Some(n.reference.clone()),
+            old_digest: o.map(|o| o.digest.clone()),
+            new_digest: Some(n.digest.clone()),
+        });
+    }
+    for &i in &old_left {
+        let o = &om.images[i];
+        images.push(ImageChange {
+            status: "removed",
+            name: o.name.clone(),
+            old_reference: Some(o.reference.clone()),
+            new_reference: None,
+            old_digest: Some(o.digest.clone()),
+            new_digest: None,
+        });
+    }
+    let old_blobs: BTreeMap<&Digest, u64> = om.blobs.iter().map(|b| (&b.digest, b.size)).collect();
+    let new_blobs: BTreeMap<&Digest, u64> = nm.blobs.iter().map(|b| (&b.digest, b.size)).collect();
+    let mut blobs = BlobDiff::default();
+    for (d, &size) in &new_blobs {
+        if old_blobs.contains_key(d) {
+            blobs.shared.add(size);
+        } else {
+            blobs.only_new.add(size);
+        }
+    }
+    for (d, &size) in &old_blobs {
+        if !new_blobs.contains_key(d) {
+            blobs.only_old.add(size);
+        }
+    }
+    DiffReport {
+        version: DIFF_JSON_VERSION,
+        old: side(old),
+        new: side(new),
+        images,
+        blobs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::format::{ImageEntry, LayoutDigests, Totals};
+
+    fn entry(data: &[u8], kind: BlobKind) -> BlobEntry {
+        BlobEntry {
+            digest: Digest::of(data),
+            size: data.len() as u64,
+            media_type: "x".into(),
+            kind,
+            uncompressed_size: (kind == BlobKind::Layer).then_some(data.len() as u64 * 2),
+            carried: true,
+        }
+    }
+
+    fn manifest(images: &[(&str, &str, &[u8])], blobs: Vec<BlobEntry>) -> BundleManifest {
+        BundleManifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            creator: "t".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            base: None,
+            layout: LayoutDigests {
+                oci_layout: Digest::of(b""),
+                index_json: Digest::of(b""),
+            },
+            images: images
+                .iter()
+                .map(|(name, tag, top)| ImageEntry {
+                    reference: format!("{name}:{tag}"),
+                    name: name.to_string(),
+                    tag: Some(tag.to_string()),
+                    digest: Digest::of(top),
+                    media_type: "x".into(),
+                    platforms: Vec::new(),
+                    blobs: blobs.iter().map(|b| b.digest.clone()).collect(),
+                    size: 0,
+                    uncompressed_size: 0,
+                })
+                .collect(),
+            totals: Totals {
+                images: images.len(),
+                blobs: blobs.len(),
+                size: 0,
+                uncompressed_size: 0,
+                omitted_blobs: None,
+                omitted_size: None,
+            },
+            blobs,
+        }
+    }
+
+    fn base(m: BundleManifest) -> Base {
+        let bytes = serde_json::to_vec(&m).unwrap();
+        Base {
+            path: "base".into(),
+            identity: Digest::of(&bytes),
+            manifest: m,
+            bundle: None,
+        }
+    }
+
+    #[test]
+    fn omits_only_layers_the_base_lists() {
+        let b = base(manifest(
+            &[("q.io/a", "v1", b"m1")],
+            vec![
+                entry(b"l1", BlobKind::Layer),
+                entry(b"c1", BlobKind::Config),
+            ],
+        ));
+        let mut l1 = entry(b"l1", BlobKind::Layer);
+        l1.uncompressed_size = None;
+        let mut l2 = entry(b"l2", BlobKind::Layer);
+        let mut c1 = entry(b"c1", BlobKind::Config);
+        let n = omit_from(&b, &mut [&mut l1, &mut l2, &mut c1]).unwrap();
+        assert_eq!(n, 1);
+        assert!(!l1.carried && l2.carried && c1.carried);
+        assert_eq!(l1.uncompressed_size, Some(4), "taken from the base");
+        let mut liar = entry(b"l1", BlobKind::Layer);
+        liar.size = 99;
+        assert!(matches!(
+            omit_from(&b, &mut [&mut liar]),
+            Err(Error::SizeConflict { .. })
+        ));
+    }
+
+    #[test]
+    fn carried_true_is_not_serialised() {
+        let mut e = entry(b"l1", BlobKind::Layer);
+        let full = serde_json::to_string(&e).unwrap();
+        assert!(!full.contains("carried"), "{full}");
+        e.carried = false;
+        let delta = serde_json::to_string(&e).unwrap();
+        assert!(delta.contains(r#""carried":false"#), "{delta}");
+        let back: BlobEntry = serde_json::from_str(&full).unwrap();
+        assert!(back.carried);
+    }
+
+    #[test]
+    fn plan_refuses_and_lists_what_nothing_provides() {
+        let mut m = manifest(
+            &[("q.io/a", "v2", b"m2")],
+            vec![
+                entry(b"l1", BlobKind::Layer),
+                entry(b"l2", BlobKind::Layer),
+                entry(b"c", BlobKind::Config),
+            ],
+        );
+        m.blobs[0].carried = false;
+        m.blobs[1].carried = false;
+        let in_store: BTreeSet<Digest> = [Digest::of(b"l1")].into();
+        let err = plan_load(&m, &[0], &[], &in_store).unwrap_err();
+        let Error::Unavailable { missing, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(missing.len(), 1);
+        assert_eq!(missing[0].digest, Digest::of(b"l2"));
+        assert_eq!(missing[0].images, ["q.io/a:v2"]);
+        assert!(err.to_string().contains(&Digest::of(b"l2").to_string()));
+        // Nothing to import: nothing needed.
+        assert!(plan_load(&m, &[], &[], &in_store).is_ok());
+        let all: BTreeSet<Digest> = [Digest::of(b"l1"), Digest::of(b"l2")].into();
+        let plan = plan_load(&m, &[0], &[], &all).unwrap();
+        assert_eq!(plan.from_storage.len(), 2);
+        assert_eq!(plan.reused().len(), 2);
+    }
+
+    #[test]
+    fn diff_matches_by_reference_then_repository() {
+        let shared = entry(b"base layer", BlobKind::Layer);
+        let old = base(manifest(
+            &[("q.io/a", "v1", b"a1"), ("q.io/gone", "v1", b"g")],
+            vec![shared.clone(), entry(b"old", BlobKind::Layer)],
+        ));
+        let new = base(manifest(
+            &[("q.io/a", "v2", b"a2"), ("q.io/new", "v1", b"n")],
+            vec![shared.clone(), entry(b"newer", BlobKind::Layer)],
+        ));
+        let d = diff(&old, &new);
+        let status: Vec<(&str, &str)> = d
+            .images
+            .iter()
+            .map(|i| (i.status, i.name.as_str()))
+            .collect();
+        assert_eq!(
+            status,
+            [
+                ("changed", "q.io/a"),
+                ("added", "q.io/new"),
+                ("removed", "q.io/gone")
+            ]
+        );
+        assert_eq!(d.blobs.shared, Count { blobs: 1, size: 10 });
+        assert_eq!(d.blobs.only_new, Count { blobs: 1, size: 5 });
+        assert_eq!(d.blobs.only_old, Count { blobs: 1, size: 3 });
+    }
+}
