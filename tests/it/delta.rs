@@ -510,3 +510,64 @@ fn delta_loads_where_the_base_is_and_is_refused_where_it_is_not() {
     );
     assert!(!drop_in.exists());
 }
+
+#[test]
+fn a_delta_and_its_base_as_volume_sets_load_together() {
+    if !is_root() {
+        eprintln!("SKIPPED delta volume load test: containers-storage needs root");
+        return;
+    }
+    let r = Releases::new();
+    let cache = r.dir.path().join("cache");
+    let sets = r.dir.path().join("sets");
+    std::fs::create_dir(&sets).unwrap();
+    // v1 in volumes smaller than its 1 MiB layers: they are cut into parts.
+    let v1 = sets.join("v1.pinbundle");
+    let o = r.env.create(
+        &cache,
+        &v1,
+        &[r.v1().tag_reference()],
+        &["--volume-size", "600K"],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let first = sets.join("v1.pinbundle.001");
+    let delta = sets.join("delta.pinbundle");
+    let o = r.env.create(
+        &cache,
+        &delta,
+        &[r.v2().tag_reference()],
+        &["--volume-size", "600K", "--base", first.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    // The same delta as from the whole v1 bundle: a base's identity does not depend on how
+    // it was cut.
+    let whole = inspect_json(&r.delta);
+    let cut = inspect_json(&sets.join("delta.pinbundle.001"));
+    assert_eq!(cut["base"], whole["base"]);
+    assert_eq!(cut["blobs"], whole["blobs"]);
+
+    let d = r.dir.path().join("store");
+    std::fs::create_dir(&d).unwrap();
+    let store = Store::new(&d, "vfs");
+    let drop_in = d.join("crio.conf.d/50-pinned-images");
+    let (o, report) = load(
+        &sets.join("delta.pinbundle.001"),
+        &store,
+        &drop_in,
+        Path::new("/nonexistent/crio.sock"),
+        &d.join("lock"),
+        &["--reload", "none", "--base", first.to_str().unwrap()],
+    );
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o.stderr),
+        text(&o.stdout)
+    );
+    assert_eq!(
+        report["delta"]["fromBases"].as_array().unwrap().len(),
+        2,
+        "{report}"
+    );
+    assert!(store.exists(&r.v2().digest_reference()));
+}
