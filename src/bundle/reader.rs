@@ -363,6 +363,9 @@ impl Bundle {
 
     /// Checks the tar end-of-archive frame.
     pub fn verify_end(&self) -> Result<(), Error> {
+        if !ends_archive(&self.index) {
+            return Ok(());
+        }
         let last = self.index.frames.len() - 1;
         let data = self.read_frame(last)?;
         if data.iter().any(|&b| b != 0) {
@@ -467,6 +470,12 @@ fn allowed_path(i: usize, m: &MemberEntry) -> bool {
     }
 }
 
+/// Whether the file ends with the tar end-of-archive: every file but a volume other than the
+/// last of its set, so that concatenated volumes make one tar stream (section 8.1).
+pub(crate) fn ends_archive(index: &SeekIndex) -> bool {
+    index.volume.as_ref().is_none_or(|v| v.index == v.count)
+}
+
 /// Checks the index's structure; returns the member lookup table.
 fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, usize>, String> {
     if index.format_version != FORMAT_VERSION {
@@ -510,6 +519,7 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
         }
         _ => {}
     }
+    let members_end = index.frames.len() - usize::from(ends_archive(index));
     // A blob appears at most once per volume, whole or as one part.
     let mut blobs = std::collections::HashSet::new();
     let mut by_path = HashMap::with_capacity(index.members.len());
@@ -536,7 +546,7 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
         let end = m
             .frame
             .checked_add(m.frames)
-            .filter(|&e| e < index.frames.len())
+            .filter(|&e| e <= members_end)
             .ok_or_else(|| format!("member \"{}\" runs past the last data frame", m.path))?;
         let total: u64 = index.frames[m.frame..end].iter().map(|f| f.size).sum();
         let padded = m
@@ -552,7 +562,12 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
         }
         next_frame = end;
     }
-    if next_frame + 1 != index.frames.len() || index.frames[next_frame].size != 2 * TAR_BLOCK {
+    if !ends_archive(index) {
+        if next_frame != index.frames.len() {
+            return Err("frames follow the last member of a volume that is not the last".into());
+        }
+    } else if next_frame + 1 != index.frames.len() || index.frames[next_frame].size != 2 * TAR_BLOCK
+    {
         return Err("the last frame is not the tar end-of-archive".into());
     }
     Ok(by_path)

@@ -1,6 +1,7 @@
 //! Writes a bundle as a set of volumes (`NAME.001`, `NAME.002`, …) no larger than a given
 //! size, each a complete bundle file of its own (section 8.1 of `bundle-format.md`).
 //!
+//! Only the last volume ends the tar archive, so the volumes concatenated are one tar stream.
 //! Volumes are written directly, one after the other, so the extra disk needed is nothing
 //! beyond the volumes themselves. Every volume starts with the same head members
 //! (`pinbundle.json`, its signature, `oci-layout`, `index.json`). A blob member's tar header
@@ -350,19 +351,23 @@ impl VolumeWriter {
         Ok(())
     }
 
-    fn close_volume(&mut self) -> Result<(), Error> {
+    /// Ends the open volume; only the last one ends the tar archive, so that the volumes
+    /// concatenated are one tar stream that stock `tar -x` reads to the end.
+    fn close_volume(&mut self, last: bool) -> Result<(), Error> {
         let Some(mut open) = self.open.take() else {
             return Ok(());
         };
-        let eof = &self.eof;
-        write_frame(
-            &mut open.out,
-            &mut open.pos,
-            &mut open.frames,
-            eof,
-            2 * TAR_BLOCK as u64,
-            xxhash_rust::xxh3::xxh3_64(eof),
-        )?;
+        if last {
+            let eof = &self.eof;
+            write_frame(
+                &mut open.out,
+                &mut open.pos,
+                &mut open.frames,
+                eof,
+                2 * TAR_BLOCK as u64,
+                xxhash_rust::xxh3::xxh3_64(eof),
+            )?;
+        }
         open.out.flush().map_err(Error::Write)?;
         self.closed.push(Closed {
             tmp: open.tmp,
@@ -431,7 +436,7 @@ impl VolumeWriter {
                         c.part += 1;
                         c.offset = done;
                     }
-                    self.close_volume()?;
+                    self.close_volume(false)?;
                     self.open_volume()?;
                     if let Some(c) = current.as_mut() {
                         self.start_part(c, path, size, digest, member_bound)?;
@@ -560,7 +565,7 @@ impl VolumeWriter {
         if self.open.is_none() && self.closed.is_empty() {
             self.open_volume()?;
         }
-        self.close_volume()?;
+        self.close_volume(true)?;
         let count = self.closed.len() as u32;
         let mut done = Vec::with_capacity(self.closed.len());
         let mut staged = Vec::with_capacity(self.closed.len());

@@ -328,7 +328,8 @@ fn a_three_volume_set_verifies_alone_and_together_extracts_and_loads_in_any_orde
     assert_eq!(inspect["blobs"], single["blobs"]);
     assert_eq!(inspect["images"], single["images"]);
 
-    // Stock tools: cat, zstd -dc | tar -xi, then cat the parts back together.
+    // Stock tools: cat, zstd -dc | tar -x (one tar stream: only the last volume ends the
+    // archive), then cat the parts back together.
     let whole = m.dir.path().join("whole");
     let mut cat = Command::new("cat");
     cat.args(&m.volumes);
@@ -336,7 +337,7 @@ fn a_three_volume_set_verifies_alone_and_together_extracts_and_loads_in_any_orde
     let x = m.dir.path().join("x");
     std::fs::create_dir(&x).unwrap();
     ok(Command::new("sh").current_dir(&x).arg("-c").arg(format!(
-        "zstd -dcq '{}' | tar -xi && for p in blobs/sha256/*.part-001; do \
+        "zstd -dcq '{}' | tar -x && for p in blobs/sha256/*.part-001; do \
          b=${{p%.part-001}}; cat \"$b\".part-* > \"$b\" && rm \"$b\".part-*; done",
         whole.display()
     )));
@@ -363,6 +364,14 @@ fn a_three_volume_set_verifies_alone_and_together_extracts_and_loads_in_any_orde
         })
         .collect();
     assert_eq!(extracted, listed);
+    // One volume alone extracts too, with the parts it holds.
+    let y = m.dir.path().join("y");
+    std::fs::create_dir(&y).unwrap();
+    ok(Command::new("sh")
+        .current_dir(&y)
+        .arg("-c")
+        .arg(format!("zstd -dcq '{}' | tar -x", b.display())));
+    assert!(y.join("pinbundle.json").is_file());
 
     // Load from the volumes in shuffled order.
     if !is_root() {
@@ -553,6 +562,36 @@ fn tampered_volume_indexes_are_refused() {
         assert!(!set_ok(&paths), "{what}: accepted");
     }
     std::fs::write(&paths[vi], &orig).unwrap();
+    assert!(set_ok(&paths));
+    // Only the last volume ends the tar archive: an end-of-archive moved is refused.
+    let last = paths.len() - 1;
+    let last_orig = std::fs::read(&paths[last]).unwrap();
+    let cut = crate::util::with_frames(&last_orig, |frames, index| {
+        frames.pop();
+        index.frames.pop();
+    });
+    std::fs::write(&paths[last], cut).unwrap();
+    assert!(
+        !set_ok(&paths),
+        "last volume without its end-of-archive: accepted"
+    );
+    std::fs::write(&paths[last], &last_orig).unwrap();
+    let first_orig = std::fs::read(&paths[0]).unwrap();
+    let eof_frame = {
+        let b = Bundle::open(&paths[last]).unwrap();
+        let f = b.index().frames.last().unwrap().clone();
+        (
+            last_orig[f.offset as usize..(f.offset + f.length) as usize].to_vec(),
+            f,
+        )
+    };
+    let grown = crate::util::with_frames(&first_orig, |frames, index| {
+        frames.push(eof_frame.0.clone());
+        index.frames.push(eof_frame.1.clone());
+    });
+    std::fs::write(&paths[0], grown).unwrap();
+    assert!(!set_ok(&paths), "end-of-archive in volume 1: accepted");
+    std::fs::write(&paths[0], &first_orig).unwrap();
     assert!(set_ok(&paths));
     // The same volume twice (a copy under another name) is named.
     let copy = dir.path().join("copy.001");
