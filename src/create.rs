@@ -781,16 +781,13 @@ fn uncompressed_size(cache_dir: &Path, blob_dir: &Path, b: &BlobEntry) -> Result
     let f = std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(&path)?);
     let what = || format!("decompressing layer {} ({})", b.digest, b.media_type);
     let n = match media::layer_compression(&b.media_type) {
-        Some(media::LayerCompression::Gzip) => std::io::copy(
-            &mut flate2::read::MultiGzDecoder::new(f),
-            &mut std::io::sink(),
-        )
-        .with_context(what)?,
-        Some(media::LayerCompression::Zstd) => std::io::copy(
-            &mut zstd::stream::read::Decoder::with_buffer(f).with_context(what)?,
-            &mut std::io::sink(),
-        )
-        .with_context(what)?,
+        Some(media::LayerCompression::Gzip) => {
+            count_bytes(flate2::bufread::MultiGzDecoder::new(f)).with_context(what)?
+        }
+        Some(media::LayerCompression::Zstd) => {
+            count_bytes(zstd::stream::read::Decoder::with_buffer(f).with_context(what)?)
+                .with_context(what)?
+        }
         _ => b.size,
     };
     fs_err::create_dir_all(&meta)?;
@@ -798,6 +795,21 @@ fn uncompressed_size(cache_dir: &Path, blob_dir: &Path, b: &BlobEntry) -> Result
     fs_err::write(&tmp, n.to_string())?;
     fs_err::rename(&tmp, &memo)?;
     Ok(n)
+}
+
+/// How many bytes `r` yields, read in large pieces (a small buffer costs a call into the
+/// decoder per 8 KiB).
+fn count_bytes(mut r: impl Read) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => n += k as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn platform_of_config(bytes: &[u8], digest: &Digest) -> Result<Platform> {

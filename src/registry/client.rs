@@ -493,7 +493,10 @@ impl RegistryClient {
         };
         let fail = |e| classify(e, target, what);
         let offset = *len;
-        let stream = if offset == 0 {
+        // A ranged GET even from 0 (`bytes=0-`): oci-client then hands the bytes over without
+        // hashing them itself, and `fetch_blob` hashes them once, across resumes. An empty
+        // blob has no range to ask for.
+        let stream = if size == 0 {
             client
                 .pull_blob_stream(&target.oci, descriptor)
                 .await
