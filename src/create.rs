@@ -247,9 +247,127 @@ struct Resolved {
     )>,
 }
 
-/// Adds one blob member to the bundle or volume writer: (path, content, entry, encoding).
-type AddMember<'a> = dyn FnMut(&str, &mut dyn Read, &BlobEntry, Compression) -> Result<(), crate::bundle::Error>
-    + 'a;
+/// Where blobs go: one file, or volumes.
+enum Sink {
+    /// A handle of the temporary file that is renamed into place at the end.
+    File(BundleWriter<BufWriter<std::fs::File>>),
+    Volumes(Box<VolumeWriter>),
+}
+
+/// `pinbundle.json` as rendered, with what it was rendered from.
+struct Head {
+    bm: BundleManifest,
+    json: Vec<u8>,
+    index_json: Vec<u8>,
+}
+
+/// `json` padded with spaces and a final newline to exactly `len` bytes (JSON allows
+/// trailing whitespace): the room the provisional `pinbundle.json` took.
+fn padded(json: &[u8], len: usize) -> Result<Vec<u8>> {
+    if json.len() >= len {
+        bail!(
+            "internal error: pinbundle.json is {} bytes, more than the {len} reserved",
+            json.len()
+        );
+    }
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(json);
+    out.resize(len - 1, b' ');
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// A download failed, or the writer did: the other side stops.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped because another part of create failed")]
+struct Aborted;
+
+/// Which blobs are in the cache (or in memory) and may be written: the downloads mark them,
+/// the writer waits for each in turn.
+#[derive(Default)]
+struct Ready {
+    state: std::sync::Mutex<(std::collections::HashSet<Digest>, bool)>,
+    cv: std::sync::Condvar,
+}
+
+impl Ready {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (std::collections::HashSet<Digest>, bool)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mark(&self, d: &Digest) {
+        self.lock().0.insert(d.clone());
+        self.cv.notify_all();
+    }
+
+    fn abort(&self) {
+        self.lock().1 = true;
+        self.cv.notify_all();
+    }
+
+    fn aborted(&self) -> bool {
+        self.lock().1
+    }
+
+    /// Waits until `d` is ready (true) or everything stops (false).
+    fn wait(&self, d: &Digest) -> bool {
+        let mut g = self.lock();
+        loop {
+            if g.0.contains(d) {
+                return true;
+            }
+            if g.1 {
+                return false;
+            }
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Adds `blobs` in order, each as soon as it is ready.
+fn write_blobs(
+    sink: &mut Sink,
+    blobs: &[&PlannedBlob],
+    ready: &Ready,
+    blob_dir: &Path,
+    reporter: &dyn Reporter,
+    out_err: &dyn Fn() -> String,
+) -> Result<()> {
+    for b in blobs {
+        if !ready.wait(&b.entry.digest) {
+            return Err(anyhow::Error::new(Aborted));
+        }
+        let path = b.entry.digest.layout_path();
+        let compression = match media::layer_compression(&b.entry.media_type) {
+            Some(media::LayerCompression::Gzip | media::LayerCompression::Zstd) => {
+                Compression::Store
+            }
+            _ => Compression::Zstd,
+        };
+        let (size, digest) = (b.entry.size, &b.entry.digest);
+        let mut add = |r: &mut dyn Read| match sink {
+            Sink::File(w) => w.add_member(&path, r, size, digest, compression),
+            Sink::Volumes(w) => w.add_member(&path, r, size, digest, compression),
+        };
+        match &b.bytes {
+            Some(bytes) => add(&mut &bytes[..]),
+            None => {
+                let cache_path = blob_dir.join(digest.hex());
+                let f = fs_err::File::open(&cache_path)?;
+                let mut r = CountingReader {
+                    inner: std::io::BufReader::with_capacity(1 << 20, f),
+                    reporter,
+                };
+                add(&mut r).inspect_err(|_| {
+                    // A damaged cache entry must not poison the next run.
+                    let _ = fs_err::remove_file(&cache_path);
+                })
+            }
+        }
+        .with_context(|| format!("{} (blob {digest})", out_err()))?;
+    }
+    Ok(())
+}
 
 /// Runs `create`.
 pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateReport> {
@@ -384,9 +502,15 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
             .with_context(|| format!("planning a delta of {}", base.path.display()))?;
     }
 
-    // 3. Fetch what the cache lacks. Each layer's uncompressed size (for `load`'s space check)
-    //    is measured as soon as the layer is in the cache, on the blocking pool, while other
-    //    blobs are still downloading; it is remembered beside the blob.
+    // 3. Fetch what the cache lacks, and write the bundle behind the downloads. Configs come
+    //    first: their platforms go into pinbundle.json. Then every other blob is downloaded
+    //    in digest order while a writer thread follows in the same order, adding each blob
+    //    as soon as it is in the cache. Each layer's uncompressed size (for `load`'s space
+    //    check) is measured as soon as the layer is in the cache, and remembered beside it.
+    //    pinbundle.json leads the file but is final only when every layer is measured, so
+    //    the head is written first with zeros for the unknown sizes, stored (not
+    //    compressed) and padded so the final one has the same length, and rewritten in place
+    //    at the end.
     let is_cached: BTreeMap<&Digest, bool> = blobs
         .values()
         .filter(fetched)
@@ -400,18 +524,33 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         .map(|b| b.entry.size)
         .sum();
     let fetched_bytes = AtomicU64::new(0);
-    reporter.start(
-        &format!("fetching {blobs_fetched} blobs ({blobs_cached} cached)"),
-        fetch_total,
-    );
+    let ready = Ready::default();
+    for b in blobs.values() {
+        if b.bytes.is_some() || is_cached.get(&b.entry.digest) == Some(&true) {
+            ready.mark(&b.entry.digest);
+        }
+    }
     let net = tokio::sync::Semaphore::new(opts.jobs.max(1));
     let cpu =
         tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let sizes: Vec<(Digest, u64)> = runtime.block_on(async {
-        let futs = blobs.values().filter(fetched).map(|b| async {
+    let fetch_one = |b: &PlannedBlob| {
+        let (ready, net, cpu, fetched_bytes, client, blob_dir, is_cached) = (
+            &ready,
+            &net,
+            &cpu,
+            &fetched_bytes,
+            &client,
+            &blob_dir,
+            &is_cached,
+        );
+        let b = b.clone();
+        async move {
             let dest = blob_dir.join(b.entry.digest.hex());
             if is_cached.get(&b.entry.digest) == Some(&false) {
                 let _permit = net.acquire().await.context("fetch queue closed")?;
+                if ready.aborted() {
+                    return Err(anyhow::Error::new(Aborted));
+                }
                 let progress = |n: u64| {
                     fetched_bytes.fetch_add(n, Ordering::Relaxed);
                     reporter.advance(n);
@@ -420,6 +559,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                     .fetch_blob(&b.source, &b.entry.digest, b.entry.size, &dest, &progress)
                     .await
                     .with_context(|| format!("fetching blob {} of {}", b.entry.digest, b.source))?;
+                ready.mark(&b.entry.digest);
             }
             if b.entry.kind != BlobKind::Layer {
                 return Ok(None);
@@ -433,17 +573,22 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
             .await
             .context("measuring a layer")??;
             anyhow::Ok(Some((b.entry.digest.clone(), n)))
-        });
-        let all = futures_util::future::try_join_all(futs).await?;
-        anyhow::Ok(all.into_iter().flatten().collect())
-    })?;
-    reporter.finish();
-    drop(runtime);
-    for (d, n) in sizes {
-        if let Some(b) = blobs.get_mut(&d) {
-            b.entry.uncompressed_size = Some(n);
         }
-    }
+    };
+    let write_total: u64 = blobs
+        .values()
+        .filter(|b| b.entry.carried)
+        .map(|b| b.entry.size)
+        .sum();
+    reporter.start(
+        &format!("fetching {blobs_fetched} blobs ({blobs_cached} cached), writing"),
+        fetch_total + write_total,
+    );
+    let configs = blobs
+        .values()
+        .filter(fetched)
+        .filter(|b| b.entry.kind == BlobKind::Config);
+    runtime.block_on(futures_util::future::try_join_all(configs.map(&fetch_one)))?;
 
     // Platforms of single-manifest images come from their configs.
     let mut config_platforms: HashMap<Digest, Platform> = HashMap::new();
@@ -457,62 +602,97 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         }
     }
 
-    // 4. The bundle manifest and the OCI layout files.
+    // 4. The head: pinbundle.json (provisional: unmeasured sizes are 0, and room is kept
+    //    for 20 digits in each number they change), its signature, the OCI layout files.
     let created_secs = opts.source_date_epoch.unwrap_or_else(now_secs);
-    let images: Vec<ImageEntry> = resolved
-        .iter()
-        .map(|r| image_entry(r, &blobs, &config_platforms))
-        .collect::<Result<_>>()?;
     let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
-    let index_json = oci_index_json(&images, &blobs)?;
-    let entries: Vec<BlobEntry> = blobs.values().map(|b| b.entry.clone()).collect();
-    let omitted: Vec<&BlobEntry> = entries.iter().filter(|b| !b.carried).collect();
-    let bytes_omitted: u64 = omitted.iter().map(|b| b.size).sum();
-    let blobs_omitted = omitted.len();
-    let totals = Totals {
-        images: images.len(),
-        blobs: entries.len(),
-        size: entries.iter().map(|b| b.size).sum(),
-        uncompressed_size: entries.iter().filter_map(|b| b.uncompressed_size).sum(),
-        omitted_blobs: base.as_ref().map(|_| blobs_omitted),
-        omitted_size: base.as_ref().map(|_| bytes_omitted),
+    let head_of = |blobs: &BTreeMap<Digest, PlannedBlob>| -> Result<Head> {
+        let images: Vec<ImageEntry> = resolved
+            .iter()
+            .map(|r| image_entry(r, blobs, &config_platforms))
+            .collect::<Result<_>>()?;
+        let index_json = oci_index_json(&images, blobs)?;
+        let entries: Vec<BlobEntry> = blobs.values().map(|b| b.entry.clone()).collect();
+        let omitted: Vec<&BlobEntry> = entries.iter().filter(|b| !b.carried).collect();
+        let bytes_omitted: u64 = omitted.iter().map(|b| b.size).sum();
+        let totals = Totals {
+            images: images.len(),
+            blobs: entries.len(),
+            size: entries.iter().map(|b| b.size).sum(),
+            uncompressed_size: entries.iter().filter_map(|b| b.uncompressed_size).sum(),
+            omitted_blobs: base.as_ref().map(|_| omitted.len()),
+            omitted_size: base.as_ref().map(|_| bytes_omitted),
+        };
+        let bm = BundleManifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            creator: format!("pinbundle {}", env!("CARGO_PKG_VERSION")),
+            created: rfc3339(created_secs),
+            base: base.as_ref().map(crate::delta::Base::base_ref),
+            layout: LayoutDigests {
+                oci_layout: Digest::of(&oci_layout),
+                index_json: Digest::of(&index_json),
+            },
+            images,
+            blobs: entries,
+            totals,
+        };
+        let json = serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
+        Ok(Head {
+            bm,
+            json,
+            index_json,
+        })
     };
-    let bm = BundleManifest {
-        format: FORMAT_NAME.into(),
-        format_version: FORMAT_VERSION,
-        creator: format!("pinbundle {}", env!("CARGO_PKG_VERSION")),
-        created: rfc3339(created_secs),
-        base: base.as_ref().map(crate::delta::Base::base_ref),
-        layout: LayoutDigests {
-            oci_layout: Digest::of(&oci_layout),
-            index_json: Digest::of(&index_json),
-        },
-        images,
-        blobs: entries,
-        totals,
-    };
-    let mut manifest_bytes =
-        serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
-    manifest_bytes.push(b'\n');
-    let signature = match &opts.sign_key {
-        Some(key) => {
-            let comment = trusted_comment(&bm, &manifest_bytes);
-            let bytes = key
-                .sign(&manifest_bytes, &comment)
-                .with_context(|| format!("signing {MANIFEST_PATH} with key {}", key.id()))?;
-            Some((
-                bytes,
-                SignatureInfo {
-                    key_id: key.id(),
-                    trusted_comment: comment,
-                    verified_by: None,
-                },
-            ))
+    let mut provisional_blobs = blobs.clone();
+    let mut unknown = 0usize;
+    for b in provisional_blobs.values_mut() {
+        if b.entry.kind == BlobKind::Layer && b.entry.uncompressed_size.is_none() {
+            b.entry.uncompressed_size = Some(0);
+            unknown += 1;
         }
-        None => None,
+    }
+    let provisional = head_of(&provisional_blobs)?;
+    drop(provisional_blobs);
+    // Each unknown layer size, each image's sum and the total may grow from "0" to 20 digits.
+    let manifest_len = provisional.json.len() + 19 * (unknown + resolved.len() + 1) + 1;
+    let sign = |bm: &BundleManifest, bytes: &[u8]| -> Result<Option<(Vec<u8>, SignatureInfo)>> {
+        let Some(key) = &opts.sign_key else {
+            return Ok(None);
+        };
+        let comment = trusted_comment(bm, bytes);
+        let sig = key
+            .sign(bytes, &comment)
+            .with_context(|| format!("signing {MANIFEST_PATH} with key {}", key.id()))?;
+        Ok(Some((
+            sig,
+            SignatureInfo {
+                key_id: key.id(),
+                trusted_comment: comment,
+                verified_by: None,
+            },
+        )))
     };
+    let provisional_bytes = padded(&provisional.json, manifest_len)?;
+    let provisional_sig = sign(&provisional.bm, &provisional_bytes)?;
+    let head_members = |manifest: &'_ [u8], sig: Option<&'_ [u8]>, index_json: &'_ [u8]| {
+        let mut head: Vec<(&str, Vec<u8>)> = vec![(MANIFEST_PATH, manifest.to_vec())];
+        if let Some(sig) = sig {
+            head.push((SIGNATURE_PATH, sig.to_vec()));
+        }
+        head.push((OCI_LAYOUT_PATH, oci_layout.clone()));
+        head.push((OCI_INDEX_PATH, index_json.to_vec()));
+        head
+    };
+    let provisional_head = head_members(
+        &provisional_bytes,
+        provisional_sig.as_ref().map(|(s, _)| &s[..]),
+        &provisional.index_json,
+    );
+    let provisional_refs: Vec<(&str, &[u8])> =
+        provisional_head.iter().map(|(p, b)| (*p, &b[..])).collect();
 
-    // 5. Write.
+    // 5. Write (on a thread of its own) while the rest is fetched.
     let out_err = || format!("writing {}", opts.output.display());
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.jobs.max(1))
@@ -523,54 +703,82 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         level: opts.level,
         mtime: created_secs,
     };
-    let mut head: Vec<(&str, &[u8])> = vec![(MANIFEST_PATH, &manifest_bytes)];
-    if let Some((sig, _)) = &signature {
-        head.push((SIGNATURE_PATH, sig));
-    }
-    head.push((OCI_LAYOUT_PATH, &oci_layout));
-    head.push((OCI_INDEX_PATH, &index_json));
-    reporter.start("writing bundle", bm.totals.size - bytes_omitted);
-    // Blobs in digest order, into one file or into volumes.
-    let add_blobs = |out: &mut AddMember| -> Result<()> {
-        for b in blobs.values().filter(|b| b.entry.carried) {
-            let path = b.entry.digest.layout_path();
-            let compression = match media::layer_compression(&b.entry.media_type) {
-                Some(media::LayerCompression::Gzip | media::LayerCompression::Zstd) => {
-                    Compression::Store
+    let mut sink = match opts.volume_size {
+        None => {
+            let file = tmp.as_file().try_clone().with_context(out_err)?;
+            let mut w = BundleWriter::new(BufWriter::with_capacity(1 << 20, file), writer_opts)
+                .with_writeback(tmp.as_file())
+                .with_context(out_err)?;
+            for (path, bytes) in &provisional_refs {
+                w.add_bytes(path, bytes, Compression::Store)
+                    .with_context(out_err)?;
+            }
+            Sink::File(w)
+        }
+        Some(volume_size) => Sink::Volumes(Box::new(
+            VolumeWriter::new(&opts.output, volume_size, writer_opts, &provisional_refs)
+                .with_context(out_err)?,
+        )),
+    };
+    let to_write: Vec<&PlannedBlob> = blobs.values().filter(|b| b.entry.carried).collect();
+    let (fetched_sizes, written) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            pool.install(|| {
+                let r = write_blobs(&mut sink, &to_write, &ready, &blob_dir, reporter, &out_err);
+                if r.is_err() {
+                    ready.abort();
                 }
-                _ => Compression::Zstd,
-            };
-            match &b.bytes {
-                Some(bytes) => out(&path, &mut &bytes[..], &b.entry, compression),
-                None => {
-                    let cache_path = blob_dir.join(b.entry.digest.hex());
-                    let f = fs_err::File::open(&cache_path)?;
-                    let mut r = CountingReader {
-                        inner: std::io::BufReader::with_capacity(1 << 20, f),
-                        reporter,
-                    };
-                    out(&path, &mut r, &b.entry, compression).inspect_err(|_| {
-                        // A damaged cache entry must not poison the next run.
-                        let _ = fs_err::remove_file(&cache_path);
-                    })
+                r
+            })
+        });
+        let rest = blobs
+            .values()
+            .filter(fetched)
+            .filter(|b| b.entry.kind != BlobKind::Config);
+        let fetched = runtime.block_on(futures_util::future::try_join_all(rest.map(&fetch_one)));
+        if fetched.is_err() {
+            ready.abort();
+        }
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the bundle writer panicked")));
+        (fetched, written)
+    });
+    // The first failure is what to report; an abort only follows from it.
+    match (fetched_sizes, written) {
+        (Ok(sizes), Ok(())) => {
+            for (d, n) in sizes.into_iter().flatten() {
+                if let Some(b) = blobs.get_mut(&d) {
+                    b.entry.uncompressed_size = Some(n);
                 }
             }
-            .with_context(|| format!("{} (blob {})", out_err(), b.entry.digest))?;
         }
-        Ok(())
-    };
-    let (bundle_size, volumes) = match opts.volume_size {
-        None => {
+        (Err(e), Err(w)) if e.is::<Aborted>() => return Err(w),
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(w)) => return Err(w),
+    }
+    drop(runtime);
+
+    // The final head, in the room the provisional one took.
+    let head = head_of(&blobs)?;
+    if head.index_json != provisional.index_json {
+        bail!("internal error: index.json changed while the layers were measured");
+    }
+    let manifest_bytes = padded(&head.json, manifest_len)?;
+    let signature = sign(&head.bm, &manifest_bytes)?;
+    let bm = head.bm;
+    let final_head = head_members(
+        &manifest_bytes,
+        signature.as_ref().map(|(s, _)| &s[..]),
+        &head.index_json,
+    );
+    let final_refs: Vec<(&str, &[u8])> = final_head.iter().map(|(p, b)| (*p, &b[..])).collect();
+    let bytes_omitted = bm.totals.omitted_size.unwrap_or(0);
+    let blobs_omitted = bm.totals.omitted_blobs.unwrap_or(0);
+    let (bundle_size, volumes) = match sink {
+        Sink::File(mut w) => {
             let file = pool.install(|| -> Result<std::fs::File> {
-                let mut w = BundleWriter::new(
-                    BufWriter::with_capacity(1 << 20, tmp.as_file()),
-                    writer_opts,
-                );
-                for (path, bytes) in &head {
-                    w.add_bytes(path, bytes, Compression::Zstd)
-                        .with_context(out_err)?;
-                }
-                add_blobs(&mut |path, r, e, c| w.add_member(path, r, e.size, &e.digest, c))?;
+                w.rewrite_head(&final_refs).with_context(out_err)?;
                 let (buf, _index) = w.finish().with_context(out_err)?;
                 let file = buf
                     .into_inner()
@@ -598,12 +806,10 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
             }
             (bundle_size, Vec::new())
         }
-        Some(volume_size) => {
+        Sink::Volumes(mut w) => {
             drop(tmp);
             let written = pool.install(|| -> Result<Vec<crate::bundle::WrittenVolume>> {
-                let mut w = VolumeWriter::new(&opts.output, volume_size, writer_opts, &head)
-                    .with_context(out_err)?;
-                add_blobs(&mut |path, r, e, c| w.add_member(path, r, e.size, &e.digest, c))?;
+                w.rewrite_head(&final_refs).with_context(out_err)?;
                 w.finish().with_context(out_err)
             })?;
             reporter.finish();

@@ -20,7 +20,7 @@ use crate::reference::Digest;
 pub use reader::{Bundle, MemberReader};
 pub use set::{BlobLoc, BundleSet, SetOptions};
 pub use volumes::{VolumeWriter, WrittenVolume};
-pub use writer::{BundleWriter, Compression, WriterOptions};
+pub use writer::{BundleWriter, Compression, Rewrite, WriterOptions};
 
 /// What can go wrong reading or writing a bundle. Each variant names the file and the member,
 /// frame or offset involved.

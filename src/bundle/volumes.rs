@@ -24,8 +24,8 @@ use super::format::{
     VolumeInfo, part_path,
 };
 use super::writer::{
-    Compression, Encoder, TAR_BLOCK, WriterOptions, end_of_archive, stored_frame, tar_header,
-    trailer, write_frame,
+    Compression, Encoder, TAR_BLOCK, Writeback, WriterOptions, end_of_archive, stored_frame,
+    tar_header, trailer, write_frame,
 };
 use crate::reference::Digest;
 
@@ -94,6 +94,7 @@ struct Head {
 /// A volume being filled.
 struct Open {
     out: BufWriter<File>,
+    writeback: Writeback,
     tmp: TempPath,
     pos: u64,
     frames: Vec<FrameEntry>,
@@ -206,7 +207,8 @@ impl VolumeWriter {
                 *bytes,
                 bytes.len() as u64,
                 &digest,
-                Compression::Zstd,
+                // Stored, so a final head of the same lengths fits the same room.
+                Compression::Store,
                 |frame, size, xxh3| {
                     len += frame.len() as u64;
                     frames.push((frame.to_vec(), size, xxh3));
@@ -324,8 +326,13 @@ impl VolumeWriter {
                 source,
             })?
             .into_parts();
+        let writeback = Writeback::new(&file).map_err(|source| Error::Io {
+            path: tmp.to_path_buf(),
+            source,
+        })?;
         let mut open = Open {
             out: BufWriter::with_capacity(1 << 20, file),
+            writeback,
             tmp,
             pos: 0,
             frames: Vec::new(),
@@ -375,6 +382,86 @@ impl VolumeWriter {
             frames: open.frames,
             members: open.members,
         });
+        Ok(())
+    }
+
+    /// Overwrites the head members of every volume with `head` (same paths, same lengths:
+    /// see [`super::BundleWriter::rewrite_head`]); the set's identity follows the new
+    /// `pinbundle.json`.
+    pub fn rewrite_head(&mut self, head: &[(&str, &[u8])]) -> Result<(), Error> {
+        if head.len() != self.head.members.len() {
+            return Err(super::writer::rewrite_error("the head"));
+        }
+        let mut frames: Vec<(Vec<u8>, u64, u64)> = Vec::with_capacity(self.head.frames.len());
+        for ((path, bytes), m) in head.iter().zip(&self.head.members) {
+            if m.path != *path || m.size != bytes.len() as u64 {
+                return Err(super::writer::rewrite_error(path));
+            }
+            let header = tar_header(path, m.size, self.mtime)?;
+            self.enc.encode(
+                path,
+                Some(&header),
+                *bytes,
+                m.size,
+                &Digest::of(bytes),
+                Compression::Store,
+                |frame, size, xxh3| {
+                    frames.push((frame.to_vec(), size, xxh3));
+                    Ok(())
+                },
+            )?;
+        }
+        let same = frames.len() == self.head.frames.len()
+            && frames
+                .iter()
+                .zip(&self.head.frames)
+                .all(|(a, b)| a.0.len() == b.0.len() && a.1 == b.1);
+        if !same {
+            return Err(super::writer::rewrite_error(head[0].0));
+        }
+        let digests: Vec<Digest> = head.iter().map(|(_, b)| Digest::of(b)).collect();
+        let patch = |file: &File,
+                     entries: &mut [FrameEntry],
+                     members: &mut [MemberEntry],
+                     path: &Path|
+         -> Result<(), Error> {
+            for ((frame, _, xxh3), e) in frames.iter().zip(entries.iter_mut()) {
+                file.write_all_at(frame, e.offset)
+                    .map_err(|source| Error::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                e.xxh3 = format!("{xxh3:016x}");
+            }
+            for (m, d) in members.iter_mut().zip(&digests) {
+                m.digest = d.clone();
+            }
+            Ok(())
+        };
+        for v in &mut self.closed {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&v.tmp)
+                .map_err(|source| Error::Io {
+                    path: v.tmp.to_path_buf(),
+                    source,
+                })?;
+            patch(&file, &mut v.frames, &mut v.members, &v.tmp)?;
+        }
+        if let Some(open) = self.open.as_mut() {
+            open.out.flush().map_err(Error::Write)?;
+            patch(
+                open.out.get_ref(),
+                &mut open.frames,
+                &mut open.members,
+                &open.tmp,
+            )?;
+        }
+        for (m, d) in self.head.members.iter_mut().zip(&digests) {
+            m.digest = d.clone();
+        }
+        self.head.frames = frames;
+        self.set = digests[0].clone();
         Ok(())
     }
 
@@ -465,6 +552,7 @@ impl VolumeWriter {
                     xxh3,
                 )?;
                 open.entries_len += fe;
+                open.writeback.advance(open.pos);
                 if let Some(c) = &current {
                     open.members[c.member].frames += 1;
                 }

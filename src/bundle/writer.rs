@@ -61,6 +61,7 @@ pub struct BundleWriter<W: Write> {
     enc: Encoder,
     frames: Vec<FrameEntry>,
     members: Vec<MemberEntry>,
+    writeback: Option<Writeback>,
 }
 
 impl<W: Write> BundleWriter<W> {
@@ -71,7 +72,15 @@ impl<W: Write> BundleWriter<W> {
             enc: Encoder::new(opts),
             frames: Vec::new(),
             members: Vec::new(),
+            writeback: None,
         }
+    }
+
+    /// Starts the kernel writing what is written to `file` (the file `out` writes to) as it
+    /// goes, so the final fsync does not wait for the whole bundle.
+    pub fn with_writeback(mut self, file: &std::fs::File) -> io::Result<Self> {
+        self.writeback = Some(Writeback::new(file)?);
+        Ok(self)
     }
 
     /// Adds a member whose content is in memory.
@@ -103,6 +112,7 @@ impl<W: Write> BundleWriter<W> {
             pos,
             enc,
             frames,
+            writeback,
             ..
         } = self;
         enc.encode(
@@ -112,7 +122,13 @@ impl<W: Write> BundleWriter<W> {
             size,
             digest,
             compression,
-            |frame, content, xxh3| write_frame(out, pos, frames, frame, content, xxh3),
+            |frame, content, xxh3| {
+                write_frame(out, pos, frames, frame, content, xxh3)?;
+                if let Some(wb) = writeback {
+                    wb.advance(*pos);
+                }
+                Ok(())
+            },
         )?;
         self.members.push(MemberEntry {
             path: path.to_string(),
@@ -149,6 +165,116 @@ impl<W: Write> BundleWriter<W> {
             .map_err(Error::Write)?;
         self.out.flush().map_err(Error::Write)?;
         Ok((self.out, index))
+    }
+}
+
+/// Outputs whose bytes already written can be overwritten in place (to fill in the head
+/// members once their content is final; see [`BundleWriter::rewrite_head`]).
+pub trait Rewrite: Write {
+    fn rewrite_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+}
+
+impl Rewrite for io::BufWriter<&std::fs::File> {
+    fn rewrite_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.flush()?;
+        self.get_ref().write_all_at(bytes, offset)
+    }
+}
+
+impl Rewrite for io::BufWriter<std::fs::File> {
+    fn rewrite_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.flush()?;
+        self.get_ref().write_all_at(bytes, offset)
+    }
+}
+
+impl<W: Rewrite> BundleWriter<W> {
+    /// Overwrites the first `head.len()` members, which must have been added with
+    /// [`Compression::Store`] and content of the same lengths, with `head`'s content. Stored
+    /// frames of equal content lengths have equal lengths, so nothing else moves: `create`
+    /// writes a provisional `pinbundle.json` first and the final one when every layer is
+    /// measured.
+    pub fn rewrite_head(&mut self, head: &[(&str, &[u8])]) -> Result<(), Error> {
+        for (i, (path, bytes)) in head.iter().enumerate() {
+            let size = bytes.len() as u64;
+            let m = self
+                .members
+                .get(i)
+                .filter(|m| m.path == *path && m.size == size)
+                .cloned()
+                .ok_or_else(|| rewrite_error(path))?;
+            let header = tar_header(path, size, self.enc.opts.mtime)?;
+            let digest = Digest::of(bytes);
+            let (out, frames) = (&mut self.out, &mut self.frames);
+            let mut j = m.frame;
+            self.enc.encode(
+                path,
+                Some(&header),
+                *bytes,
+                size,
+                &digest,
+                Compression::Store,
+                |frame, content, xxh3| {
+                    let f = frames
+                        .get_mut(j)
+                        .filter(|f| f.length == frame.len() as u64 && f.size == content)
+                        .ok_or_else(|| rewrite_error(path))?;
+                    out.rewrite_at(f.offset, frame).map_err(Error::Write)?;
+                    f.xxh3 = format!("{xxh3:016x}");
+                    j += 1;
+                    Ok(())
+                },
+            )?;
+            if j != m.frame + m.frames {
+                return Err(rewrite_error(path));
+            }
+            self.members[i].digest = digest;
+        }
+        Ok(())
+    }
+}
+
+/// A head member's final content does not fill the room its provisional content took.
+pub(crate) fn rewrite_error(path: &str) -> Error {
+    Error::Write(io::Error::other(format!(
+        "{path}: the final content does not have the provisional content's length"
+    )))
+}
+
+/// Asks the kernel to write a file's pages out as the file grows, instead of all at the
+/// final fsync (which, for a bundle of gigabytes that fits the page cache, would wait for all
+/// of it). Done with `posix_fadvise(DONTNEED)`, which starts writeback without waiting for
+/// it and drops pages already written: the writer never reads them again.
+pub(crate) struct Writeback {
+    file: std::fs::File,
+    /// Bytes before this offset have been handed to writeback.
+    done: u64,
+}
+
+impl Writeback {
+    /// How much to let accumulate before starting writeback, and how much to leave alone at
+    /// the end (still in the writer's buffer, or about to be rewritten).
+    const STEP: u64 = 32 << 20;
+    const LAG: u64 = 4 << 20;
+
+    pub(crate) fn new(file: &std::fs::File) -> io::Result<Writeback> {
+        Ok(Writeback {
+            file: file.try_clone()?,
+            done: 0,
+        })
+    }
+
+    /// The file has `pos` bytes written (some perhaps still buffered).
+    pub(crate) fn advance(&mut self, pos: u64) {
+        let upto = pos.saturating_sub(Self::LAG);
+        if upto >= self.done + Self::STEP {
+            let len = std::num::NonZeroU64::new(upto - self.done);
+            // Only a hint: failure changes nothing but timing.
+            let _ = rustix::fs::fadvise(&self.file, self.done, len, rustix::fs::Advice::DontNeed);
+            self.done = upto;
+        }
     }
 }
 

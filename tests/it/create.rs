@@ -517,3 +517,66 @@ fn disk_full_leaves_no_partial_bundle() {
     );
     assert!(listing.is_empty(), "left behind: {listing:?}");
 }
+
+#[test]
+fn a_blob_that_fails_mid_run_stops_the_writer_and_leaves_nothing() {
+    // The bundle is written while blobs are still downloading: a download that fails after
+    // others were written must still leave no bundle, no temporary file and no bad cache entry.
+    let registry = TestRegistry::start().unwrap();
+    let img = pinbundle_fixtures::push_sized(
+        registry.addr(),
+        "bench/broken",
+        &[256 << 10, 256 << 10, 256 << 10],
+        9,
+        None,
+    )
+    .unwrap();
+    let layers: Vec<String> = img.platforms[0]
+        .layers
+        .iter()
+        .map(|l| l.digest.clone())
+        .collect();
+    // The layer written last (digest order): the others are in the bundle by then.
+    let victim = layers.iter().max().unwrap().clone();
+    let hex = &victim["sha256:".len()..];
+    let data = registry
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    // Same length, other bytes: the registry serves it, the digest check refuses it.
+    let len = std::fs::metadata(&data).unwrap().len() as usize;
+    std::fs::write(&data, vec![0x5a; len]).unwrap();
+    let env = Env {
+        registry,
+        pushed: vec![img],
+    };
+    let dir = tempdir();
+    let out_dir = dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let cache = dir.path().join("cache");
+    for extra in [&[][..], &["--volume-size", "300K"][..]] {
+        let o = env.create(
+            &cache,
+            &out_dir.join("b.pinbundle"),
+            &[env.pushed[0].tag_reference()],
+            extra,
+        );
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", text(&o.stderr));
+        let err = text(&o.stderr);
+        assert!(
+            err.contains(&victim),
+            "{extra:?}: the blob is not named: {err}"
+        );
+        assert!(
+            dir_entries(&out_dir).is_empty(),
+            "{extra:?}: left behind: {:?}",
+            dir_entries(&out_dir)
+        );
+        assert!(
+            !cache.join("blobs/sha256").join(hex).exists(),
+            "the bad blob is in the cache"
+        );
+    }
+}
