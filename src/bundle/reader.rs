@@ -214,6 +214,7 @@ impl Bundle {
     /// Reads, checks and decompresses frame `i` into `buf`, reusing its memory: fresh 16 MiB
     /// buffers for every frame cost as much in page faults as hashing the frame does.
     pub fn read_frame_into<'b>(&self, i: usize, buf: &'b mut FrameBuf) -> Result<&'b [u8], Error> {
+        self.read_raw_into(i, buf)?;
         let f: &FrameEntry = &self.index.frames[i];
         let bad = |detail: String| Error::BadFrame {
             path: self.path.clone(),
@@ -221,6 +222,31 @@ impl Bundle {
             offset: f.offset,
             detail,
         };
+        let raw = &buf.raw[..f.length as usize];
+        // The declared size bounds the output: a frame that expands further fails here.
+        buf.out.clear();
+        buf.out.reserve(f.size as usize);
+        let dctx = match &mut buf.dctx {
+            Some(d) => d,
+            None => buf
+                .dctx
+                .insert(zstd::bulk::Decompressor::new().map_err(|e| bad(format!("zstd: {e}")))?),
+        };
+        dctx.decompress_to_buffer(raw, &mut buf.out)
+            .map_err(|e| bad(format!("zstd: {e}")))?;
+        if buf.out.len() as u64 != f.size {
+            return Err(bad(format!(
+                "decompressed to {} bytes, expected {}",
+                buf.out.len(),
+                f.size
+            )));
+        }
+        Ok(&buf.out)
+    }
+
+    /// Reads frame `i`'s compressed bytes into `buf.raw` and checks their XXH3.
+    fn read_raw_into(&self, i: usize, buf: &mut FrameBuf) -> Result<(), Error> {
+        let f: &FrameEntry = &self.index.frames[i];
         let len = f.length as usize;
         if buf.raw.len() < len {
             buf.raw.resize(len, 0);
@@ -234,30 +260,26 @@ impl Bundle {
             })?;
         let found = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(raw));
         if found != f.xxh3 {
-            return Err(bad(format!(
-                "checksum mismatch (expected {}, found {found})",
-                f.xxh3
-            )));
+            return Err(Error::BadFrame {
+                path: self.path.clone(),
+                frame: i,
+                offset: f.offset,
+                detail: format!("checksum mismatch (expected {}, found {found})", f.xxh3),
+            });
         }
-        // The declared size bounds the output: a frame that expands further fails here.
-        buf.out.clear();
-        buf.out.reserve(f.size as usize);
-        let dctx = match &mut buf.dctx {
-            Some(d) => d,
-            None => buf
-                .dctx
-                .insert(zstd::bulk::Decompressor::new().map_err(|e| bad(format!("zstd: {e}")))?),
-        };
-        dctx.decompress_to_buffer(&*raw, &mut buf.out)
-            .map_err(|e| bad(format!("zstd: {e}")))?;
-        if buf.out.len() as u64 != f.size {
-            return Err(bad(format!(
-                "decompressed to {} bytes, expected {}",
-                buf.out.len(),
-                f.size
-            )));
+        Ok(())
+    }
+
+    /// Frame `i`'s content, checked: in place in `buf.raw` when the frame is made of Raw
+    /// blocks (how stored layers are written: no copy, and zstd's content checksum, which
+    /// the member's sha256 makes redundant, is not computed), else decompressed.
+    fn frame_content<'b>(&self, i: usize, buf: &'b mut FrameBuf) -> Result<Content<'b>, Error> {
+        self.read_raw_into(i, buf)?;
+        let f = &self.index.frames[i];
+        if raw_blocks(&buf.raw[..f.length as usize], f.size, &mut buf.slices) {
+            return Ok(Content::Raw(&buf.raw[..f.length as usize], &buf.slices));
         }
-        Ok(&buf.out)
+        Ok(Content::Contiguous(self.read_frame_into(i, buf)?))
     }
 
     /// A reader of `member`'s content from byte `offset` on. Frames are checked as they are
@@ -341,15 +363,27 @@ impl Bundle {
         let mut remaining = member.size;
         let mut buf = FrameBuf::default();
         for i in member.frame..member.frame + member.frames {
-            let data = self.read_frame_into(i, &mut buf)?;
-            let mut content = data;
+            let content = self.frame_content(i, &mut buf)?;
+            let size = content.len();
+            let mut start = 0;
             if i == member.frame {
-                self.check_tar_header(member, data)?;
-                content = &content[member.data_offset as usize..];
+                let at = member.data_offset as usize;
+                let mut header = [0u8; TAR_BLOCK as usize];
+                let mut filled = 0;
+                content.pieces(at - TAR_BLOCK as usize, at, |p| {
+                    header[filled..filled + p.len()].copy_from_slice(p);
+                    filled += p.len();
+                });
+                self.check_tar_header(member, &header)?;
+                start = at;
             }
-            let take = (remaining as usize).min(content.len());
-            hasher.update(&content[..take]);
-            if content[take..].iter().any(|&b| b != 0) {
+            let take = (remaining as usize).min(size - start);
+            content.pieces(start, start + take, |p| hasher.update(p));
+            let mut padding_ok = true;
+            content.pieces(start + take, size, |p| {
+                padding_ok &= p.iter().all(|&b| b == 0)
+            });
+            if !padding_ok {
                 return Err(self.bad_member(member, "non-zero tar padding".into()));
             }
             remaining -= take as u64;
@@ -379,9 +413,13 @@ impl Bundle {
         Ok(())
     }
 
-    fn check_tar_header(&self, member: &MemberEntry, frame: &[u8]) -> Result<(), Error> {
-        let start = member.data_offset as usize - TAR_BLOCK as usize;
-        let bytes = &frame[start..start + TAR_BLOCK as usize];
+    /// Checks a member's 512-byte tar header.
+    fn check_tar_header(
+        &self,
+        member: &MemberEntry,
+        bytes: &[u8; TAR_BLOCK as usize],
+    ) -> Result<(), Error> {
+        let bytes = &bytes[..];
         let h = tar::Header::from_byte_slice(bytes);
         let mut recomputed = h.clone();
         recomputed.set_cksum();
@@ -580,6 +618,84 @@ pub struct FrameBuf {
     raw: Vec<u8>,
     out: Vec<u8>,
     dctx: Option<zstd::bulk::Decompressor<'static>>,
+    /// Where a Raw-block frame's content lies in `raw`.
+    slices: Vec<std::ops::Range<usize>>,
+}
+
+/// A frame's content: decompressed, or in place in a frame of Raw blocks.
+enum Content<'a> {
+    Contiguous(&'a [u8]),
+    Raw(&'a [u8], &'a [std::ops::Range<usize>]),
+}
+
+impl Content<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Content::Contiguous(c) => c.len(),
+            Content::Raw(_, slices) => slices.iter().map(|r| r.len()).sum(),
+        }
+    }
+
+    /// Calls `f` on the pieces of content bytes `from..to`, in order.
+    fn pieces(&self, from: usize, to: usize, mut f: impl FnMut(&[u8])) {
+        match self {
+            Content::Contiguous(c) => f(&c[from..to]),
+            Content::Raw(raw, slices) => {
+                let mut pos = 0;
+                for r in slices.iter() {
+                    let (a, b) = (pos.max(from), (pos + r.len()).min(to));
+                    if a < b {
+                        f(&raw[r.start + a - pos..r.start + b - pos]);
+                    }
+                    pos += r.len();
+                    if pos >= to {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When `raw` is a zstd frame of Raw blocks in the form writers store it (single segment,
+/// 8-byte content size = `size`, content checksum, no dictionary), fills `slices` with where
+/// its content lies and returns true. Anything else returns false: the caller decompresses,
+/// and zstd judges the frame.
+fn raw_blocks(raw: &[u8], size: u64, slices: &mut Vec<std::ops::Range<usize>>) -> bool {
+    slices.clear();
+    const HEADER: usize = 4 + 1 + 8;
+    if raw.len() < HEADER + 3 + 4
+        || raw[..4] != super::format::ZSTD_MAGIC.to_le_bytes()
+        || raw[4] != 0b1110_0100
+    {
+        return false;
+    }
+    let mut fcs = [0u8; 8];
+    fcs.copy_from_slice(&raw[5..13]);
+    if u64::from_le_bytes(fcs) != size {
+        return false;
+    }
+    let mut pos = HEADER;
+    let mut total = 0u64;
+    loop {
+        let Some(h) = raw.get(pos..pos + 3) else {
+            return false;
+        };
+        let h = u32::from(h[0]) | u32::from(h[1]) << 8 | u32::from(h[2]) << 16;
+        let (last, kind, len) = (h & 1 == 1, (h >> 1) & 3, (h >> 3) as usize);
+        // Raw blocks only, no larger than zstd's block limit.
+        if kind != 0 || len > 128 << 10 || pos + 3 + len > raw.len() {
+            return false;
+        }
+        slices.push(pos + 3..pos + 3 + len);
+        total += len as u64;
+        pos += 3 + len;
+        if last {
+            break;
+        }
+    }
+    // Exactly the 4-byte content checksum follows.
+    total == size && pos + 4 == raw.len()
 }
 
 /// Streams a member's content, checking each frame as it is read. Errors are
@@ -623,5 +739,49 @@ impl Read for MemberReader<'_> {
         self.buf_pos += n;
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::writer::{compressed_frame, stored_frame};
+
+    fn joined(c: &Content, from: usize, to: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        c.pieces(from, to, |p| v.extend_from_slice(p));
+        v
+    }
+
+    #[test]
+    fn raw_block_frames_are_read_in_place() {
+        let mut slices = Vec::new();
+        for len in [
+            0usize,
+            1,
+            512,
+            128 << 10,
+            (128 << 10) + 1,
+            3 * (128 << 10) + 77,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+            let frame = stored_frame(&data);
+            assert!(raw_blocks(&frame, len as u64, &mut slices), "len {len}");
+            let c = Content::Raw(&frame, &slices);
+            assert_eq!(c.len(), len);
+            assert_eq!(joined(&c, 0, len), data);
+            if len > 200_000 {
+                assert_eq!(joined(&c, 100_000, 200_000), &data[100_000..200_000]);
+            }
+            // Any other shape is left to zstd.
+            assert!(!raw_blocks(&frame, len as u64 + 1, &mut slices));
+            assert!(!raw_blocks(
+                &frame[..frame.len() - 1],
+                len as u64,
+                &mut slices
+            ));
+        }
+        let compressed = compressed_frame(&[7u8; 4096], 3).unwrap();
+        assert!(!raw_blocks(&compressed, 4096, &mut slices));
     }
 }
