@@ -5,9 +5,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use pinbundle::bundle::format::{
-    BlobEntry, BlobKind, BundleManifest, LayoutDigests, SeekIndex, Totals,
-};
+use pinbundle::bundle::format::SeekIndex;
 use pinbundle::bundle::{Bundle, BundleWriter, Compression, WriterOptions};
 use pinbundle::progress::Silent;
 use pinbundle::reference::Digest;
@@ -65,41 +63,8 @@ fn sample_blobs() -> Vec<Blob> {
 
 /// Writes a bundle of `blobs` with small frames so members span several frames.
 fn write_bundle(path: &Path, blobs: &[Blob], frame_size: usize) {
-    let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
-    let index_json = br#"{"schemaVersion":2,"manifests":[]}"#.to_vec();
-    let entries: Vec<BlobEntry> = blobs
-        .iter()
-        .map(|b| BlobEntry {
-            digest: Digest::of(&b.data),
-            size: b.data.len() as u64,
-            media_type: "application/octet-stream".into(),
-            kind: BlobKind::Layer,
-            uncompressed_size: Some(b.data.len() as u64),
-            carried: true,
-        })
-        .collect();
-    let manifest = BundleManifest {
-        format: "pinbundle".into(),
-        format_version: 1,
-        creator: "test".into(),
-        created: "1970-01-01T00:00:00Z".into(),
-        base: None,
-        layout: LayoutDigests {
-            oci_layout: Digest::of(&oci_layout),
-            index_json: Digest::of(&index_json),
-        },
-        images: Vec::new(),
-        totals: Totals {
-            images: 0,
-            blobs: entries.len(),
-            size: entries.iter().map(|b| b.size).sum(),
-            uncompressed_size: 0,
-            omitted_blobs: None,
-            omitted_size: None,
-        },
-        blobs: entries,
-    };
-    let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+    let (manifest_bytes, oci_layout, index_json) =
+        crate::util::head_for(blobs.iter().map(|b| &b.data[..]));
     let file = std::fs::File::create(path).unwrap();
     let mut w = BundleWriter::new(
         file,

@@ -177,3 +177,49 @@ pub fn pins_of(text: &str) -> Vec<String> {
         .map(|v| v.as_str().unwrap().to_string())
         .collect()
 }
+
+/// The head of a test bundle holding `blobs` (no images): `pinbundle.json`, `oci-layout` and
+/// `index.json`, each blob listed as a layer.
+pub fn head_for<'a>(blobs: impl Iterator<Item = &'a [u8]>) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    use pinbundle::bundle::format::{BlobEntry, BlobKind, BundleManifest, LayoutDigests, Totals};
+    use pinbundle::reference::Digest;
+    let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
+    let index_json = br#"{"schemaVersion":2,"manifests":[]}"#.to_vec();
+    let mut entries: Vec<BlobEntry> = blobs
+        .map(|b| BlobEntry {
+            digest: Digest::of(b),
+            size: b.len() as u64,
+            media_type: "application/octet-stream".into(),
+            kind: BlobKind::Layer,
+            uncompressed_size: Some(b.len() as u64),
+            carried: true,
+        })
+        .collect();
+    entries.sort_by(|a, b| a.digest.cmp(&b.digest));
+    let manifest = BundleManifest {
+        format: "pinbundle".into(),
+        format_version: 1,
+        creator: "test".into(),
+        created: "1970-01-01T00:00:00Z".into(),
+        base: None,
+        layout: LayoutDigests {
+            oci_layout: Digest::of(&oci_layout),
+            index_json: Digest::of(&index_json),
+        },
+        images: Vec::new(),
+        totals: Totals {
+            images: 0,
+            blobs: entries.len(),
+            size: entries.iter().map(|b| b.size).sum(),
+            uncompressed_size: 0,
+            omitted_blobs: None,
+            omitted_size: None,
+        },
+        blobs: entries,
+    };
+    (
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+        oci_layout,
+        index_json,
+    )
+}

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pinbundle::bundle::format::{BlobEntry, BlobKind, BundleManifest, LayoutDigests, Totals};
 use pinbundle::bundle::{Bundle, BundleSet, Compression, SetOptions, VolumeWriter, WriterOptions};
 use pinbundle::reference::Digest;
 use serde_json::Value;
@@ -33,46 +32,7 @@ fn content(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
 }
 
 fn head(blobs: &[(Vec<u8>, Compression)]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let oci_layout = br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec();
-    let index_json = br#"{"schemaVersion":2,"manifests":[]}"#.to_vec();
-    let mut entries: Vec<BlobEntry> = blobs
-        .iter()
-        .map(|(b, _)| BlobEntry {
-            digest: Digest::of(b),
-            size: b.len() as u64,
-            media_type: "application/octet-stream".into(),
-            kind: BlobKind::Layer,
-            uncompressed_size: Some(b.len() as u64),
-            carried: true,
-        })
-        .collect();
-    entries.sort_by(|a, b| a.digest.cmp(&b.digest));
-    let manifest = BundleManifest {
-        format: "pinbundle".into(),
-        format_version: 1,
-        creator: "test".into(),
-        created: "1970-01-01T00:00:00Z".into(),
-        base: None,
-        layout: LayoutDigests {
-            oci_layout: Digest::of(&oci_layout),
-            index_json: Digest::of(&index_json),
-        },
-        images: Vec::new(),
-        totals: Totals {
-            images: 0,
-            blobs: entries.len(),
-            size: entries.iter().map(|b| b.size).sum(),
-            uncompressed_size: 0,
-            omitted_blobs: None,
-            omitted_size: None,
-        },
-        blobs: entries,
-    };
-    (
-        serde_json::to_vec_pretty(&manifest).unwrap(),
-        oci_layout,
-        index_json,
-    )
+    crate::util::head_for(blobs.iter().map(|(b, _)| &b[..]))
 }
 
 /// Writes `blobs` as volumes of `size` under `dir/v.pinbundle.NNN`; returns their paths.
