@@ -95,6 +95,9 @@ pub struct LoadReport {
     /// For a delta bundle: where the layers it omits come from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delta: Option<delta::LoadPlan>,
+    /// The volumes read, when the bundle is a volume set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<verify::VolumesReport>,
     pub warnings: Vec<String>,
     pub seconds: f64,
 }
@@ -157,6 +160,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         reload: None,
         cri: None,
         delta: None,
+        volumes: None,
         warnings: Vec::new(),
         seconds: 0.0,
     };
@@ -179,6 +183,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         }
     };
     let manifest = bundle.manifest().clone();
+    report.volumes = verify::VolumesReport::of(&bundle);
     report.images = manifest.images.iter().map(image_result).collect();
 
     // 1. Verify everything (with trusted keys, the signature first) before touching anything.

@@ -353,6 +353,8 @@ fn a_three_volume_set_verifies_alone_and_together_extracts_and_loads_in_any_orde
         text(&o.stdout),
         text(&o.stderr)
     );
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["volumes"]["present"].as_array().unwrap().len(), 3);
     let inspect_images = single["images"].as_array().unwrap();
     for i in inspect_images {
         let pin = format!(
