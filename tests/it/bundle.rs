@@ -10,20 +10,7 @@ use pinbundle::bundle::{Bundle, BundleWriter, Compression, WriterOptions};
 use pinbundle::progress::Silent;
 use pinbundle::reference::Digest;
 
-use crate::util::{ok, tempdir, with_index};
-
-/// Deterministic pseudo-random bytes (xorshift), incompressible.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+use crate::util::{noise, ok, tempdir, with_index};
 
 struct Blob {
     data: Vec<u8>,

@@ -16,19 +16,15 @@ use crate::util::{ok, pinbundle, run, tempdir, text};
 
 /// Deterministic noise (incompressible) or text (compressible) of `len` bytes.
 fn content(len: usize, seed: u64, compressible: bool) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if compressible {
-                b"abcdefgh "[(x % 9) as usize]
-            } else {
-                x as u8
-            }
-        })
-        .collect()
+    let bytes = crate::util::noise(len, seed);
+    if compressible {
+        bytes
+            .iter()
+            .map(|b| b"abcdefgh "[usize::from(b % 9)])
+            .collect()
+    } else {
+        bytes
+    }
 }
 
 fn head(blobs: &[(Vec<u8>, Compression)]) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
