@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use pinbundle::bundle::{Bundle, BundleWriter, Compression, WriterOptions};
+use pinbundle::bundle::Bundle;
 use pinbundle::reference::Digest;
 use pinbundle_fixtures::Pushed;
 use pinbundle_fixtures::registry::TestRegistry;
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::create::{Env, inspect_json};
 use crate::load::{Store, is_root, load};
-use crate::util::{ok, pinbundle, run, sha256_file, tempdir, text};
+use crate::util::{members, ok, pinbundle, run, sha256_file, tempdir, text};
 
 /// Bytes a delta may spend beyond the blobs it carries, compared with the full bundle: its
 /// longer pinbundle.json and seek index.
@@ -103,16 +103,6 @@ fn file_len(p: &Path) -> u64 {
     std::fs::metadata(p).unwrap().len()
 }
 
-/// Every member of a bundle, by path, in file order.
-fn members(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let b = Bundle::open(p).unwrap();
-    b.index()
-        .members
-        .iter()
-        .map(|m| (m.path.clone(), b.read_member(m).unwrap()))
-        .collect()
-}
-
 /// A bundle of `members` with `pinbundle.json` edited by `edit` (blobs stay sorted).
 fn rewritten(
     mut members: Vec<(String, Vec<u8>)>,
@@ -121,15 +111,7 @@ fn rewritten(
     let mut manifest: Value = serde_json::from_slice(&members[0].1).unwrap();
     edit(&mut manifest, &mut members);
     members[0].1 = serde_json::to_vec_pretty(&manifest).unwrap();
-    let (fixed, mut blobs): (Vec<_>, Vec<_>) = members
-        .into_iter()
-        .partition(|(p, _)| !p.starts_with("blobs/"));
-    blobs.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut w = BundleWriter::new(Vec::new(), WriterOptions::default());
-    for (p, data) in fixed.iter().chain(&blobs) {
-        w.add_bytes(p, data, Compression::Zstd).unwrap();
-    }
-    w.finish().unwrap().0
+    crate::util::write_members(&members)
 }
 
 /// `GET path` on a plain-HTTP server: the status code and the body.

@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use pinbundle::bundle::format::{SeekIndex, media};
-use pinbundle::bundle::{Bundle, BundleWriter, Compression, WriterOptions};
+use pinbundle::bundle::{BundleWriter, Compression, WriterOptions};
 use pinbundle::reference::Digest;
 use serde_json::{Value, json};
 
 use crate::create::Env;
 use crate::util::{
-    files_under, pinbundle, run, stored_frame, tempdir, text, with_frames, with_index,
+    files_under, members, pinbundle, run, stored_frame, tempdir, text, with_frames, with_index,
+    write_members,
 };
 
 type IndexEdit = Box<dyn Fn(&mut SeekIndex)>;
@@ -42,28 +43,6 @@ fn case(name: impl Into<String>, bundle: Vec<u8>, expect: &'static str) -> Case 
         expect,
         drop_ins: Vec::new(),
     }
-}
-
-/// Every member of a bundle, by path, in file order.
-fn members(p: &Path) -> Vec<(String, Vec<u8>)> {
-    let b = Bundle::open(p).unwrap();
-    b.index()
-        .members
-        .iter()
-        .map(|m| (m.path.clone(), b.read_member(m).unwrap()))
-        .collect()
-}
-
-/// Writes members (pinbundle.json, oci-layout, index.json, blobs) as a bundle.
-fn write_members(members: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut w = BundleWriter::new(Vec::new(), WriterOptions::default());
-    let (fixed, mut blobs): (Vec<_>, Vec<_>) =
-        members.iter().partition(|(p, _)| !p.starts_with("blobs/"));
-    blobs.sort_by(|a, b| a.0.cmp(&b.0));
-    for (p, data) in fixed.into_iter().chain(blobs) {
-        w.add_bytes(p, data, Compression::Zstd).unwrap();
-    }
-    w.finish().unwrap().0
 }
 
 /// The real bundle's members with `pinbundle.json` and blobs edited by `edit`, which gets the

@@ -236,3 +236,29 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Every member of a bundle, by path, in file order.
+pub fn members(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let b = pinbundle::bundle::Bundle::open(p).unwrap();
+    b.index()
+        .members
+        .iter()
+        .map(|m| (m.path.clone(), b.read_member(m).unwrap()))
+        .collect()
+}
+
+/// Writes members (pinbundle.json, oci-layout, index.json, blobs) as a bundle.
+pub fn write_members(members: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut w = pinbundle::bundle::BundleWriter::new(
+        Vec::new(),
+        pinbundle::bundle::WriterOptions::default(),
+    );
+    let (fixed, mut blobs): (Vec<_>, Vec<_>) =
+        members.iter().partition(|(p, _)| !p.starts_with("blobs/"));
+    blobs.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, data) in fixed.into_iter().chain(blobs) {
+        w.add_bytes(p, data, pinbundle::bundle::Compression::Zstd)
+            .unwrap();
+    }
+    w.finish().unwrap().0
+}
