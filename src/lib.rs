@@ -7,6 +7,7 @@
 //!   server used by `load`.
 //! - [`sign`] reads minisign keys, signs `pinbundle.json` and checks signatures.
 //! - [`delta`] holds what delta bundles need: bases, identities, load planning, `diff`.
+//! - [`text`] escapes text from bundles and registries before a person sees it.
 //! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
 //!   signals CRI-O or writes under `/etc`.
 
@@ -19,4 +20,5 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod sign;
+pub mod text;
 pub mod verify;
