@@ -638,6 +638,14 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
             totals,
         };
         let json = serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
+        // Never write what readers refuse (bundle-format.md, section 7).
+        if json.len() as u64 > crate::bundle::format::MAX_MANIFEST_LEN {
+            bail!(
+                "pinbundle.json would be {} bytes, more than the {} a reader accepts: split the images into several bundles",
+                json.len(),
+                crate::bundle::format::MAX_MANIFEST_LEN
+            );
+        }
         Ok(Head {
             bm,
             json,

@@ -342,7 +342,10 @@ pub fn plan_load(
 }
 
 fn unavailable_message(base: &Option<BaseRef>, missing: &[MissingBlob]) -> String {
-    let total: u64 = missing.iter().map(|m| m.size).sum();
+    let total = missing
+        .iter()
+        .map(|m| m.size)
+        .fold(0u64, u64::saturating_add);
     let mut s = format!(
         "this delta bundle does not carry {} layer(s) ({} bytes) that are neither in this node's containers-storage nor in a bundle given with `--base`; nothing was changed. Missing:",
         missing.len(),
@@ -406,7 +409,7 @@ pub struct Count {
 impl Count {
     fn add(&mut self, size: u64) {
         self.blobs += 1;
-        self.size += size;
+        self.size = self.size.saturating_add(size);
     }
 }
 
@@ -440,7 +443,7 @@ fn side(b: &Base) -> DiffSide {
         base: m.base.clone(),
         images: m.images.len(),
         blobs: m.blobs.len(),
-        size: m.blobs.iter().map(|b| b.size).sum(),
+        size: m.blobs.iter().map(|b| b.size).fold(0, u64::saturating_add),
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod bundle;
 pub mod create;
 pub mod delta;
+pub mod layer;
 pub mod load;
 pub mod manifest;
 pub mod progress;

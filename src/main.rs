@@ -609,6 +609,8 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
     }
     Ok(if report.ok {
         ExitCode::SUCCESS
+    } else if report.error.is_some() {
+        ExitCode::from(2)
     } else {
         ExitCode::from(1)
     })
@@ -655,7 +657,8 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
         )?;
     }
     if let Some(d) = &r.delta {
-        let sum = |v: &[delta::OmittedSource]| v.iter().map(|s| s.size).sum::<u64>();
+        let sum =
+            |v: &[delta::OmittedSource]| v.iter().map(|s| s.size).fold(0, u64::saturating_add);
         writeln!(
             out,
             "delta: {} layers ({}) reused from the store, {} ({}) from base bundles",
@@ -667,6 +670,23 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
     }
     if let Some(rl) = &r.reload {
         writeln!(out, "reload: {rl}")?;
+    }
+    if let Some(s) = &r.space {
+        let from = match s.sizes {
+            load::space::Sizes::Declared => "sizes signed by a trusted key",
+            load::space::Sizes::Measured => {
+                "sizes measured (the bundle is not signed by a trusted key)"
+            }
+        };
+        for f in &s.filesystems {
+            writeln!(
+                out,
+                "space: {} needed on {} ({} free; {from})",
+                human(f.needed),
+                f.path.display(),
+                human(f.free)
+            )?;
+        }
     }
     if let Some(c) = &r.cri {
         let state = if c.confirmed {
@@ -681,6 +701,12 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
     drop(out);
     for w in &r.warnings {
         eprintln!("warning: {w}");
+    }
+    if let Some(e) = &r.error {
+        eprintln!("error: {e}");
+        if let Some(rb) = &r.rolled_back {
+            eprintln!("rolled back: {}", rb.summary());
+        }
     }
     Ok(())
 }
@@ -830,7 +856,9 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
     )?;
     if let Some(b) = &m.base {
         let (carried, omitted): (Vec<_>, Vec<_>) = m.blobs.iter().partition(|b| b.carried);
-        let size = |v: &[&pinbundle::bundle::format::BlobEntry]| v.iter().map(|b| b.size).sum();
+        let size = |v: &[&pinbundle::bundle::format::BlobEntry]| {
+            v.iter().map(|b| b.size).fold(0, u64::saturating_add)
+        };
         writeln!(
             out,
             "delta:   of {} (created {})\n         carries {} blobs ({}), omits {} layers ({}): `load` needs them in the store or `--base`",

@@ -370,6 +370,7 @@ fn verify_members(
     let mut problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
     let broken: BTreeSet<String> = problems.iter().filter_map(|p| p.member.clone()).collect();
     check_structure(bundle, &users, &broken, &mut problems);
+    check_totals(manifest, &mut problems);
     problems.sort_by(|a, b| (&a.member, &a.error).cmp(&(&b.member, &b.error)));
     Ok(VerifyReport {
         version: JSON_VERSION,
@@ -504,12 +505,16 @@ fn check_structure(
         }
     }
     // Every image's manifests must reference only present blobs of the declared sizes.
-    let readable = |d: &Digest| -> Option<Vec<u8>> {
-        let loc = bundle.blob(d)?;
+    // Manifests are read whole, so never more than the format's limit for them.
+    let readable = |d: &Digest| -> Result<Vec<u8>, String> {
+        let loc = bundle.blob(d).ok_or("is missing")?;
         if broken.contains(&d.layout_path()) {
-            return None;
+            return Err("is damaged".into());
         }
-        bundle.read_blob(loc).ok()
+        bundle.read_blob(loc).map_err(|e| match e {
+            e @ bundle::Error::TooLarge { .. } => e.to_string(),
+            _ => "is damaged".into(),
+        })
     };
     for img in &manifest.images {
         // `load` names the image `name@digest` (and `name:tag`) and pins that: each must be
@@ -530,19 +535,17 @@ fn check_structure(
         }
         let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
         let root_what = format!("{} (manifest {})", img.reference, img.digest);
-        let Some(root) = readable(&img.digest) else {
-            if in_missing_volume(&img.digest) {
+        let root = match readable(&img.digest) {
+            Ok(root) => root,
+            Err(_) if in_missing_volume(&img.digest) => continue,
+            Err(why) => {
+                problem(
+                    Some(img.digest.layout_path()),
+                    Some(img.digest.clone()),
+                    format!("top-level manifest of {} {why}", img.reference),
+                );
                 continue;
             }
-            problem(
-                Some(img.digest.layout_path()),
-                Some(img.digest.clone()),
-                format!(
-                    "top-level manifest of {} is missing or damaged",
-                    img.reference
-                ),
-            );
-            continue;
         };
         let instances: Vec<(Digest, Vec<u8>, String)> =
             match manifest::parse(&root, &img.media_type, &root_what) {
@@ -567,15 +570,12 @@ fn check_structure(
                             continue;
                         }
                         match readable(&p.digest) {
-                            Some(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
-                            None if in_missing_volume(&p.digest) => {}
-                            None => problem(
+                            Ok(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
+                            Err(_) if in_missing_volume(&p.digest) => {}
+                            Err(why) => problem(
                                 Some(p.digest.layout_path()),
                                 Some(p.digest.clone()),
-                                format!(
-                                    "platform manifest of {} is missing or damaged",
-                                    img.reference
-                                ),
+                                format!("platform manifest of {} {why}", img.reference),
                             ),
                         }
                     }
@@ -652,6 +652,100 @@ fn check_structure(
             }
         }
     }
+}
+
+/// Checks that every size `pinbundle.json` sums up (each image's, the totals) is the sum it
+/// claims, with checked arithmetic: whoever adds these numbers later (the space check,
+/// `inspect`, `diff`) can trust they neither lie nor wrap around.
+fn check_totals(manifest: &BundleManifest, problems: &mut Vec<Problem>) {
+    let mut problem = |digest: Option<Digest>, images: Vec<String>, error: String| {
+        problems.push(Problem {
+            member: None,
+            digest,
+            images,
+            error,
+        })
+    };
+    let blobs: BTreeMap<&Digest, &crate::bundle::format::BlobEntry> =
+        manifest.blobs.iter().map(|b| (&b.digest, b)).collect();
+    let shown = |n: Option<u64>| n.map_or("more than 2^64".to_string(), |n| n.to_string());
+    for img in &manifest.images {
+        let mut listed = Vec::new();
+        for d in &img.blobs {
+            match blobs.get(d) {
+                Some(b) => listed.push(*b),
+                None => problem(
+                    Some(d.clone()),
+                    vec![img.reference.clone()],
+                    format!(
+                        "{}: needs blob {d}, which pinbundle.json's blobs do not list",
+                        img.reference
+                    ),
+                ),
+            }
+        }
+        let size = checked_sum(listed.iter().map(|b| b.size));
+        let unpacked = checked_sum(listed.iter().filter_map(|b| b.uncompressed_size));
+        if size != Some(img.size) || unpacked != Some(img.uncompressed_size) {
+            problem(
+                Some(img.digest.clone()),
+                vec![img.reference.clone()],
+                format!(
+                    "{}: pinbundle.json says {} bytes ({} unpacked), its blobs add up to {} ({})",
+                    img.reference,
+                    img.size,
+                    img.uncompressed_size,
+                    shown(size),
+                    shown(unpacked)
+                ),
+            );
+        }
+    }
+    let t = &manifest.totals;
+    let size = checked_sum(manifest.blobs.iter().map(|b| b.size));
+    let unpacked = checked_sum(manifest.blobs.iter().filter_map(|b| b.uncompressed_size));
+    if t.images != manifest.images.len()
+        || t.blobs != manifest.blobs.len()
+        || size != Some(t.size)
+        || unpacked != Some(t.uncompressed_size)
+    {
+        problem(
+            None,
+            Vec::new(),
+            format!(
+                "pinbundle.json's totals ({} images, {} blobs, {} bytes, {} unpacked) are not what it lists ({} images, {} blobs, {} bytes, {} unpacked)",
+                t.images,
+                t.blobs,
+                t.size,
+                t.uncompressed_size,
+                manifest.images.len(),
+                manifest.blobs.len(),
+                shown(size),
+                shown(unpacked)
+            ),
+        );
+    }
+    let omitted: Vec<u64> = manifest
+        .blobs
+        .iter()
+        .filter(|b| !b.carried)
+        .map(|b| b.size)
+        .collect();
+    if manifest.base.is_some()
+        && (t.omitted_blobs != Some(omitted.len())
+            || t.omitted_size != checked_sum(omitted.iter().copied()))
+    {
+        problem(
+            None,
+            Vec::new(),
+            "pinbundle.json's omitted totals are not what its blobs marked \"carried\": false add up to".into(),
+        );
+    }
+}
+
+/// The sum of `it`, or `None` when it would wrap around.
+fn checked_sum(mut it: impl Iterator<Item = u64>) -> Option<u64> {
+    it.try_fold(0u64, u64::checked_add)
 }
 
 /// `error: caused by: …` flattened to one line, for reports.

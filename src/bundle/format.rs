@@ -28,12 +28,24 @@ pub const OCI_INDEX_PATH: &str = "index.json";
 /// The optional minisign signature of `pinbundle.json`; when present, the second member.
 pub const SIGNATURE_PATH: &str = "pinbundle.json.minisig";
 
-/// Readers refuse indexes larger than this (a hostile footer cannot make us allocate more).
-pub const MAX_INDEX_LEN: u64 = 256 << 20;
-/// Readers refuse frames that claim to decompress to more than this.
-pub const MAX_FRAME_SIZE: u64 = 64 << 20;
-/// Readers refuse a `pinbundle.json` larger than this.
-pub const MAX_MANIFEST_LEN: u64 = 64 << 20;
+/// Readers refuse a seek index larger than this (a hostile footer cannot make us allocate
+/// more). A real one takes about 100 bytes per frame and 200 per member: 16 MiB is ~80 000
+/// blobs.
+pub const MAX_INDEX_LEN: u64 = 16 << 20;
+/// Readers refuse the files of one set (or one command line) whose seek indexes add up to
+/// more than this: 40 tiny volumes cannot cost 40 maximal indexes.
+pub const MAX_SET_INDEX_LEN: u64 = 32 << 20;
+/// Readers refuse frames that claim to decompress to more than this: the writers' 16 MiB
+/// frame plus a member's tar padding. Two threads' frame buffers then stay near 64 MiB.
+pub const MAX_FRAME_SIZE: u64 = (16 << 20) + 512;
+/// Readers refuse a `pinbundle.json` larger than this (about 500 bytes per blob and 1 KiB
+/// per image: room for ~10 000 images).
+pub const MAX_MANIFEST_LEN: u64 = 8 << 20;
+/// Manifests and indexes are read whole; readers refuse larger ones (containers/image's
+/// limit for manifests, and the loopback server's).
+pub const MAX_MANIFEST_BLOB_LEN: u64 = 4 << 20;
+/// The most files a directory argument may hold: a set has at most 999 volumes.
+pub const MAX_DIR_FILES: usize = 1024;
 /// Readers refuse a `pinbundle.json.minisig` larger than this (a real one is about 300 bytes).
 pub const MAX_SIGNATURE_LEN: u64 = 4096;
 /// The default upper bound of a frame's decompressed size.

@@ -33,6 +33,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("{}: is {kind}, not a bundle file (give the bundle's regular file)", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error(
+        "{} holds more than {max} files: give the bundle or its volumes by name, or a directory that holds only them",
+        path.display()
+    )]
+    TooManyFiles { path: PathBuf, max: usize },
+    #[error("{what} of {size} bytes is larger than the format allows ({max} bytes)")]
+    TooLarge { what: String, size: u64, max: u64 },
     #[error("writing the bundle failed")]
     Write(#[source] io::Error),
     #[error(

@@ -10,20 +10,59 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::Digest as _;
 
 use super::Error;
 use super::format::{
     BundleManifest, FOOTER_LEN, FORMAT_NAME, FORMAT_VERSION, Footer, FrameEntry, INDEX_FRAME_MAGIC,
-    MANIFEST_PATH, MAX_FRAME_SIZE, MAX_INDEX_LEN, MAX_MANIFEST_LEN, MAX_VOLUMES, MemberEntry,
-    OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH, SeekIndex, part_path,
+    MANIFEST_PATH, MAX_FRAME_SIZE, MAX_INDEX_LEN, MAX_MANIFEST_LEN, MAX_SET_INDEX_LEN, MAX_VOLUMES,
+    MemberEntry, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH, SeekIndex, part_path,
 };
 use crate::reference::Digest;
 
 const TAR_BLOCK: u64 = 512;
-/// The most a frame's compressed bytes may exceed its content (raw block headers, frame header).
-const MAX_FRAME_OVERHEAD: u64 = 1 << 20;
+
+/// The most a frame's compressed bytes may exceed its content: zstd's own bound
+/// (`ZSTD_COMPRESSBOUND`: size/256 plus a little) and the frame header, with room to spare.
+fn max_frame_len(size: u64) -> u64 {
+    size + (size >> 8) + 4096
+}
+
+/// Opens `path` for reading only if it is a regular file. The open is non-blocking, so a FIFO
+/// with no writer (or a device) is refused at once instead of hanging the caller.
+pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File, Error> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let io_err = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)
+        .map_err(io_err)?;
+    let ft = file.metadata().map_err(io_err)?.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(Error::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(file)
+}
 
 /// An open bundle file.
 #[derive(Debug)]
@@ -33,18 +72,37 @@ pub struct Bundle {
     len: u64,
     index: SeekIndex,
     by_path: HashMap<String, usize>,
+    head: Arc<Head>,
+}
+
+/// `pinbundle.json`, parsed, with its exact bytes (what a signature covers). A volume set reads
+/// it once, from its first volume, and shares it: the other volumes' copies are only hashed
+/// against the set id when verified, so N volumes never hold N copies.
+#[derive(Debug)]
+struct Head {
     manifest: BundleManifest,
-    manifest_bytes: Vec<u8>,
+    bytes: Vec<u8>,
 }
 
 impl Bundle {
     /// Opens `path`, checking footer, seek index and `pinbundle.json`.
     pub fn open(path: &Path) -> Result<Bundle, Error> {
+        let mut budget = MAX_INDEX_LEN;
+        let mut bundle = Bundle::open_index(path, &mut budget)?;
+        bundle.read_head()?;
+        Ok(bundle)
+    }
+
+    /// Opens `path` as far as its seek index, without reading `pinbundle.json`: the cheap
+    /// identity of a volume (set, number, count) before anything large. The index's length
+    /// is taken from `budget` (what is left for the whole set), so many volumes cannot make
+    /// us hold more than [`MAX_SET_INDEX_LEN`] of indexes.
+    pub(crate) fn open_index(path: &Path, budget: &mut u64) -> Result<Bundle, Error> {
         let io_err = |source| Error::Io {
             path: path.to_path_buf(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io_err)?;
+        let file = open_regular(path)?;
         let len = file.metadata().map_err(io_err)?.len();
         let bad_footer = |detail: String| Error::BadFooter {
             path: path.to_path_buf(),
@@ -73,7 +131,13 @@ impl Bundle {
         }
         if footer.index_len > MAX_INDEX_LEN {
             return Err(bad_footer(format!(
-                "seek index of {} bytes is too large",
+                "seek index of {} bytes is larger than the format allows ({MAX_INDEX_LEN})",
+                footer.index_len
+            )));
+        }
+        if footer.index_len > *budget {
+            return Err(bad_footer(format!(
+                "seek index of {} bytes takes the seek indexes of the files given past {MAX_SET_INDEX_LEN} bytes",
                 footer.index_len
             )));
         }
@@ -100,6 +164,7 @@ impl Bundle {
                 "the index's skippable frame header is damaged".into(),
             ));
         }
+        *budget -= footer.index_len;
         let mut index_bytes = vec![0u8; footer.index_len as usize];
         file.read_exact_at(&mut index_bytes, footer.index_offset)
             .map_err(io_err)?;
@@ -116,53 +181,80 @@ impl Bundle {
                 path: path.to_path_buf(),
                 detail: e.to_string(),
             })?;
+        drop(index_bytes);
         let by_path =
             validate_index(&index, footer.index_offset - 8).map_err(|detail| Error::BadIndex {
                 path: path.to_path_buf(),
                 detail,
             })?;
-        let mut bundle = Bundle {
+        Ok(Bundle {
             path: path.to_path_buf(),
             file,
             len,
             index,
             by_path,
-            manifest: empty_manifest(),
-            manifest_bytes: Vec::new(),
-        };
-        let m = bundle.index.members[0].clone();
+            head: Arc::new(Head {
+                manifest: empty_manifest(),
+                bytes: Vec::new(),
+            }),
+        })
+    }
+
+    /// Reads and checks this file's own `pinbundle.json` (bounded by [`MAX_MANIFEST_LEN`]).
+    pub(crate) fn read_head(&mut self) -> Result<(), Error> {
+        let m = self.index.members[0].clone();
         if m.size > MAX_MANIFEST_LEN {
-            return Err(
-                bundle.bad_index(format!("{MANIFEST_PATH} of {} bytes is too large", m.size))
-            );
+            return Err(self.bad_index(format!(
+                "{MANIFEST_PATH} of {} bytes is larger than the format allows ({MAX_MANIFEST_LEN})",
+                m.size
+            )));
         }
-        let bytes = bundle.read_member(&m)?;
+        let bytes = self.read_member(&m)?;
         let manifest: BundleManifest =
             serde_json::from_slice(&bytes).map_err(|source| Error::BadManifest {
-                path: path.to_path_buf(),
+                path: self.path.clone(),
                 detail: source.to_string(),
             })?;
         if manifest.format != FORMAT_NAME || manifest.format_version != FORMAT_VERSION {
             return Err(Error::BadManifest {
-                path: path.to_path_buf(),
+                path: self.path.clone(),
                 detail: format!(
                     "format \"{}\" version {} (expected \"{FORMAT_NAME}\" version {FORMAT_VERSION})",
                     manifest.format, manifest.format_version
                 ),
             });
         }
-        if let Some(v) = &bundle.index.volume {
+        if let Some(v) = &self.index.volume {
             let own = Digest::of(&bytes);
             if v.set != own {
-                return Err(bundle.bad_index(format!(
+                return Err(self.bad_index(format!(
                     "volume of set {} carries a {MANIFEST_PATH} with digest {own}",
                     v.set
                 )));
             }
         }
-        bundle.manifest = manifest;
-        bundle.manifest_bytes = bytes;
-        Ok(bundle)
+        self.head = Arc::new(Head { manifest, bytes });
+        Ok(())
+    }
+
+    /// Takes `first`'s `pinbundle.json` as this volume's, without reading it: the volume's
+    /// index must name it (same set, same digest and size). Its own copy of the bytes is
+    /// checked against that digest when the volume is verified, like any member.
+    pub(crate) fn share_head(&mut self, first: &Bundle) -> Result<(), Error> {
+        let own = &self.index.members[0];
+        let theirs = &first.index.members[0];
+        if own.digest != theirs.digest || own.size != theirs.size {
+            return Err(self.bad_index(format!(
+                "its {MANIFEST_PATH} ({}, {} bytes) differs from the one in {} ({}, {} bytes)",
+                own.digest,
+                own.size,
+                first.path.display(),
+                theirs.digest,
+                theirs.size
+            )));
+        }
+        self.head = first.head.clone();
+        Ok(())
     }
 
     fn bad_index(&self, detail: String) -> Error {
@@ -186,12 +278,12 @@ impl Bundle {
     }
 
     pub fn manifest(&self) -> &BundleManifest {
-        &self.manifest
+        &self.head.manifest
     }
 
     /// The exact bytes of `pinbundle.json` (what a signature covers).
     pub fn manifest_bytes(&self) -> &[u8] {
-        &self.manifest_bytes
+        &self.head.bytes
     }
 
     /// The member stored at `path`.
@@ -215,6 +307,11 @@ impl Bundle {
     /// buffers for every frame cost as much in page faults as hashing the frame does.
     pub fn read_frame_into<'b>(&self, i: usize, buf: &'b mut FrameBuf) -> Result<&'b [u8], Error> {
         self.read_raw_into(i, buf)?;
+        self.decompress_raw(i, buf)
+    }
+
+    /// Decompresses frame `i` from `buf.raw`, where [`Bundle::read_raw_into`] put it.
+    fn decompress_raw<'b>(&self, i: usize, buf: &'b mut FrameBuf) -> Result<&'b [u8], Error> {
         let f: &FrameEntry = &self.index.frames[i];
         let bad = |detail: String| Error::BadFrame {
             path: self.path.clone(),
@@ -259,27 +356,47 @@ impl Bundle {
                 source,
             })?;
         let found = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(raw));
+        let bad = |detail: String| Error::BadFrame {
+            path: self.path.clone(),
+            frame: i,
+            offset: f.offset,
+            detail,
+        };
         if found != f.xxh3 {
-            return Err(Error::BadFrame {
-                path: self.path.clone(),
-                frame: i,
-                offset: f.offset,
-                detail: format!("checksum mismatch (expected {}, found {found})", f.xxh3),
-            });
+            return Err(bad(format!(
+                "checksum mismatch (expected {}, found {found})",
+                f.xxh3
+            )));
         }
-        Ok(())
+        // The XXH3 is no secret: the frame's shape is checked too, so nothing rides along
+        // unchecked in its extent.
+        check_frame_shape(raw, f.size).map_err(bad)
     }
 
     /// Frame `i`'s content, checked: in place in `buf.raw` when the frame is made of Raw
-    /// blocks (how stored layers are written: no copy, and zstd's content checksum, which
-    /// the member's sha256 makes redundant, is not computed), else decompressed.
+    /// blocks (how stored layers are written: no copy; the content checksum is computed
+    /// here as zstd would), else decompressed.
     fn frame_content<'b>(&self, i: usize, buf: &'b mut FrameBuf) -> Result<Content<'b>, Error> {
         self.read_raw_into(i, buf)?;
         let f = &self.index.frames[i];
         if raw_blocks(&buf.raw[..f.length as usize], f.size, &mut buf.slices) {
-            return Ok(Content::Raw(&buf.raw[..f.length as usize], &buf.slices));
+            let content = Content::Raw(&buf.raw[..f.length as usize], &buf.slices);
+            // zstd would check this when decompressing, and stock `zstd -dc` does: a frame
+            // that passes here must pass there.
+            let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+            content.pieces(0, f.size as usize, |p| h.update(p));
+            let raw = &buf.raw[..f.length as usize];
+            if (h.digest() as u32).to_le_bytes() != raw[raw.len() - 4..] {
+                return Err(Error::BadFrame {
+                    path: self.path.clone(),
+                    frame: i,
+                    offset: f.offset,
+                    detail: "zstd content checksum mismatch".into(),
+                });
+            }
+            return Ok(content);
         }
-        Ok(Content::Contiguous(self.read_frame_into(i, buf)?))
+        Ok(Content::Contiguous(self.decompress_raw(i, buf)?))
     }
 
     /// A reader of `member`'s content from byte `offset` on. Frames are checked as they are
@@ -524,7 +641,7 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
         if f.offset != pos {
             return Err(format!("frame {i} starts at {} instead of {pos}", f.offset));
         }
-        if f.size > MAX_FRAME_SIZE || f.length > f.size + MAX_FRAME_OVERHEAD || f.length < 8 {
+        if f.size > MAX_FRAME_SIZE || f.length > max_frame_len(f.size) || f.length < 8 {
             return Err(format!(
                 "frame {i} has implausible sizes ({} → {})",
                 f.length, f.size
@@ -591,8 +708,9 @@ fn validate_index(index: &SeekIndex, data_end: u64) -> Result<HashMap<String, us
             .data_offset
             .checked_add(m.size)
             .map(|n| n.div_ceil(TAR_BLOCK) * TAR_BLOCK);
-        if m.data_offset < TAR_BLOCK
-            || m.data_offset % TAR_BLOCK != 0
+        // Exactly one tar header before the content: more would be tar entries (a setuid
+        // file, a second index.json) that stock `tar -x` extracts and nothing checks.
+        if m.data_offset != TAR_BLOCK
             || m.data_offset > index.frames[m.frame].size
             || padded != Some(total)
         {
@@ -696,6 +814,53 @@ fn raw_blocks(raw: &[u8], size: u64, slices: &mut Vec<std::ops::Range<usize>>) -
     }
     // Exactly the 4-byte content checksum follows.
     total == size && pos + 4 == raw.len()
+}
+
+/// Checks that `raw` is exactly one zstd frame as the format requires (section 2): the zstd
+/// magic, a declared content size equal to `size`, the content checksum flag, no dictionary,
+/// and nothing after the frame's end (no second or skippable frame hidden in its extent).
+fn check_frame_shape(raw: &[u8], size: u64) -> Result<(), String> {
+    if raw.len() < 6 || raw[..4] != super::format::ZSTD_MAGIC.to_le_bytes() {
+        return Err("not a zstd data frame".into());
+    }
+    let fhd = raw[4];
+    let (fcs_flag, single, reserved, checksum, dict) = (
+        fhd >> 6,
+        fhd & 0x20 != 0,
+        fhd & 0x08 != 0,
+        fhd & 0x04 != 0,
+        fhd & 0x03,
+    );
+    if reserved || dict != 0 {
+        return Err("frame header has a reserved bit or a dictionary id set".into());
+    }
+    if !checksum {
+        return Err("frame has no content checksum".into());
+    }
+    if fcs_flag == 0 && !single {
+        return Err("frame does not declare its content size".into());
+    }
+    let at = 5 + usize::from(!single);
+    let fcs_len = [1usize, 2, 4, 8][usize::from(fcs_flag)];
+    let Some(b) = raw.get(at..at + fcs_len) else {
+        return Err("frame header is truncated".into());
+    };
+    let mut v = [0u8; 8];
+    v[..fcs_len].copy_from_slice(b);
+    let declared = u64::from_le_bytes(v) + if fcs_len == 2 { 256 } else { 0 };
+    if declared != size {
+        return Err(format!(
+            "frame declares {declared} bytes of content, the index {size}"
+        ));
+    }
+    match zstd::zstd_safe::find_frame_compressed_size(raw) {
+        Ok(n) if n == raw.len() => Ok(()),
+        Ok(n) => Err(format!(
+            "{} bytes follow the zstd frame inside its extent",
+            raw.len() - n
+        )),
+        Err(_) => Err("frame's blocks are damaged".into()),
+    }
 }
 
 /// Streams a member's content, checking each frame as it is read. Errors are

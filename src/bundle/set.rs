@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use sha2::Digest as _;
 
-use super::format::{BundleManifest, MAX_MANIFEST_LEN, MemberEntry, VolumeInfo};
+use super::format::{
+    BundleManifest, MAX_DIR_FILES, MAX_MANIFEST_BLOB_LEN, MAX_SET_INDEX_LEN, MemberEntry,
+    VolumeInfo,
+};
 use super::reader::{Bundle, MemberReader};
 use super::{Error, volumes};
 use crate::reference::Digest;
@@ -66,6 +69,10 @@ impl BundleSet {
 
     /// Opens what `inputs` name: a bundle file, volume files in any order, or a directory
     /// holding one set's volumes (other files there are ignored).
+    ///
+    /// Only seek indexes are read until the files are known to be one bundle or one set
+    /// (within [`MAX_SET_INDEX_LEN`] in all); then `pinbundle.json` is read once, from the
+    /// first volume.
     pub fn open(inputs: &[PathBuf], opts: SetOptions) -> Result<BundleSet, Error> {
         let mut files: Vec<(PathBuf, bool)> = Vec::new(); // (path, given explicitly)
         for input in inputs {
@@ -74,19 +81,41 @@ impl BundleSet {
                     path: input.clone(),
                     source,
                 })?;
-                let mut found: Vec<PathBuf> = entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.is_file() && !hidden(p))
-                    .collect();
+                let mut found: Vec<PathBuf> = Vec::new();
+                for e in entries {
+                    let p = e
+                        .map_err(|source| Error::Io {
+                            path: input.clone(),
+                            source,
+                        })?
+                        .path();
+                    if hidden(&p) || !p.is_file() {
+                        continue;
+                    }
+                    if found.len() == MAX_DIR_FILES {
+                        return Err(Error::TooManyFiles {
+                            path: input.clone(),
+                            max: MAX_DIR_FILES,
+                        });
+                    }
+                    found.push(p);
+                }
                 found.sort();
                 files.extend(found.into_iter().map(|p| (p, false)));
             } else {
                 files.push((input.clone(), true));
             }
         }
+        if files.len() > MAX_DIR_FILES {
+            return Err(Error::TooManyFiles {
+                path: inputs.first().cloned().unwrap_or_default(),
+                max: MAX_DIR_FILES,
+            });
+        }
+        let mut budget = MAX_SET_INDEX_LEN;
         let mut opened: Vec<Bundle> = Vec::new();
         for (path, explicit) in &files {
-            match Bundle::open(path) {
+            match Bundle::open_index(path, &mut budget) {
                 Ok(b) => opened.push(b),
                 Err(Error::NotABundle { .. }) if !explicit => {}
                 Err(e) => return Err(e),
@@ -108,7 +137,7 @@ impl BundleSet {
             for i in (1..=v.count).filter(|&i| i != v.index) {
                 let p = sibling_path(&first, i);
                 if p.is_file() {
-                    opened.push(Bundle::open(&p)?);
+                    opened.push(Bundle::open_index(&p, &mut budget)?);
                 }
             }
         }
@@ -131,7 +160,8 @@ impl BundleSet {
             }
         }
         let Some(info) = opened[0].index().volume.clone() else {
-            let only = opened.remove(0);
+            let mut only = opened.remove(0);
+            only.read_head()?;
             return BundleSet::assemble(vec![Arc::new(only)], None, Vec::new());
         };
         let mut by_index: BTreeMap<u32, Bundle> = BTreeMap::new();
@@ -172,7 +202,19 @@ impl BundleSet {
                 missing,
             });
         }
-        let volumes: Vec<Arc<Bundle>> = by_index.into_values().map(Arc::new).collect();
+        let mut ordered = by_index.into_values();
+        let Some(mut first) = ordered.next() else {
+            return Err(Error::NoBundleInDirectory {
+                path: first_path.clone(),
+            });
+        };
+        first.read_head()?;
+        let mut volumes = Vec::with_capacity(ordered.len() + 1);
+        for mut v in ordered {
+            v.share_head(&first)?;
+            volumes.push(Arc::new(v));
+        }
+        volumes.insert(0, Arc::new(first));
         // The same pinbundle.json by construction (set = its digest); the signature must agree
         // too, or one volume could carry a signature the others do not.
         let sig0 = volumes[0].signature_bytes()?;
@@ -359,9 +401,17 @@ impl BundleSet {
         }
     }
 
-    /// The whole content of `loc`, checked against its digest.
+    /// The whole content of `loc`, checked against its digest: for manifests and indexes,
+    /// so at most [`MAX_MANIFEST_BLOB_LEN`] bytes (a larger blob is refused unread).
     pub fn read_blob(&self, loc: &BlobLoc) -> Result<Vec<u8>, Error> {
-        let mut out = Vec::with_capacity(loc.size.min(MAX_MANIFEST_LEN) as usize);
+        if loc.size > MAX_MANIFEST_BLOB_LEN {
+            return Err(Error::TooLarge {
+                what: format!("manifest {}", loc.digest),
+                size: loc.size,
+                max: MAX_MANIFEST_BLOB_LEN,
+            });
+        }
+        let mut out = Vec::with_capacity(loc.size as usize);
         self.open_blob(loc, 0)
             .read_to_end(&mut out)
             .map_err(|e| unwrap_io(self.path(), e))?;
@@ -379,12 +429,8 @@ impl BundleSet {
     }
 
     /// Checks every frame, tar header and padding of `loc`'s parts, and the digest of their
-    /// joined content.
+    /// joined content (also when there is one part: a part's own check stops at its frames).
     pub fn verify_blob(&self, loc: &BlobLoc, mut progress: impl FnMut(u64)) -> Result<(), Error> {
-        if let [only] = loc.parts[..] {
-            let b = &self.volumes[only.0];
-            return b.verify_member(&b.index().members[only.1], progress);
-        }
         let mut hasher = sha2::Sha256::new();
         for i in 0..loc.parts.len() {
             let (b, m) = self.part(loc, i);

@@ -307,6 +307,14 @@ pub(crate) fn end_of_archive(level: i32) -> Result<Vec<u8>, Error> {
 /// offset where the frame starts (the end of the data frames).
 pub(crate) fn trailer(index: &SeekIndex, data_end: u64) -> Result<Vec<u8>, Error> {
     let index_bytes = serde_json::to_vec(index).map_err(|e| Error::Write(io::Error::other(e)))?;
+    // Never write what readers refuse.
+    if index_bytes.len() as u64 > super::format::MAX_INDEX_LEN {
+        return Err(Error::TooLarge {
+            what: "the seek index".into(),
+            size: index_bytes.len() as u64,
+            max: super::format::MAX_INDEX_LEN,
+        });
+    }
     let footer = super::format::Footer {
         version: FORMAT_VERSION,
         flags: 0,

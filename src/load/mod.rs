@@ -1,13 +1,14 @@
 //! `pinbundle load`: verify, import into containers-storage, pin, reload CRI-O, confirm.
 //!
 //! [`run`] is the sequence; [`storage`] runs skopeo against containers-storage; [`pins`] owns
-//! the CRI-O drop-in; [`reload`] signals CRI-O; [`cri`] and [`confirm`] ask it what it sees.
+//! the CRI-O drop-in; [`space`] decides whether the images fit; [`reload`] signals CRI-O; [`cri`] and [`confirm`] ask it what it sees.
 
 pub mod confirm;
 pub mod cri;
 pub mod pins;
 pub mod reload;
 pub mod run;
+pub mod space;
 pub mod storage;
 
 pub use run::{DEFAULT_CRI_SOCKET, DEFAULT_DROP_IN, DEFAULT_LOCK, LoadOptions, LoadReport, load};

@@ -6,7 +6,6 @@
 //! bundle, and the space check passed. The drop-in is written last, atomically,
 //! and only for images that are now in the store.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use super::space::{SpaceCheck, SpaceReport};
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
 use super::{confirm, pins, reload};
-use crate::bundle::format::{BlobKind, ImageEntry, media};
+use crate::bundle::format::{ImageEntry, media};
 use crate::bundle::{BundleSet, SetOptions};
 use crate::create::Platform;
 use crate::delta;
@@ -31,11 +31,6 @@ pub const DEFAULT_DROP_IN: &str = "/etc/crio/crio.conf.d/50-pinned-images";
 pub const DEFAULT_CRI_SOCKET: &str = "/var/run/crio/crio.sock";
 /// Where the load lock lives when the store is the system's.
 pub const DEFAULT_LOCK: &str = "/run/pinbundle/load.lock";
-/// containers-storage's default graph root.
-const DEFAULT_GRAPHROOT: &str = "/var/lib/containers/storage";
-/// Extra room asked for beyond the data itself: metadata, tar-split, rounding.
-const SPACE_MARGIN_FIXED: u64 = 64 << 20;
-const SPACE_MARGIN_PERCENT: u64 = 5;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -98,6 +93,15 @@ pub struct LoadReport {
     /// The volumes read, when the bundle is a volume set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub volumes: Option<verify::VolumesReport>,
+    /// What the space check decided from (`null` when nothing was missing to check).
+    pub space: Option<SpaceReport>,
+    /// Why the load failed after it began to import (`ok` is then false and the exit code
+    /// that of an operational error); `null` otherwise.
+    pub error: Option<String>,
+    /// After such a failure: the images this run added and removed again, and anything that
+    /// could not be undone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<storage::RolledBack>,
     pub warnings: Vec<String>,
     pub seconds: f64,
 }
@@ -135,19 +139,16 @@ pub struct CriResult {
     pub timed_out: bool,
 }
 
-/// Runs `load`. `Err` is an operational failure (with nothing or, for a failed import, only
-/// unpinned images changed); a damaged bundle or an unconfirmed pin is a report with `ok: false`.
+/// Runs `load`. `Err` is an operational failure before anything changed; a failure after
+/// the first import is a report with `error` set, after the images this run added were
+/// removed again (`rolled_back`); a damaged bundle or an unconfirmed pin is a report with
+/// `ok: false`.
 pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     let started = Instant::now();
     // A trust configuration that cannot be read stops everything: loading without the policy
     // an administrator set up would be worse than not loading.
     let trusted_keys = sign::read_trusted(&opts.trusted_keys, Some(&opts.trusted_dir))
         .context("reading the trusted signing keys")?;
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(lock(&opts.lock)?)
-    };
     let mut report = LoadReport {
         version: 1,
         bundle: opts.bundle.first().cloned().unwrap_or_default(),
@@ -161,6 +162,9 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         cri: None,
         delta: None,
         volumes: None,
+        space: None,
+        error: None,
+        rolled_back: None,
         warnings: Vec::new(),
         seconds: 0.0,
     };
@@ -202,6 +206,13 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+    // The inputs are open and verified: only now wait for another load, whose changes the
+    // checks below must see.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock(&opts.lock)?)
+    };
 
     // 2. The drop-in dir must be one CRI-O can reload and our file one we can merge into:
     //    refuse now, before anything is looked up or imported, rather than after.
@@ -269,8 +280,21 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         .map(delta::LoadPlan::reused)
         .unwrap_or_default();
 
-    // 5. Space.
-    check_space(opts, &manifest, &missing, &reused)?;
+    // 5. Space, from the signed sizes or, for a bundle no trusted key signed, measured ones.
+    let mut sources: Vec<&BundleSet> = vec![&bundle];
+    sources.extend(bases.iter().map(|b| &**b));
+    let space = SpaceCheck {
+        store: &opts.store,
+        tmpdir: opts.tmpdir.as_deref(),
+        sources,
+        trusted: verified
+            .signature
+            .as_ref()
+            .is_some_and(|s| s.verified_by.is_some()),
+        jobs: opts.jobs,
+    }
+    .run(&manifest, &missing, &reused, reporter)?;
+    report.space = Some(space);
     if opts.dry_run {
         report.ok = true;
         report.seconds = started.elapsed().as_secs_f64();
@@ -278,76 +302,42 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     }
 
     // 6. Import through a registry on loopback serving the bundle as it is (and a delta's
-    //    omitted layers from its bases).
-    if !missing.is_empty() {
-        use crate::registry::server::{BundleServer, serve_server_in_thread};
-        let server = serve_server_in_thread(
-            BundleServer::new(bundle.clone()).with_bases(bases),
-            BundleServer::LOOPBACK_EPHEMERAL,
-        )
-        .context("starting the loopback registry that serves the bundle")?;
-        let import_opts = ImportOptions {
-            skopeo: opts.skopeo.clone(),
-            platform: opts.platform.clone(),
-            policy: None,
-            tmpdir: opts.tmpdir.clone(),
-        };
-        let total: u64 = missing.iter().map(|&i| manifest.images[i].size).sum();
-        reporter.start(&format!("importing {} images", missing.len()), total);
-        for &i in &missing {
-            let img = &manifest.images[i];
-            match storage::import(server.addr(), img, &opts.store, &import_opts) {
-                Ok(ImportOutcome::AlreadyPresent) => report.images[i].status = "present",
-                Ok(ImportOutcome::Imported { .. }) => report.images[i].status = "loaded",
-                Err(e) => {
-                    report.images[i].status = "failed";
-                    report.images[i].error = Some(verify::error_chain(&e));
-                    reporter.finish();
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "importing {} into containers-storage failed; the drop-in was not changed (images imported before it stay, unpinned)",
-                        img.reference
-                    )));
-                }
-            }
-            reporter.advance(img.size);
+    //    omitted layers from its bases); 7. pins, for images now present. From the first
+    //    import until the drop-in is written, a failure removes again what this run added.
+    let before = if missing.is_empty() {
+        Vec::new()
+    } else {
+        opts.store
+            .images()
+            .context("reading the store's image list before importing")?
+    };
+    let changed = match import_and_pin(
+        opts,
+        &bundle,
+        bases,
+        &manifest,
+        &missing,
+        &refs,
+        &mut report,
+        reporter,
+    ) {
+        Ok(changed) => changed,
+        Err(e) if missing.is_empty() => return Err(e),
+        Err(e) => {
+            // The report says what failed and what was undone; the caller exits as for an
+            // operational error.
+            reporter.message("the load failed: removing the images it added");
+            report.rolled_back = Some(storage::roll_back(&opts.store, &opts.skopeo, &before));
+            report.error = Some(verify::error_chain(e.as_ref()));
+            report.seconds = started.elapsed().as_secs_f64();
+            return Ok(report);
         }
-        reporter.finish();
-    }
-
-    // 7. Pins, for images now present (checked again: the files may have changed meanwhile).
-    if let Some(out) = &opts.pinned_image_set_out {
-        let name = pinned_image_set_name(&bundle);
-        let yaml = pins::pinned_image_set_manifest(&name, "worker", &refs)?;
-        fs_err::write(out, yaml)?;
-    }
+    };
     if opts.no_pin {
         report.ok = true;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    let mco = pins::detect_mco(&opts.root);
-    if !mco.is_empty() {
-        report.warnings.push(pins::mco_warning(&opts.drop_in, &mco));
-    }
-    let scan = pins::scan_dir(&opts.drop_in)?;
-    scan.check()?;
-    for f in &scan.overriding {
-        report.warnings.push(format!(
-            "`{}` is read after `{}` and also sets pinned_images: CRI-O uses its list, not ours",
-            f.display(),
-            opts.drop_in.display()
-        ));
-    }
-    let merged = pins::update(&opts.drop_in, &refs)?;
-    report
-        .warnings
-        .extend(merged.warnings.iter().map(|w| w.to_string()));
-    let changed = merged.content.is_some();
-    report.pins = Some(PinsResult {
-        drop_in: opts.drop_in.clone(),
-        changed,
-        entries: merged.entries.len(),
-    });
 
     // 8. Reload, only when the pins changed.
     if changed {
@@ -422,6 +412,91 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     report.ok = confirmed;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Steps 6 and 7 of [`load`]: imports the images `missing` and writes the pins (unless
+/// `--no-pin`). Returns whether the drop-in changed.
+#[allow(clippy::too_many_arguments)]
+fn import_and_pin(
+    opts: &LoadOptions,
+    bundle: &Arc<BundleSet>,
+    bases: Vec<Arc<BundleSet>>,
+    manifest: &crate::bundle::format::BundleManifest,
+    missing: &[usize],
+    refs: &[PinnedRef],
+    report: &mut LoadReport,
+    reporter: &dyn Reporter,
+) -> Result<bool> {
+    if !missing.is_empty() {
+        use crate::registry::server::{BundleServer, serve_server_in_thread};
+        let server = serve_server_in_thread(
+            BundleServer::new(bundle.clone()).with_bases(bases),
+            BundleServer::LOOPBACK_EPHEMERAL,
+        )
+        .context("starting the loopback registry that serves the bundle")?;
+        let import_opts = ImportOptions {
+            skopeo: opts.skopeo.clone(),
+            platform: opts.platform.clone(),
+            policy: None,
+            tmpdir: opts.tmpdir.clone(),
+        };
+        let total = missing
+            .iter()
+            .map(|&i| manifest.images[i].size)
+            .fold(0u64, u64::saturating_add);
+        reporter.start(&format!("importing {} images", missing.len()), total);
+        for &i in missing {
+            let img = &manifest.images[i];
+            match storage::import(server.addr(), img, &opts.store, &import_opts) {
+                Ok(ImportOutcome::AlreadyPresent) => report.images[i].status = "present",
+                Ok(ImportOutcome::Imported { .. }) => report.images[i].status = "loaded",
+                Err(e) => {
+                    report.images[i].status = "failed";
+                    report.images[i].error = Some(verify::error_chain(&e));
+                    reporter.finish();
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "importing {} into containers-storage failed; the drop-in was not changed",
+                        img.reference
+                    )));
+                }
+            }
+            reporter.advance(img.size);
+        }
+        reporter.finish();
+    }
+    if let Some(out) = &opts.pinned_image_set_out {
+        let name = pinned_image_set_name(bundle);
+        let yaml = pins::pinned_image_set_manifest(&name, "worker", refs)?;
+        fs_err::write(out, yaml)?;
+    }
+    if opts.no_pin {
+        return Ok(false);
+    }
+    let mco = pins::detect_mco(&opts.root);
+    if !mco.is_empty() {
+        report.warnings.push(pins::mco_warning(&opts.drop_in, &mco));
+    }
+    // Checked again: the files may have changed meanwhile.
+    let scan = pins::scan_dir(&opts.drop_in)?;
+    scan.check()?;
+    for f in &scan.overriding {
+        report.warnings.push(format!(
+            "`{}` is read after `{}` and also sets pinned_images: CRI-O uses its list, not ours",
+            f.display(),
+            opts.drop_in.display()
+        ));
+    }
+    let merged = pins::update(&opts.drop_in, refs)?;
+    report
+        .warnings
+        .extend(merged.warnings.iter().map(|w| w.to_string()));
+    let changed = merged.content.is_some();
+    report.pins = Some(PinsResult {
+        drop_in: opts.drop_in.clone(),
+        changed,
+        entries: merged.entries.len(),
+    });
+    Ok(changed)
 }
 
 /// Opens the `--base` bundles and, for a delta, finds where each layer it omits comes from
@@ -502,100 +577,4 @@ fn lock(path: &Path) -> Result<std::fs::File> {
             .with_context(|| format!("locking {}", path.display()))?;
     }
     Ok(f)
-}
-
-/// The graph root skopeo will write to: explicit, else storage.conf's, else the default.
-fn graphroot(store: &Store) -> PathBuf {
-    if let Some(r) = &store.root {
-        return r.clone();
-    }
-    let conf = store
-        .storage_conf
-        .clone()
-        .or_else(|| std::env::var_os("CONTAINERS_STORAGE_CONF").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/containers/storage.conf"));
-    #[derive(serde::Deserialize)]
-    struct Conf {
-        storage: Option<Section>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Section {
-        graphroot: Option<PathBuf>,
-    }
-    std::fs::read_to_string(&conf)
-        .ok()
-        .and_then(|t| toml::from_str::<Conf>(&t).ok())
-        .and_then(|c| c.storage)
-        .and_then(|s| s.graphroot)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_GRAPHROOT))
-}
-
-/// The closest existing ancestor of `p` (the store may not exist yet).
-fn existing_ancestor(p: &Path) -> PathBuf {
-    let mut p = p.to_path_buf();
-    while !p.exists() {
-        if !p.pop() {
-            return PathBuf::from("/");
-        }
-    }
-    p
-}
-
-/// Checks free space: the store needs the uncompressed layers of the images not yet present,
-/// skopeo's temp dir their compressed blobs; on one filesystem, both.
-fn check_space(
-    opts: &LoadOptions,
-    manifest: &crate::bundle::format::BundleManifest,
-    missing: &[usize],
-    reused: &BTreeSet<crate::reference::Digest>,
-) -> Result<()> {
-    let blobs: BTreeMap<_, _> = manifest.blobs.iter().map(|b| (&b.digest, b)).collect();
-    // Layers the store already has (a delta's) are reused, not copied.
-    let needed: BTreeSet<_> = missing
-        .iter()
-        .flat_map(|&i| manifest.images[i].blobs.iter())
-        .filter(|d| !reused.contains(*d))
-        .collect();
-    let (mut unpacked, mut staged) = (0u64, 0u64);
-    for d in needed {
-        if let Some(b) = blobs.get(d) {
-            staged += b.size;
-            unpacked += match b.kind {
-                BlobKind::Layer => b.uncompressed_size.unwrap_or(b.size),
-                _ => b.size,
-            };
-        }
-    }
-    if unpacked == 0 {
-        return Ok(());
-    }
-    let margin = |n: u64| n + n * SPACE_MARGIN_PERCENT / 100 + SPACE_MARGIN_FIXED;
-    let store_dir = existing_ancestor(&graphroot(&opts.store));
-    let tmp_dir = existing_ancestor(
-        &opts
-            .tmpdir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/var/tmp")),
-    );
-    let mut per_fs: BTreeMap<u64, (PathBuf, u64, u64)> = BTreeMap::new();
-    for (dir, need) in [(store_dir, margin(unpacked)), (tmp_dir, margin(staged))] {
-        let st = rustix::fs::statvfs(&dir)
-            .with_context(|| format!("checking free space of {}", dir.display()))?;
-        let free = st.f_bavail * st.f_frsize;
-        let e = per_fs.entry(st.f_fsid).or_insert((dir, 0, free));
-        e.1 += need;
-    }
-    for (dir, need, free) in per_fs.values() {
-        if need > free {
-            bail!(
-                "not enough free space on the filesystem of {}: {} MiB needed ({} MiB of layers unpacked, {} MiB staged, plus margin), {} MiB free; nothing was changed",
-                dir.display(),
-                need >> 20,
-                unpacked >> 20,
-                staged >> 20,
-                free >> 20
-            );
-        }
-    }
-    Ok(())
 }

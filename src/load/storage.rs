@@ -236,6 +236,11 @@ impl Store {
         Ok((root, driver))
     }
 
+    /// The graph root skopeo writes to: explicit, else storage.conf's, else the default.
+    pub fn graphroot(&self) -> Result<PathBuf> {
+        Ok(self.location()?.0)
+    }
+
     /// The path of the store's image list (`<root>/<driver>-images/images.json`), whether or
     /// not it exists yet.
     pub fn images_json(&self) -> Result<PathBuf> {
@@ -346,6 +351,101 @@ impl Store {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What [`roll_back`] did to the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolledBack {
+    /// Images this load added, removed again: their IDs and the names they had.
+    pub removed: Vec<RemovedImage>,
+    /// What could not be undone, each said in a sentence (an image that could not be deleted,
+    /// a name added to an image that was there before).
+    pub left: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RemovedImage {
+    pub id: String,
+    pub names: Vec<String>,
+}
+
+impl RolledBack {
+    /// One line for an error message.
+    pub fn summary(&self) -> String {
+        let mut parts: Vec<String> = self
+            .removed
+            .iter()
+            .map(|r| {
+                format!(
+                    "removed {} (image {})",
+                    r.names.join(", "),
+                    &r.id[..r.id.len().min(12)]
+                )
+            })
+            .collect();
+        parts.extend(self.left.iter().cloned());
+        if parts.is_empty() {
+            "the store was not changed".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// Puts the store back as `before` (its image list before a load began): deletes every image
+/// that was not there (`skopeo delete`, which also removes the layers only it used), and never
+/// touches an image that was. A name a failed load added to an image that was there before
+/// cannot be removed with skopeo: it is reported in [`RolledBack::left`].
+pub fn roll_back(store: &Store, skopeo: &Skopeo, before: &[ImageRecord]) -> RolledBack {
+    let mut done = RolledBack::default();
+    let after = match store.images() {
+        Ok(a) => a,
+        Err(e) => {
+            done.left.push(format!(
+                "the store's image list could not be read to undo the load: {e}"
+            ));
+            return done;
+        }
+    };
+    let old: std::collections::HashMap<&str, &ImageRecord> =
+        before.iter().map(|r| (r.id.as_str(), r)).collect();
+    for r in &after {
+        match old.get(r.id.as_str()) {
+            None => {
+                let deleted = store.transport(&format!("@{}", r.id)).and_then(|t| {
+                    skopeo.run(store, &[OsString::from("delete"), OsString::from(t)])
+                });
+                match deleted {
+                    Ok(_) => done.removed.push(RemovedImage {
+                        id: r.id.clone(),
+                        names: r.names.clone(),
+                    }),
+                    Err(e) => done.left.push(format!(
+                        "image {} ({}) could not be removed: {e}",
+                        r.id,
+                        r.names.join(", ")
+                    )),
+                }
+            }
+            Some(was) => {
+                let added: Vec<&String> =
+                    r.names.iter().filter(|n| !was.names.contains(n)).collect();
+                if !added.is_empty() {
+                    done.left.push(format!(
+                        "image {} was present before the load and keeps the names it added: {}",
+                        r.id,
+                        added
+                            .iter()
+                            .map(|n| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    done
 }
 
 /// How `skopeo` is found and run.

@@ -72,7 +72,7 @@ const CHUNK: usize = 256 << 10;
 /// `CHUNKS_IN_FLIGHT × CHUNK` plus one decompressed frame).
 const CHUNKS_IN_FLIGHT: usize = 4;
 /// Manifests larger than this are refused (distribution's own limit is 4 MiB).
-const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+const MAX_MANIFEST_BYTES: u64 = crate::bundle::format::MAX_MANIFEST_BLOB_LEN;
 /// The longest wait for a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A repository name longer than this cannot be parsed by containers/image.

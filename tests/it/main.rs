@@ -6,6 +6,7 @@ mod create;
 mod delta;
 mod hostile;
 mod load;
+mod rollback;
 mod sign;
 mod util;
 mod volumes;
