@@ -7,5 +7,6 @@ mod delta;
 mod hostile;
 mod load;
 mod sign;
+mod text;
 mod util;
 mod volumes;
