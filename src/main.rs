@@ -1094,6 +1094,33 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
+    fn json_is_exact_and_terminal_safe() {
+        let v = serde_json::json!({"a": ["x\x1b[2J\u{202e}\u{9b}\r\n\u{7f}y", 1], "b": {"c": "plain ü"}});
+        let mut out = Vec::new();
+        write_json(&mut out, &v).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && pinbundle::text::needs_escape(c)),
+            "{text}"
+        );
+        assert!(
+            text.contains(r"x\u001b[2J\u202e\u009b\r\n\u007fy"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), v);
+        // Layout as serde_json's pretty printer, for values with nothing to escape.
+        let plain = serde_json::json!({"a": [1, {"b": []}], "c": {}});
+        let mut out = Vec::new();
+        write_json(&mut out, &plain).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string_pretty(&plain).unwrap()
+        );
+    }
+
+    #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
     }
