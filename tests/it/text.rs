@@ -348,3 +348,35 @@ fn input_files_use_the_same_grammar() {
         assert_eq!(raw_control(&e), None, "{bad:?}: {e}");
     }
 }
+
+/// File names come from the stick too (a directory argument lists them), and error chains
+/// quote them: both reach the terminal escaped.
+#[test]
+fn paths_and_error_chains_are_escaped() {
+    let dir = tempdir();
+    let evil_dir = dir.path().join(format!("d{EVIL}"));
+    std::fs::create_dir(&evil_dir).unwrap();
+    let good = evil_dir.join(format!("b{EVIL}.pinbundle"));
+    Synthetic::new("quay.io/org/app", "v1").write(&good);
+    let garbage = evil_dir.join(format!("g{EVIL}.pinbundle"));
+    std::fs::write(&garbage, b"not a bundle").unwrap();
+    for (what, path, ok) in [("intact", &good, true), ("garbage", &garbage, false)] {
+        for cmd in ["inspect", "verify"] {
+            let o = bundle_cmd(cmd, path, false);
+            assert_eq!(o.status.success(), ok, "{what}: {cmd}: {}", text(&o.stderr));
+            for (stream, bytes) in [("stdout", &o.stdout), ("stderr", &o.stderr)] {
+                let t = text(bytes);
+                assert_eq!(raw_control(&t), None, "{what}: {cmd}: {stream}: {t}");
+                assert!(
+                    !t.lines().any(|l| l.starts_with("signed by key")),
+                    "{what}: {cmd} painted a line on {stream}:\n{t}"
+                );
+            }
+            let all = format!("{}{}", text(&o.stdout), text(&o.stderr));
+            assert!(
+                all.contains("\\x1b[2K\\r\\nsigned by key"),
+                "{what}: {cmd}: {all}"
+            );
+        }
+    }
+}
