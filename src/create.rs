@@ -218,10 +218,11 @@ pub fn read_pinned_image_set(path: &Path) -> Result<Vec<Reference>> {
     }
     items
         .into_iter()
-        .map(|i| {
+        .enumerate()
+        .map(|(n, i)| {
             i.name
                 .parse()
-                .with_context(|| format!("in {}", path.display()))
+                .with_context(|| format!("spec.pinnedImages[{n}].name in {}", path.display()))
         })
         .collect()
 }

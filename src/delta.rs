@@ -341,6 +341,7 @@ pub fn plan_load(
     Ok(plan)
 }
 
+/// One line: error messages reach the terminal escaped, where a newline would show as `\n`.
 fn unavailable_message(base: &Option<BaseRef>, missing: &[MissingBlob]) -> String {
     let total = missing
         .iter()
@@ -354,7 +355,7 @@ fn unavailable_message(base: &Option<BaseRef>, missing: &[MissingBlob]) -> Strin
     for m in missing {
         let _ = write!(
             s,
-            "\n  {} ({} bytes), needed by {}",
+            " {} ({} bytes), needed by {};",
             m.digest,
             m.size,
             m.images.join(", ")
@@ -366,7 +367,7 @@ fn unavailable_message(base: &Option<BaseRef>, missing: &[MissingBlob]) -> Strin
         .unwrap_or_default();
     let _ = write!(
         s,
-        "\nLoad the base bundle first, or pass it with `--base BUNDLE`{of}"
+        " load the base bundle first, or pass it with `--base BUNDLE`{of}"
     );
     s
 }

@@ -1,5 +1,10 @@
 //! The `pinbundle` command line: argument parsing, output and exit codes only. All behaviour
 //! lives in the library.
+//!
+//! Human output shows every string that came from a bundle, a registry, the file system or
+//! a child process through [`Shown`] (errors and warnings included): such text cannot move
+//! the cursor or start a line of its own, so it cannot paint a fake "verified" line.
+//! `--json` keeps every value exact and writes those characters as `\uXXXX`.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -15,6 +20,7 @@ use pinbundle::progress::{Reporter, Silent};
 use pinbundle::reference::Reference;
 use pinbundle::registry::client::ClientOptions;
 use pinbundle::sign;
+use pinbundle::text::{Shown, escape};
 use pinbundle::verify;
 
 /// Carry container images to air-gapped Kubernetes/OpenShift nodes in one verifiable bundle.
@@ -295,9 +301,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let mut err = std::io::stderr().lock();
-            let _ = writeln!(err, "error: {e}");
+            // Messages quote references, paths and child stderr: one line each, escaped.
+            let _ = writeln!(err, "error: {}", escape(&e.to_string()));
             for cause in e.chain().skip(1) {
-                let _ = writeln!(err, "  caused by: {cause}");
+                let _ = writeln!(err, "  caused by: {}", escape(&cause.to_string()));
             }
             ExitCode::from(2)
         }
@@ -347,8 +354,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let identity = delta::export_index(&a.bundle, &a.output)?;
             eprintln!(
                 "wrote {}: the index of {} ({identity})",
-                a.output.display(),
-                a.bundle.display()
+                shown_path(&a.output),
+                shown_path(&a.bundle)
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -432,14 +439,14 @@ fn cmd_keygen(a: KeygenArgs) -> Result<ExitCode> {
             err,
             "key {}: secret key {} ({}), public key {}\ncopy {} to the nodes' {}/ (or pass it with --trust-key)",
             report.key_id,
-            report.secret_key.display(),
+            shown_path(&report.secret_key),
             if report.encrypted {
                 "password-protected"
             } else {
                 "NOT encrypted"
             },
-            report.public_key.display(),
-            report.public_key.display(),
+            shown_path(&report.public_key),
+            shown_path(&report.public_key),
             sign::DEFAULT_TRUSTED_DIR
         )?;
     }
@@ -523,16 +530,16 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
             writeln!(
                 err,
                 "{}\n    pin {}  [{}]  {}",
-                i.reference,
-                i.pin,
-                i.platforms.join(", "),
+                Shown(&i.reference),
+                Shown(&i.pin),
+                Shown(&i.platforms.join(", ")),
                 human(i.size)
             )?;
         }
         writeln!(
             err,
             "wrote {}: {} images, {} blobs ({}), file {}; fetched {} blobs ({}), {} from cache, in {:.1}s",
-            report.output.display(),
+            shown_path(&report.output),
             report.images.len(),
             report.blobs,
             human(report.size),
@@ -543,14 +550,14 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
             report.seconds
         )?;
         for v in &report.volumes {
-            writeln!(err, "  volume {} ({})", v.path.display(), human(v.size))?;
+            writeln!(err, "  volume {} ({})", shown_path(&v.path), human(v.size))?;
         }
         if let Some(base) = &report.base {
             writeln!(
                 err,
                 "delta of {} (created {}): {} blobs carried, {} layers ({}) left to the base",
                 base.manifest,
-                base.created,
+                Shown(&base.created),
                 report.blobs_carried,
                 report.blobs_omitted,
                 human(report.bytes_omitted)
@@ -622,7 +629,7 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
         writeln!(
             out,
             "{}: refused (damaged or not signed by a trusted key), nothing was changed; {} problem(s):",
-            r.bundle.display(),
+            shown_path(&r.bundle),
             r.problems.len()
         )?;
         print_problems(&mut out, &r.problems)?;
@@ -641,10 +648,10 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
             i.status,
             pinned,
             human(i.size),
-            i.pin
+            Shown(&i.pin)
         )?;
         if let Some(e) = &i.error {
-            writeln!(out, "            {e}")?;
+            writeln!(out, "            {}", Shown(e))?;
         }
     }
     if let Some(p) = &r.pins {
@@ -652,7 +659,7 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
         writeln!(
             out,
             "pins: {} {what} ({} entries)",
-            p.drop_in.display(),
+            shown_path(&p.drop_in),
             p.entries
         )?;
     }
@@ -669,7 +676,7 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
         )?;
     }
     if let Some(rl) = &r.reload {
-        writeln!(out, "reload: {rl}")?;
+        writeln!(out, "reload: {}", Shown(rl))?;
     }
     if let Some(s) = &r.space {
         let from = match s.sizes {
@@ -696,11 +703,16 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
         } else {
             "NOT confirmed"
         };
-        writeln!(out, "cri: {} {}: {state}", c.runtime, c.version)?;
+        writeln!(
+            out,
+            "cri: {} {}: {state}",
+            Shown(&c.runtime),
+            Shown(&c.version)
+        )?;
     }
     drop(out);
     for w in &r.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", Shown(w));
     }
     if let Some(e) = &r.error {
         eprintln!("error: {e}");
@@ -722,9 +734,86 @@ fn default_cache_dir() -> Result<PathBuf> {
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
+    write_json(&mut out, v)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// `v` as pretty JSON, with the characters [`pinbundle::text::needs_escape`] names written
+/// as `\uXXXX` escapes (serde_json escapes only C0 controls): the value a script parses is
+/// exact, and a terminal shown the document is not driven by it.
+fn write_json<T: serde::Serialize>(out: &mut impl Write, v: &T) -> Result<()> {
+    let mut ser = serde_json::Serializer::with_formatter(
+        out,
+        SafeJson(serde_json::ser::PrettyFormatter::new()),
+    );
+    v.serialize(&mut ser)?;
+    Ok(())
+}
+
+/// serde_json's [`PrettyFormatter`](serde_json::ser::PrettyFormatter) plus the escapes of
+/// [`write_json`].
+struct SafeJson<'a>(serde_json::ser::PrettyFormatter<'a>);
+
+impl serde_json::ser::Formatter for SafeJson<'_> {
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if pinbundle::text::needs_escape(c) {
+                w.write_all(&fragment.as_bytes()[start..i])?;
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    write!(w, "\\u{u:04x}")?;
+                }
+                start = i + c.len_utf8();
+            }
+        }
+        w.write_all(&fragment.as_bytes()[start..])
+    }
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_array(w)
+    }
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array(w)
+    }
+    fn begin_array_value<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_array_value(w, first)
+    }
+    fn end_array_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_array_value(w)
+    }
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object(w)
+    }
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object(w)
+    }
+    fn begin_object_key<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        self.0.begin_object_key(w, first)
+    }
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.begin_object_value(w)
+    }
+    fn end_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        self.0.end_object_value(w)
+    }
+}
+
+/// A path as shown to a person: volume and sibling names come from the stick.
+fn shown_path(p: &Path) -> String {
+    escape(&p.display().to_string()).into_owned()
 }
 
 fn print_verify(r: &verify::VerifyReport) -> Result<()> {
@@ -732,13 +821,14 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
     match &r.signature {
         Some(s) => {
             let trust = match &s.verified_by {
-                Some(p) => format!("verified with trusted key {}", p.display()),
+                Some(p) => format!("verified with trusted key {}", shown_path(p)),
                 None => "not checked against a trusted key (give --trust-key)".into(),
             };
             writeln!(
                 out,
                 "signature: key {}, {trust}\n  trusted comment: {}",
-                s.key_id, s.trusted_comment
+                s.key_id,
+                Shown(&s.trusted_comment)
             )?;
         }
         None => writeln!(out, "signature: none")?,
@@ -750,14 +840,15 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
         writeln!(
             out,
             "delta of {} (created {}): layers it does not carry must be on the node or in that bundle",
-            b.manifest, b.created
+            b.manifest,
+            Shown(&b.created)
         )?;
     }
     if r.ok {
         writeln!(
             out,
             "{}: OK ({} images, {} members, {} checked)",
-            r.bundle.display(),
+            shown_path(&r.bundle),
             r.images,
             r.members_checked,
             human(r.bytes_checked)
@@ -766,7 +857,7 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
         writeln!(
             out,
             "{}: FAILED, {} problem(s)",
-            r.bundle.display(),
+            shown_path(&r.bundle),
             r.problems.len()
         )?;
         print_problems(&mut out, &r.problems)?;
@@ -784,14 +875,14 @@ fn print_volumes(out: &mut impl Write, v: &verify::VolumesReport) -> Result<()> 
         v.set
     )?;
     for f in &v.present {
-        writeln!(out, "  {:>3}  {}", f.index, f.path.display())?;
+        writeln!(out, "  {:>3}  {}", f.index, shown_path(&f.path))?;
     }
     for f in &v.missing {
         writeln!(
             out,
             "  {:>3}  missing (expected {})",
             f.index,
-            f.path.display()
+            shown_path(&f.path)
         )?;
     }
     if !v.incomplete_blobs.is_empty() {
@@ -810,11 +901,11 @@ fn print_problems(out: &mut impl Write, problems: &[verify::Problem]) -> Result<
         write!(
             out,
             "  {}: {}",
-            p.member.as_deref().unwrap_or("file"),
-            p.error
+            Shown(p.member.as_deref().unwrap_or("file")),
+            Shown(&p.error)
         )?;
         if !p.images.is_empty() {
-            write!(out, " (breaks {})", p.images.join(", "))?;
+            write!(out, " (breaks {})", Shown(&p.images.join(", ")))?;
         }
         writeln!(out)?;
     }
@@ -827,19 +918,23 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
     writeln!(
         out,
         "bundle:  {} ({})",
-        r.bundle.display(),
+        shown_path(&r.bundle),
         human(r.file_size)
     )?;
     writeln!(
         out,
         "format:  {} v{}, by {}, created {}",
-        m.format, m.format_version, m.creator, m.created
+        Shown(&m.format),
+        m.format_version,
+        Shown(&m.creator),
+        Shown(&m.created)
     )?;
     match &r.signature {
         Some(s) => writeln!(
             out,
             "signed:  by key {} (not checked: use `verify --trust-key`)\n         trusted comment: {}",
-            s.key_id, s.trusted_comment
+            s.key_id,
+            Shown(&s.trusted_comment)
         )?,
         None => writeln!(out, "signed:  no")?,
     }
@@ -863,7 +958,7 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
             out,
             "delta:   of {} (created {})\n         carries {} blobs ({}), omits {} layers ({}): `load` needs them in the store or `--base`",
             b.manifest,
-            b.created,
+            Shown(&b.created),
             carried.len(),
             human(size(&carried)),
             omitted.len(),
@@ -874,14 +969,23 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
         writeln!(
             out,
             "\n{}\n  pin:    {}@{}\n  type:   {}",
-            i.reference, i.name, i.digest, i.media_type
+            Shown(&i.reference),
+            Shown(&i.name),
+            i.digest,
+            Shown(&i.media_type)
         )?;
         for p in &i.platforms {
             let plat = match &p.variant {
                 Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
                 None => format!("{}/{}", p.os, p.architecture),
             };
-            writeln!(out, "  {plat:<16} {} ({} layers)", p.digest, p.layers.len())?;
+            writeln!(
+                out,
+                "  {:<16} {} ({} layers)",
+                escape(&plat),
+                p.digest,
+                p.layers.len()
+            )?;
         }
         writeln!(
             out,
@@ -904,9 +1008,9 @@ fn print_diff(r: &delta::DiffReport) -> Result<()> {
         writeln!(
             out,
             "{what}: {} ({}, created {}{of})",
-            side.path.display(),
+            shown_path(&side.path),
             side.identity,
-            side.created
+            Shown(&side.created)
         )?;
     }
     for i in &r.images {
@@ -917,18 +1021,20 @@ fn print_diff(r: &delta::DiffReport) -> Result<()> {
             "changed" => writeln!(
                 out,
                 "  changed   {} → {}\n            {} → {}",
-                i.old_reference.as_deref().unwrap_or("-"),
-                i.new_reference.as_deref().unwrap_or("-"),
+                Shown(i.old_reference.as_deref().unwrap_or("-")),
+                Shown(i.new_reference.as_deref().unwrap_or("-")),
                 digest(&i.old_digest),
                 digest(&i.new_digest)
             )?,
             status => writeln!(
                 out,
                 "  {status:<9} {} {}",
-                i.new_reference
-                    .as_deref()
-                    .or(i.old_reference.as_deref())
-                    .unwrap_or("-"),
+                Shown(
+                    i.new_reference
+                        .as_deref()
+                        .or(i.old_reference.as_deref())
+                        .unwrap_or("-")
+                ),
                 digest(&i.new_digest.clone().or(i.old_digest.clone()))
             )?,
         }
@@ -980,7 +1086,7 @@ impl Reporter for Bars {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        pb.set_message(phase.to_string());
+        pb.set_message(escape(phase).into_owned());
         if let Ok(mut b) = self.bar.lock() {
             *b = Some(pb);
         }
@@ -1001,6 +1107,7 @@ impl Reporter for Bars {
     }
     fn message(&self, msg: &str) {
         if let Ok(b) = self.bar.lock() {
+            let msg = escape(msg);
             match b.as_ref() {
                 Some(pb) => pb.println(msg),
                 None => eprintln!("{msg}"),
@@ -1013,6 +1120,33 @@ impl Reporter for Bars {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn json_is_exact_and_terminal_safe() {
+        let v = serde_json::json!({"a": ["x\x1b[2J\u{202e}\u{9b}\r\n\u{7f}y", 1], "b": {"c": "plain ü"}});
+        let mut out = Vec::new();
+        write_json(&mut out, &v).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && pinbundle::text::needs_escape(c)),
+            "{text}"
+        );
+        assert!(
+            text.contains(r"x\u001b[2J\u202e\u009b\r\n\u007fy"),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&text).unwrap(), v);
+        // Layout as serde_json's pretty printer, for values with nothing to escape.
+        let plain = serde_json::json!({"a": [1, {"b": []}], "c": {}});
+        let mut out = Vec::new();
+        write_json(&mut out, &plain).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            serde_json::to_string_pretty(&plain).unwrap()
+        );
+    }
 
     #[test]
     fn cli_is_consistent() {

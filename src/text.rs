@@ -10,8 +10,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-/// Whether `c` must not reach a terminal as it is.
-fn unsafe_char(c: char) -> bool {
+/// Whether `c` must not reach a terminal as it is (what [`escape`] rewrites; `--json` output
+/// writes these as `\uXXXX` escapes).
+pub fn needs_escape(c: char) -> bool {
     c.is_control()
         || matches!(c,
             '\u{200b}'..='\u{200f}' // zero-width space/joiners, LRM, RLM
@@ -26,7 +27,7 @@ fn unsafe_char(c: char) -> bool {
 /// `s` with every character a terminal would act on written as an escape (`\n`, `\x1b`,
 /// `\u{202e}`); borrowed when there is none.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(unsafe_char) {
+    if !s.chars().any(needs_escape) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -35,10 +36,10 @@ pub fn escape(s: &str) -> Cow<'_, str> {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if unsafe_char(c) && (c as u32) < 0x100 => {
+            c if needs_escape(c) && (c as u32) < 0x100 => {
                 out.push_str(&format!("\\x{:02x}", c as u32));
             }
-            c if unsafe_char(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
             c => out.push(c),
         }
     }

@@ -13,13 +13,14 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::bundle::format::{
-    BaseRef, BlobKind, BundleManifest, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH,
+    BaseRef, BlobKind, BundleManifest, ImageEntry, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH,
 };
 use crate::bundle::{self, BlobLoc, Bundle, BundleSet, SetOptions};
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
 use crate::sign::{self, KeyId, TrustedKey};
+use crate::text::Shown;
 
 /// The version of the `--json` documents of `verify` and `inspect`.
 pub const JSON_VERSION: u32 = 1;
@@ -404,6 +405,70 @@ fn blob_users(manifest: &BundleManifest) -> BTreeMap<Digest, Vec<String>> {
     users
 }
 
+/// What is wrong with an image's names, one message each. `load` names the image
+/// `name@digest` (and `name:tag`) and pins that, and shows `reference`: each must be an
+/// exact, normalised reference in the one grammar ([`Reference`]), and `reference` must
+/// agree with `name`, `tag` and `digest`, not be something a crafted manifest slipped in.
+/// The messages quote the names escaped: they are unsigned text until the signature says
+/// otherwise.
+fn image_name_problems(img: &ImageEntry) -> Vec<String> {
+    let mut out = Vec::new();
+    let shown = Shown(&img.reference);
+    let mut names = vec![format!("{}@{}", img.name, img.digest)];
+    names.extend(img.tag.as_ref().map(|t| format!("{}:{t}", img.name)));
+    for n in names {
+        match n.parse::<Reference>() {
+            Ok(r) if r.to_string() == n => {}
+            Ok(_) => out.push(format!(
+                "{shown}: \"{}\" is not a normalised image reference",
+                Shown(&n)
+            )),
+            Err(e) => out.push(format!(
+                "{shown}: \"{}\" is not a normalised image reference ({e})",
+                Shown(&n)
+            )),
+        }
+    }
+    let r = match img.reference.parse::<Reference>() {
+        Ok(r) => r,
+        Err(e) => {
+            out.push(format!("image reference: {e}"));
+            return out;
+        }
+    };
+    if r.to_string() != img.reference {
+        out.push(format!(
+            "image reference \"{shown}\" is not a normalised image reference (normalised: \"{r}\")"
+        ));
+    }
+    if r.name() != img.name {
+        out.push(format!(
+            "image reference \"{shown}\" names repository \"{}\", but the image's name is \"{}\"",
+            r.name(),
+            Shown(&img.name)
+        ));
+    }
+    if r.effective_tag() != img.tag.as_deref() {
+        out.push(format!(
+            "image reference \"{shown}\" has tag {}, but the image's tag is {}",
+            r.effective_tag()
+                .map_or("(none)".into(), |t| format!("\"{t}\"")),
+            img.tag
+                .as_deref()
+                .map_or("(none)".into(), |t| format!("\"{}\"", Shown(t)))
+        ));
+    }
+    if let Some(d) = r.digest()
+        && *d != img.digest
+    {
+        out.push(format!(
+            "image reference \"{shown}\" names digest {d}, but the image's digest is {}",
+            img.digest
+        ));
+    }
+    out
+}
+
 /// Cross-checks `pinbundle.json`, the members and the image manifests. Members already found
 /// broken are not parsed again.
 fn check_structure(
@@ -517,21 +582,8 @@ fn check_structure(
         })
     };
     for img in &manifest.images {
-        // `load` names the image `name@digest` (and `name:tag`) and pins that: each must be
-        // an exact, normalised reference, not something a crafted manifest slipped in.
-        let mut names = vec![format!("{}@{}", img.name, img.digest)];
-        names.extend(img.tag.as_ref().map(|t| format!("{}:{t}", img.name)));
-        for n in names {
-            if n.parse::<Reference>().map(|r| r.to_string()).ok().as_ref() != Some(&n) {
-                problem(
-                    None,
-                    Some(img.digest.clone()),
-                    format!(
-                        "{}: \"{n}\" is not a normalised image reference",
-                        img.reference
-                    ),
-                );
-            }
+        for error in image_name_problems(img) {
+            problem(None, Some(img.digest.clone()), error);
         }
         let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
         let root_what = format!("{} (manifest {})", img.reference, img.digest);

@@ -8,5 +8,6 @@ mod hostile;
 mod load;
 mod rollback;
 mod sign;
+mod text;
 mod util;
 mod volumes;
