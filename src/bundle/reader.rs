@@ -856,7 +856,7 @@ fn check_frame_shape(raw: &[u8], size: u64) -> Result<(), String> {
     match zstd::zstd_safe::find_frame_compressed_size(raw) {
         Ok(n) if n == raw.len() => Ok(()),
         Ok(n) => Err(format!(
-            "{} bytes follow the zstd frame inside its extent",
+            "{} extra bytes (another or a skippable zstd frame) follow the one zstd frame its extent may hold",
             raw.len() - n
         )),
         Err(_) => Err("frame's blocks are damaged".into()),

@@ -40,7 +40,7 @@ pub enum SpaceError {
         free: u64,
     },
     #[error(
-        "layer {digest} unpacks to more than the {declared} bytes pinbundle.json declares (the bundle is not signed by a trusted key, so its sizes were measured); refused, nothing was changed"
+        "layer {digest} unpacks to more than the {declared} bytes declared in pinbundle.json (the bundle is not signed by a trusted key, so its sizes were measured); refused, nothing was changed"
     )]
     Understated { digest: Digest, declared: u64 },
     #[error("measuring layer {digest} ({media_type}) failed; nothing was changed")]
