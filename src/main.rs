@@ -1087,6 +1087,46 @@ mod tests {
     }
 
     #[test]
+    fn parses_deadline_flags() {
+        use std::time::Duration;
+        let cli = Cli::try_parse_from([
+            "pinbundle",
+            "create",
+            "a:1",
+            "-o",
+            "x",
+            "--timeout",
+            "500ms",
+            "--min-rate",
+            "64K",
+            "--image-timeout",
+            "2m",
+            "--retries",
+            "0",
+        ])
+        .unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.min_rate, 64 << 10);
+        assert_eq!(c.image_timeout, Duration::from_secs(120));
+        assert_eq!(c.retries, 0);
+        let cli = Cli::try_parse_from(["pinbundle", "create", "a:1", "-o", "x"]).unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert_eq!(c.min_rate, 1024);
+        assert_eq!(c.image_timeout, Duration::from_secs(3600));
+        for bad in ["0", "-1s", "1d", "x", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_rate("1G").is_err());
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+    }
+
+    #[test]
     fn parses_create() {
         let cli = Cli::try_parse_from([
             "pinbundle",

@@ -561,6 +561,34 @@ fn routes(_host: &str) -> Routes {
         "/token/token-echo".into(),
         full(200, &[], format!(r#"{{"token":"{TOKEN}"}}"#)),
     );
+    // Challenges and redirects that must not become requests (or panics).
+    for (mode, challenge) in [
+        ("chal-binary", "Bearer realm=\"http://x/\u{ff}\u{fe}\""),
+        ("chal-file", "Bearer realm=\"file:///etc/passwd\""),
+        (
+            "chal-garbage",
+            "NotAScheme x=\"y\", Bearer service=no-realm",
+        ),
+        ("chal-none", ""),
+    ] {
+        let headers: Vec<(&str, &str)> = if challenge.is_empty() {
+            vec![]
+        } else {
+            vec![("WWW-Authenticate", challenge)]
+        };
+        r.insert(
+            format!("/v2/{mode}/manifests/v1"),
+            full(401, &headers, "{}"),
+        );
+    }
+    r.insert(
+        "/v2/redirect-file/manifests/v1".into(),
+        full(307, &[("Location", "file:///etc/passwd")], ""),
+    );
+    r.insert(
+        "/v2/redirect-loop/manifests/v1".into(),
+        full(307, &[("Location", "/v2/redirect-loop/manifests/v1")], ""),
+    );
     let _ = good_digest;
     r
 }
@@ -803,6 +831,34 @@ fn tokens_that_are_not_header_values_are_refused_without_a_panic() {
         ("token-notjson", one("token-notjson"), "not JSON", QUICK),
         // A registry that echoes the token and password in its error message.
         ("token-echo", one("token-echo"), "HTTP 500", QUICK),
+        (
+            "chal-binary",
+            one("chal-binary"),
+            "it is not visible ASCII text",
+            QUICK,
+        ),
+        (
+            "chal-file",
+            one("chal-file"),
+            "scheme \"file\" is not HTTP(S)",
+            QUICK,
+        ),
+        (
+            "chal-garbage",
+            one("chal-garbage"),
+            "neither Bearer with a realm nor Basic",
+            QUICK,
+        ),
+        // (An ESC in a header is refused by the HTTP parser itself.)
+        ("chal-none", one("chal-none"), "401 Unauthorized", QUICK),
+        // Not followed: reqwest hands back the 307 itself.
+        ("redirect-file", one("redirect-file"), "HTTP 307", QUICK),
+        (
+            "redirect-loop",
+            one("redirect-loop"),
+            "more than 5 redirects",
+            QUICK,
+        ),
     ]));
 }
 
