@@ -376,6 +376,19 @@ fn routes(_host: &str) -> Routes {
             declared: false,
         },
     );
+    // Many references, each endless: resolved a few at a time, each capped.
+    for i in 0..24 {
+        r.insert(
+            format!("/v2/endless-many/manifests/t{i}"),
+            Reply::Endless {
+                status: 200,
+                headers: vec![("Content-Type".into(), OCI_MANIFEST.into())],
+                fill: b' ',
+                total: 3 << 30,
+                declared: false,
+            },
+        );
+    }
     r.insert(
         "/token/token-endless".into(),
         Reply::Endless {
@@ -644,7 +657,7 @@ fn create_in(dir: tempfile::TempDir, args: &[String]) -> Run {
         .args(["--insecure-registry", host])
         .arg("--authfile")
         .arg(&auth)
-        .args(FLAGS)
+        .args(flags_besides(args))
         .env("PINBUNDLE_NO_PROGRESS", "1")
         .stdin(Stdio::null())
         .output()
@@ -665,6 +678,16 @@ fn create_in(dir: tempfile::TempDir, args: &[String]) -> Run {
         elapsed,
         dir,
     }
+}
+
+/// [`FLAGS`] without those `args` gives itself.
+fn flags_besides(args: &[String]) -> Vec<&'static str> {
+    FLAGS
+        .chunks(2)
+        .filter(|pair| !args.iter().any(|a| a == pair[0]))
+        .flatten()
+        .copied()
+        .collect()
 }
 
 fn image_ref(mode: &str) -> String {
@@ -729,6 +752,10 @@ fn refused(name: &str, run: &Run, expect: &str, within: Duration, problems: &mut
         run.elapsed.as_secs_f64(),
         run.rss_kib
     );
+    // `HOSTILE_SHOW=1 cargo test --test hostile_registry -- --nocapture` shows the messages.
+    if std::env::var_os("HOSTILE_SHOW").is_some() {
+        eprintln!("{text}");
+    }
 }
 
 fn report(problems: Vec<String>) {
@@ -805,6 +832,14 @@ fn bodies_a_peer_sizes_are_capped() {
             "huge-config",
             one("huge-config"),
             "more than the 4194304 accepted",
+            QUICK,
+        ),
+        (
+            "endless-many",
+            (0..24)
+                .map(|i| format!("{}/endless-many:t{i}", server().host))
+                .collect(),
+            "larger than the 4194304 bytes",
             QUICK,
         ),
     ]));
@@ -929,6 +964,13 @@ fn silent_and_trickling_servers_are_abandoned_within_the_deadline() {
             one("trickle-blob"),
             "slower than the minimum 1024 bytes/s",
             deadline,
+        ),
+        // Retries that would go on for ~20 s are cut by --image-timeout 6s.
+        (
+            "silent-budget",
+            vec![image_ref("silent"), "--retries".into(), "10".into()],
+            "took longer than --image-timeout (6 s)",
+            Duration::from_secs(8),
         ),
     ]));
 }
