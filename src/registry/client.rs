@@ -932,7 +932,32 @@ impl RegistryClient {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(&slot)
             .cloned();
-        let mut authorization = known.clone().unwrap_or(Authorization::Anonymous);
+        let mut authorization = match known {
+            Some(a) => a,
+            // With credentials, ask `/v2/` for its challenge first (as docker and
+            // containers/image do): some registries answer an anonymous request for a
+            // private repository with 404, not 401.
+            None if target.credential.is_some() => {
+                let ping = format!("{}://{}/v2/", target.scheme, target.api_host);
+                let response = self
+                    .within_timeout(self.inner.http.get(&ping).send(), target, what)
+                    .await?;
+                let authorization = if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    let challenge = response.headers().get(header::WWW_AUTHENTICATE).cloned();
+                    drop(response);
+                    self.answer(target, challenge).await?
+                } else {
+                    Authorization::Anonymous
+                };
+                self.inner
+                    .authorizations
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(slot.clone(), authorization.clone());
+                authorization
+            }
+            None => Authorization::Anonymous,
+        };
         let mut challenged = false;
         loop {
             let mut request = self.inner.http.get(url).headers(headers.clone());
