@@ -1002,49 +1002,53 @@ fn index_entries_are_deduplicated_and_capped() {
 
 #[test]
 fn an_interrupted_create_removes_its_temporary_bundle() {
-    let dir = tempfile::tempdir().unwrap();
-    let host = &server().host;
-    let auth = authfile(dir.path(), host);
-    let child = Command::new(env!("CARGO_BIN_EXE_pinbundle"))
-        .arg("create")
-        .arg(image_ref("silent"))
-        .arg("-o")
-        .arg(dir.path().join("out.pinbundle"))
-        .arg("--cache-dir")
-        .arg(dir.path().join("cache"))
-        .args(["--insecure-registry", host, "--timeout", "30s"])
-        .arg("--authfile")
-        .arg(&auth)
-        .env("PINBUNDLE_NO_PROGRESS", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait until the temporary bundle exists, then interrupt.
-    let started = Instant::now();
-    let partial = || {
-        std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-    };
-    while !partial() && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
+    for (signal, code) in [
+        (rustix::process::Signal::INT, 130),
+        (rustix::process::Signal::TERM, 143),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let host = &server().host;
+        let auth = authfile(dir.path(), host);
+        let child = Command::new(env!("CARGO_BIN_EXE_pinbundle"))
+            .arg("create")
+            .arg(image_ref("silent"))
+            .arg("-o")
+            .arg(dir.path().join("out.pinbundle"))
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["--insecure-registry", host, "--timeout", "30s"])
+            .arg("--authfile")
+            .arg(&auth)
+            .env("PINBUNDLE_NO_PROGRESS", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the temporary bundle exists, then interrupt.
+        let started = Instant::now();
+        let partial = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        };
+        while !partial() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(partial(), "no temporary bundle appeared");
+        std::thread::sleep(Duration::from_millis(300));
+        rustix::process::kill_process(rustix::process::Pid::from_child(&child), signal).unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{signal:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !partial(),
+            "{signal:?}: the temporary bundle is still there"
+        );
     }
-    assert!(partial(), "no temporary bundle appeared");
-    std::thread::sleep(Duration::from_millis(300));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_child(&child),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
-    let o = child.wait_with_output().unwrap();
-    assert_eq!(
-        o.status.code(),
-        Some(130),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(!partial(), "the temporary bundle is still there");
 }
 
 #[test]
