@@ -24,12 +24,36 @@ use crate::bundle::format::{
     Totals, media,
 };
 use crate::bundle::{BundleWriter, Compression, VolumeWriter, WriterOptions};
+use crate::layer::Measured;
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
 use crate::registry::client::{ClientOptions, RawManifest, RegistryClient};
 use crate::sign::SigningKey;
+use crate::text::excerpt;
 use crate::verify::SignatureInfo;
+
+/// The largest image config accepted (as containers/image).
+pub const MAX_CONFIG: u64 = 4 << 20;
+/// The most manifest and index bytes one run holds in memory (all references together).
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+/// The most entries an index may list.
+pub const MAX_INDEX_ENTRIES: usize = 1024;
+/// A layer may expand to at most this many times its compressed size …
+pub const MAX_EXPANSION_RATIO: u64 = 1000;
+/// … or this many bytes, whichever is more, when its uncompressed size is measured.
+pub const MIN_EXPANSION_ALLOWED: u64 = 256 << 20;
+/// The longest measuring one layer may take.
+pub const MAX_MEASURE_TIME: std::time::Duration = std::time::Duration::from_secs(300);
+/// The longest line accepted in `--from-file`.
+pub const MAX_LINE: usize = 4096;
+/// The largest `--from-file` or `--pinned-image-set` file accepted.
+pub const MAX_INPUT_FILE: u64 = 16 << 20;
+/// A partial cache file this old is removed; one for a blob this run does not need, after
+/// [`STALE_UNNEEDED_PARTIAL`].
+pub const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// See [`STALE_PARTIAL`].
+pub const STALE_UNNEEDED_PARTIAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// An `os/architecture[/variant]` platform.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -44,8 +68,7 @@ impl std::str::FromStr for Platform {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok =
-            |p: &&str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+        let ok = |p: &&str| platform_component_ok(p);
         match parts.as_slice() {
             [os, arch] if ok(os) && ok(arch) => Ok(Platform {
                 os: os.to_string(),
@@ -58,11 +81,23 @@ impl std::str::FromStr for Platform {
                 variant: Some(v.to_string()),
             }),
             _ => Err(format!(
-                "invalid platform \"{s}\": expected OS/ARCH[/VARIANT], e.g. linux/arm64/v8"
+                "invalid platform \"{}\": expected OS/ARCH[/VARIANT], e.g. linux/arm64/v8",
+                excerpt(s, 100)
             )),
         }
     }
 }
+
+/// The grammar of one `--platform` component, which platforms from registries are held to
+/// as well before they enter `pinbundle.json`: 1 to 32 of `[A-Za-z0-9_]`.
+fn platform_component_ok(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= MAX_PLATFORM_COMPONENT
+        && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// The longest OS, architecture or variant accepted (real ones are under 10).
+const MAX_PLATFORM_COMPONENT: usize = 32;
 
 impl std::fmt::Display for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +110,37 @@ impl std::fmt::Display for Platform {
 }
 
 impl Platform {
+    /// A platform a registry declared (in an index or a config), held to the `--platform`
+    /// grammar; the error quotes it escaped and cut short.
+    pub fn from_peer(
+        os: &str,
+        architecture: &str,
+        variant: Option<&str>,
+    ) -> Result<Platform, String> {
+        let bad = |field: &str, value: &str| {
+            Err(format!(
+                "platform {field} \"{}\" is not 1 to {MAX_PLATFORM_COMPONENT} of [A-Za-z0-9_]",
+                excerpt(value, 40)
+            ))
+        };
+        if !platform_component_ok(os) {
+            return bad("os", os);
+        }
+        if !platform_component_ok(architecture) {
+            return bad("architecture", architecture);
+        }
+        if let Some(v) = variant
+            && !platform_component_ok(v)
+        {
+            return bad("variant", v);
+        }
+        Ok(Platform {
+            os: os.to_string(),
+            architecture: architecture.to_string(),
+            variant: variant.map(str::to_string),
+        })
+    }
+
     /// The default when none is asked for.
     pub fn linux_amd64() -> Platform {
         Platform {
@@ -114,6 +180,9 @@ pub struct CreateOptions {
     /// Write a delta of this base (a bundle or its exported index): layers it lists are
     /// neither fetched nor carried.
     pub base: Option<PathBuf>,
+    /// The most resolving one image may take (every manifest, token, retry and backoff),
+    /// and the most each blob's download may take with its retries.
+    pub image_timeout: std::time::Duration,
 }
 
 /// The summary of a `create` run (the `--json` document).
@@ -163,19 +232,54 @@ pub struct CreatedImage {
     pub size: u64,
 }
 
-/// Reads references from a file: one per line, `#` starts a comment.
+/// Reads references from a file: one per line, `#` starts a comment. A line longer than
+/// [`MAX_LINE`] or holding a control character is refused with a short, escaped excerpt;
+/// the file is read line by line, so a huge line costs no memory.
 pub fn read_reference_file(path: &Path) -> Result<Vec<Reference>> {
-    let text = fs_err::read_to_string(path)?;
+    use std::io::BufRead as _;
+    let (file, meta) = crate::input::open_regular(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > MAX_INPUT_FILE {
+        bail!(
+            "{} is {} bytes, more than the {MAX_INPUT_FILE} accepted for a list of references",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut reader = std::io::BufReader::new(file).take(MAX_INPUT_FILE);
     let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+    let mut buf = Vec::new();
+    for n in 1.. {
+        buf.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        let at = || format!("{}, line {n}", path.display());
+        let text = String::from_utf8_lossy(&buf);
+        if buf.len() > MAX_LINE && !buf.ends_with(b"\n") {
+            bail!(
+                "{}: longer than {MAX_LINE} bytes: \"{}\"",
+                at(),
+                excerpt(&text, 60)
+            );
+        }
+        let line = text.trim_end_matches(['\n', '\r']);
+        if line.chars().any(|c| c.is_control() && c != '\t') {
+            bail!(
+                "{}: holds a control character: \"{}\"",
+                at(),
+                excerpt(line, 60)
+            );
+        }
         let line = line.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        out.push(
-            line.parse()
-                .with_context(|| format!("{}, line {}", path.display(), n + 1))?,
-        );
+        out.push(line.parse().with_context(at)?);
     }
     Ok(out)
 }
@@ -198,18 +302,23 @@ pub fn read_pinned_image_set(path: &Path) -> Result<Vec<Reference>> {
     struct Item {
         name: String,
     }
-    let text = fs_err::read_to_string(path)?;
-    let doc: Doc = serde_saphyr::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a valid PinnedImageSet YAML document",
-            path.display()
+    let bytes = crate::input::read_regular(path, MAX_INPUT_FILE)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
+    // The parser's message may quote the file: escaped and cut short.
+    let doc: Doc = serde_saphyr::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not a valid PinnedImageSet YAML document: {}",
+            path.display(),
+            excerpt(&e.to_string(), 200)
         )
     })?;
     if doc.kind.as_deref() != Some("PinnedImageSet") {
         bail!(
-            "{} has kind {:?}, expected PinnedImageSet",
+            "{} has kind \"{}\", expected PinnedImageSet",
             path.display(),
-            doc.kind.unwrap_or_default()
+            excerpt(&doc.kind.unwrap_or_default(), 60)
         );
     }
     let items = doc.spec.map(|s| s.pinned_images).unwrap_or_default();
@@ -220,6 +329,13 @@ pub fn read_pinned_image_set(path: &Path) -> Result<Vec<Reference>> {
         .into_iter()
         .enumerate()
         .map(|(n, i)| {
+            if i.name.len() > MAX_LINE || i.name.chars().any(char::is_control) {
+                bail!(
+                    "{}: spec.pinnedImages[{n}].name \"{}\" is too long or holds a control character",
+                    path.display(),
+                    excerpt(&i.name, 60)
+                );
+            }
             i.name
                 .parse()
                 .with_context(|| format!("spec.pinnedImages[{n}].name in {}", path.display()))
@@ -373,6 +489,9 @@ fn write_blobs(
 /// Runs `create`.
 pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateReport> {
     let started = Instant::now();
+    // Temporary files of this run are those modified since (less the file system's
+    // timestamp granularity).
+    let started_at = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     if opts.references.is_empty() {
         bail!("no image references given (arguments, --from-file or --pinned-image-set)");
     }
@@ -407,6 +526,13 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // SIGINT/SIGTERM would end the process without running destructors: remove the
+    // temporary bundle (or volumes) first.
+    runtime.spawn(remove_partials_on_signal(
+        out_dir.clone(),
+        format!(".{file_name}."),
+        started_at,
+    ));
     let client =
         RegistryClient::new(opts.client.clone()).context("setting up the registry client")?;
 
@@ -423,11 +549,29 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     } else {
         opts.platforms.clone()
     };
+    // A few at a time, so N references cost N × (at most) 4 MiB only in what is kept.
+    let held = AtomicU64::new(0);
     let resolved: Vec<Resolved> = runtime.block_on(async {
-        let futs = refs
-            .iter()
-            .map(|r| resolve(&client, r, &platforms, opts.all_platforms));
-        futures_util::future::try_join_all(futs).await
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        futures_util::stream::iter(refs.iter().map(|r| {
+            let (client, platforms, held) = (&client, &platforms, &held);
+            async move {
+                tokio::time::timeout(
+                    opts.image_timeout,
+                    resolve(client, r, platforms, opts.all_platforms, held),
+                )
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "resolving {r} took longer than --image-timeout ({} s)",
+                        opts.image_timeout.as_secs_f64()
+                    )
+                })?
+            }
+        }))
+        .buffered(opts.jobs.clamp(1, 8))
+        .try_collect()
+        .await
     })?;
 
     // 2. Plan.
@@ -467,6 +611,13 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
             for (d, kind) in descs {
                 let digest = manifest::digest_of(d, &what)?;
                 let size = d.size();
+                // The config is read into memory (for its platform): bounded before it is
+                // fetched.
+                if kind == BlobKind::Config && size > MAX_CONFIG {
+                    bail!(
+                        "{what}: config {digest} is declared with {size} bytes, more than the {MAX_CONFIG} accepted"
+                    );
+                }
                 if let Some(existing) = blobs.get(&digest) {
                     if existing.entry.size != size {
                         bail!(
@@ -512,6 +663,11 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     //    the head is written first with zeros for the unknown sizes, stored (not
     //    compressed) and padded so the final one has the same length, and rewritten in place
     //    at the end.
+    let needed: std::collections::HashSet<String> = blobs
+        .keys()
+        .map(|d| format!("{}.partial", d.hex()))
+        .collect();
+    sweep_partials(&blob_dir, &needed);
     let is_cached: BTreeMap<&Digest, bool> = blobs
         .values()
         .filter(fetched)
@@ -556,20 +712,34 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                     fetched_bytes.fetch_add(n, Ordering::Relaxed);
                     reporter.advance(n);
                 };
-                client
-                    .fetch_blob(&b.source, &b.entry.digest, b.entry.size, &dest, &progress)
-                    .await
-                    .with_context(|| format!("fetching blob {} of {}", b.entry.digest, b.source))?;
+                let what = || format!("fetching blob {} of {}", b.entry.digest, b.source);
+                tokio::time::timeout(
+                    opts.image_timeout,
+                    client.fetch_blob(&b.source, &b.entry.digest, b.entry.size, &dest, &progress),
+                )
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "took longer than --image-timeout ({} s)",
+                        opts.image_timeout.as_secs_f64()
+                    )
+                })
+                .with_context(what)?
+                .with_context(what)?;
                 ready.mark(&b.entry.digest);
             }
             if b.entry.kind != BlobKind::Layer {
                 return Ok(None);
             }
             let _permit = cpu.acquire().await.context("worker queue closed")?;
-            let (cache_dir, blob_dir, entry) =
-                (opts.cache_dir.clone(), blob_dir.clone(), b.entry.clone());
+            let (cache_dir, blob_dir, entry, source) = (
+                opts.cache_dir.clone(),
+                blob_dir.clone(),
+                b.entry.clone(),
+                b.source.clone(),
+            );
             let n = tokio::task::spawn_blocking(move || {
-                uncompressed_size(&cache_dir, &blob_dir, &entry)
+                uncompressed_size(&cache_dir, &blob_dir, &entry, &source)
             })
             .await
             .context("measuring a layer")??;
@@ -597,8 +767,12 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         for (m, p, parsed) in &r.instances {
             if p.is_none() {
                 let d = manifest::digest_of(parsed.config(), "config")?;
-                let bytes = fs_err::read(blob_dir.join(d.hex()))?;
-                config_platforms.insert(m.digest.clone(), platform_of_config(&bytes, &d)?);
+                let path = blob_dir.join(d.hex());
+                let bytes = crate::input::read_regular(&path, MAX_CONFIG)
+                    .with_context(|| format!("reading config {d} from {}", path.display()))?;
+                let platform = platform_of_config(&bytes, &d)
+                    .with_context(|| format!("{} (manifest {})", r.reference, m.digest))?;
+                config_platforms.insert(m.digest.clone(), platform);
             }
         }
     }
@@ -766,8 +940,6 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         (Err(e), _) => return Err(e),
         (Ok(_), Err(w)) => return Err(w),
     }
-    drop(runtime);
-
     // The final head, in the room the provisional one took.
     let head = head_of(&blobs)?;
     if head.index_json != provisional.index_json {
@@ -875,6 +1047,73 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     })
 }
 
+/// On SIGINT or SIGTERM, remove this run's temporary output files (`<dir>/<prefix>….partial`
+/// modified since `since`), then exit 130 or 143 as the shell would.
+async fn remove_partials_on_signal(dir: PathBuf, prefix: String, since: std::time::SystemTime) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    let code = tokio::select! {
+        _ = int.recv() => 130,
+        _ = term.recv() => 143,
+    };
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ours = name.starts_with(&prefix)
+                && name.ends_with(".partial")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|m| m >= since);
+            if ours {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        b"interrupted: removed the temporary bundle\n",
+    );
+    std::process::exit(code);
+}
+
+/// Remove partial downloads nobody will resume: older than [`STALE_PARTIAL`], or older
+/// than [`STALE_UNNEEDED_PARTIAL`] and not one of `needed`. One locked by a running fetch
+/// is left alone.
+fn sweep_partials(blob_dir: &Path, needed: &std::collections::HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(blob_dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".partial") {
+            continue;
+        }
+        let age = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        let stale =
+            age > STALE_PARTIAL || (age > STALE_UNNEEDED_PARTIAL && !needed.contains(&name));
+        if !stale {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(e.path()) else {
+            continue;
+        };
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// The signed comment: what a reader sees in `minisign -V` and `inspect`, authenticated with
 /// the signature. One line, from the manifest only (so signing stays deterministic).
 fn trusted_comment(bm: &BundleManifest, manifest_bytes: &[u8]) -> String {
@@ -887,25 +1126,42 @@ fn trusted_comment(bm: &BundleManifest, manifest_bytes: &[u8]) -> String {
     )
 }
 
+/// Counts `m` into the manifest bytes the run holds, refusing past [`MAX_MANIFEST_BYTES`].
+fn hold(held: &AtomicU64, m: &RawManifest, what: &str) -> Result<()> {
+    let total = held.fetch_add(m.bytes.len() as u64, Ordering::Relaxed) + m.bytes.len() as u64;
+    if total > MAX_MANIFEST_BYTES {
+        bail!("{what}: the manifests of this run add up to more than {MAX_MANIFEST_BYTES} bytes");
+    }
+    Ok(())
+}
+
 /// Resolves one reference to its manifests.
 async fn resolve(
     client: &RegistryClient,
     reference: &Reference,
     platforms: &[Platform],
     all_platforms: bool,
+    held: &AtomicU64,
 ) -> Result<Resolved> {
     let root = client
         .get_manifest(reference)
         .await
         .with_context(|| format!("resolving {reference}"))?;
     let what = format!("{reference} (manifest {})", root.digest);
+    hold(held, &root, &what)?;
     let instances = match manifest::parse(&root.bytes, &root.media_type, &what)? {
         Parsed::Image(m) => {
             manifest::check_image_media_types(&m, &what)?;
             vec![(root.clone(), None, *m)]
         }
         Parsed::Index(index) => {
-            let mut chosen = Vec::new();
+            if index.manifests().len() > MAX_INDEX_ENTRIES {
+                bail!(
+                    "{what} is an index of {} entries, more than the {MAX_INDEX_ENTRIES} accepted",
+                    index.manifests().len()
+                );
+            }
+            let mut chosen: Vec<(Digest, Platform)> = Vec::new();
             let mut available = Vec::new();
             for d in index.manifests() {
                 let Some(p) = d.platform() else { continue };
@@ -918,19 +1174,29 @@ async fn resolve(
                 if os == "unknown" || arch == "unknown" {
                     continue;
                 }
-                let plat = Platform {
-                    os,
-                    architecture: arch,
-                    variant,
+                let shown = match &variant {
+                    Some(v) => format!("{os}/{arch}/{v}"),
+                    None => format!("{os}/{arch}"),
                 };
-                available.push(plat.to_string());
                 let wanted = all_platforms
                     || platforms
                         .iter()
-                        .any(|w| w.matches(&plat.os, &plat.architecture, plat.variant.as_deref()));
-                if wanted {
-                    chosen.push((manifest::digest_of(d, &what)?, plat));
+                        .any(|w| w.matches(&os, &arch, variant.as_deref()));
+                if available.len() < 64 {
+                    available.push(excerpt(&shown, 60));
                 }
+                if !wanted {
+                    continue;
+                }
+                let digest = manifest::digest_of(d, &what)?;
+                // The same manifest listed twice is fetched and recorded once.
+                if chosen.iter().any(|(c, _)| *c == digest) {
+                    continue;
+                }
+                // What enters pinbundle.json is held to the --platform grammar.
+                let plat = Platform::from_peer(&os, &arch, variant.as_deref())
+                    .map_err(|why| anyhow::anyhow!("{what}: entry {digest}: {why}"))?;
+                chosen.push((digest, plat));
             }
             if chosen.is_empty() {
                 let wanted: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
@@ -949,6 +1215,7 @@ async fn resolve(
                         format!("fetching the {plat} manifest {digest} of {reference}")
                     })?;
                 let child_what = format!("{reference} ({plat} manifest {digest})");
+                hold(held, &child, &child_what)?;
                 match manifest::parse(&child.bytes, &child.media_type, &child_what)? {
                     Parsed::Image(m) => {
                         manifest::check_image_media_types(&m, &child_what)?;
@@ -982,49 +1249,66 @@ fn cached(blob_dir: &Path, b: &BlobEntry) -> bool {
     std::fs::metadata(blob_dir.join(b.digest.hex())).is_ok_and(|m| m.len() == b.size)
 }
 
+/// The most bytes layer `b` may expand to: [`MAX_EXPANSION_RATIO`] times its size, at
+/// least [`MIN_EXPANSION_ALLOWED`].
+fn expansion_limit(b: &BlobEntry) -> u64 {
+    b.size
+        .saturating_mul(MAX_EXPANSION_RATIO)
+        .max(MIN_EXPANSION_ALLOWED)
+}
+
 /// The size of a layer's uncompressed tar stream, remembered in `<cache>/meta/<hex>.size`.
-fn uncompressed_size(cache_dir: &Path, blob_dir: &Path, b: &BlobEntry) -> Result<u64> {
+/// Measuring stops, and the layer is refused, past [`expansion_limit`] bytes or
+/// [`MAX_MEASURE_TIME`]: a decompression bomb must cost neither minutes nor a false
+/// "64 GiB" in the signed manifest.
+fn uncompressed_size(
+    cache_dir: &Path,
+    blob_dir: &Path,
+    b: &BlobEntry,
+    source: &Reference,
+) -> Result<u64> {
     let meta = cache_dir.join("meta");
     let memo = meta.join(format!("{}.size", b.digest.hex()));
-    if let Some(n) = std::fs::read_to_string(&memo)
+    let limit = expansion_limit(b);
+    if let Some(n) = crate::input::read_regular(&memo, 64)
         .ok()
+        .and_then(|s| String::from_utf8(s).ok())
         .and_then(|s| s.trim().parse().ok())
+        .filter(|n| *n <= limit)
     {
         return Ok(n);
     }
     let path = blob_dir.join(b.digest.hex());
     let f = std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(&path)?);
-    let what = || format!("decompressing layer {} ({})", b.digest, b.media_type);
-    let n = match media::layer_compression(&b.media_type) {
-        Some(media::LayerCompression::Gzip) => {
-            count_bytes(flate2::bufread::MultiGzDecoder::new(f)).with_context(what)?
-        }
-        Some(media::LayerCompression::Zstd) => {
-            count_bytes(zstd::stream::read::Decoder::with_buffer(f).with_context(what)?)
-                .with_context(what)?
-        }
-        _ => b.size,
+    let what = || {
+        format!(
+            "decompressing layer {} of {source} ({})",
+            b.digest, b.media_type
+        )
+    };
+    let deadline = Instant::now() + MAX_MEASURE_TIME;
+    let compression = match media::layer_compression(&b.media_type) {
+        Some(c @ (media::LayerCompression::Gzip | media::LayerCompression::Zstd)) => c,
+        _ => return Ok(b.size),
+    };
+    let n = match crate::layer::measure(f, compression, limit, Some(deadline)).with_context(what)? {
+        Measured::Exactly(n) => n,
+        Measured::Exceeds(_) => bail!(
+            "layer {} of {source} expands to more than {limit} bytes ({MAX_EXPANSION_RATIO} times its {} compressed bytes, or {MIN_EXPANSION_ALLOWED}); refusing it as a decompression bomb",
+            b.digest,
+            b.size
+        ),
+        Measured::TooSlow(n) => bail!(
+            "layer {} of {source} took more than {} s to decompress ({n} bytes so far); refusing it",
+            b.digest,
+            MAX_MEASURE_TIME.as_secs()
+        ),
     };
     fs_err::create_dir_all(&meta)?;
     let tmp = meta.join(format!(".{}.size.tmp", b.digest.hex()));
     fs_err::write(&tmp, n.to_string())?;
     fs_err::rename(&tmp, &memo)?;
     Ok(n)
-}
-
-/// How many bytes `r` yields, read in large pieces (a small buffer costs a call into the
-/// decoder per 8 KiB).
-fn count_bytes(mut r: impl Read) -> std::io::Result<u64> {
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return Ok(n),
-            Ok(k) => n += k as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 fn platform_of_config(bytes: &[u8], digest: &Digest) -> Result<Platform> {
@@ -1034,13 +1318,20 @@ fn platform_of_config(bytes: &[u8], digest: &Digest) -> Result<Platform> {
         architecture: Option<String>,
         variant: Option<String>,
     }
-    let c: Config = serde_json::from_slice(bytes)
-        .with_context(|| format!("config {digest} is not valid JSON"))?;
-    Ok(Platform {
-        os: c.os.unwrap_or_else(|| "unknown".into()),
-        architecture: c.architecture.unwrap_or_else(|| "unknown".into()),
-        variant: c.variant,
-    })
+    // serde's message would quote the registry's text; say only where it broke.
+    let c: Config = serde_json::from_slice(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "config {digest} is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    Platform::from_peer(
+        c.os.as_deref().unwrap_or("unknown"),
+        c.architecture.as_deref().unwrap_or("unknown"),
+        c.variant.as_deref(),
+    )
+    .map_err(|why| anyhow::anyhow!("config {digest}: {why}"))
 }
 
 fn image_entry(

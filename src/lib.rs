@@ -7,6 +7,7 @@
 //!   server used by `load`.
 //! - [`sign`] reads minisign keys, signs `pinbundle.json` and checks signatures.
 //! - [`delta`] holds what delta bundles need: bases, identities, load planning, `diff`.
+//! - [`input`] reads small files a person names: regular files only, with a cap.
 //! - [`text`] escapes text from bundles and registries before a person sees it.
 //! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
 //!   signals CRI-O or writes under `/etc`.
@@ -14,6 +15,7 @@
 pub mod bundle;
 pub mod create;
 pub mod delta;
+pub mod input;
 pub mod layer;
 pub mod load;
 pub mod manifest;

@@ -167,6 +167,23 @@ struct CreateArgs {
     /// from the node's store or from the base bundle.
     #[arg(long, value_name = "BUNDLE|INDEX")]
     base: Option<PathBuf>,
+    /// The longest one registry request may take to answer with its headers; also the longest
+    /// a manifest, token or error body may take to arrive whole and the longest a blob body
+    /// may pause (`30`, `30s`, `2m`).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    timeout: std::time::Duration,
+    /// The slowest a blob may arrive (bytes per second, `1K`, `64K`), measured over each
+    /// --timeout: a registry that trickles is abandoned (and retried).
+    #[arg(long, value_name = "RATE", default_value = "1K", value_parser = parse_rate)]
+    min_rate: u64,
+    /// The most one image may take: resolving it (every manifest, token, retry and backoff),
+    /// and each blob's download with its retries.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    image_timeout: std::time::Duration,
+    /// How many times a registry request that may succeed later (a connection failure,
+    /// timeout, cut or slow body, 408, 429, 5xx) is retried.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    retries: u32,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -311,6 +328,41 @@ fn main() -> ExitCode {
     }
 }
 
+/// `30`, `30s`, `500ms`, `2m`, `1h`.
+fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration \"{s}\": expected e.g. 30s, 500ms, 2m or 1h");
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !(secs > 0.0 && secs < 1e7) {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// Bytes per second: `1024`, `1K`, `2M` (binary multiples).
+fn parse_rate(s: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("invalid rate \"{s}\": expected bytes per second, e.g. 1K or 64K");
+    let (number, shift) = match s.strip_suffix(['K', 'k']) {
+        Some(n) => (n, 10),
+        None => match s.strip_suffix(['M', 'm']) {
+            Some(n) => (n, 20),
+            None => (s, 0),
+        },
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
 fn parse_volume_size(s: &str) -> std::result::Result<u64, String> {
     pinbundle::bundle::volumes::parse_volume_size(s)
 }
@@ -386,8 +438,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// terminal (twice when `confirm`); `None` when there is no source (stdin not a terminal).
 fn key_password(file: Option<&Path>, prompt: &str, confirm: bool) -> Result<Option<String>> {
     if let Some(f) = file {
-        let text = fs_err::read_to_string(f)?;
-        let line = text.lines().next().unwrap_or("").to_string();
+        let (line, shared) = sign::read_password_file(f)?;
+        if let Some(mode) = shared {
+            eprintln!(
+                "warning: the password file {} can be read by group or others (mode {mode:04o}); chmod 600 it",
+                f.display()
+            );
+        }
         if line.is_empty() {
             anyhow::bail!("the password file {} is empty", f.display());
         }
@@ -457,6 +514,12 @@ fn cmd_keygen(a: KeygenArgs) -> Result<ExitCode> {
 /// fast).
 fn signing_key(path: &Path, password_file: Option<&Path>) -> Result<sign::SigningKey> {
     let file = sign::SecretKeyFile::read(path)?;
+    if let Some(mode) = file.shared_mode() {
+        eprintln!(
+            "warning: the secret key {} can be read by group or others (mode {mode:04o}); chmod 600 it",
+            path.display()
+        );
+    }
     let password = if file.is_encrypted() {
         key_password(
             password_file,
@@ -510,8 +573,12 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
             insecure_registries: a.insecure_registry,
             ca_files: a.ca_file,
             authfile: a.authfile,
+            retries: a.retries,
+            request_timeout: a.timeout,
+            min_rate: a.min_rate,
             ..ClientOptions::default()
         },
+        image_timeout: a.image_timeout,
         cache_dir,
         jobs,
         level: a.level,
@@ -1178,6 +1245,46 @@ mod tests {
         assert_eq!(c.base, Some(PathBuf::from("i.json")));
         assert!(Cli::try_parse_from(["pinbundle", "diff", "old"]).is_err());
         assert!(Cli::try_parse_from(["pinbundle", "index-export", "b.pb"]).is_err());
+    }
+
+    #[test]
+    fn parses_deadline_flags() {
+        use std::time::Duration;
+        let cli = Cli::try_parse_from([
+            "pinbundle",
+            "create",
+            "a:1",
+            "-o",
+            "x",
+            "--timeout",
+            "500ms",
+            "--min-rate",
+            "64K",
+            "--image-timeout",
+            "2m",
+            "--retries",
+            "0",
+        ])
+        .unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.timeout, Duration::from_millis(500));
+        assert_eq!(c.min_rate, 64 << 10);
+        assert_eq!(c.image_timeout, Duration::from_secs(120));
+        assert_eq!(c.retries, 0);
+        let cli = Cli::try_parse_from(["pinbundle", "create", "a:1", "-o", "x"]).unwrap();
+        let Command::Create(c) = cli.command else {
+            panic!("not create")
+        };
+        assert_eq!(c.timeout, Duration::from_secs(60));
+        assert_eq!(c.min_rate, 1024);
+        assert_eq!(c.image_timeout, Duration::from_secs(3600));
+        for bad in ["0", "-1s", "1d", "x", ""] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert!(parse_rate("1G").is_err());
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Reading image manifests and indexes from their raw bytes (which are never re-serialised).
+//! Text from them reaches error messages only escaped and cut short.
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
 use crate::bundle::format::media;
 use crate::reference::Digest;
+use crate::text::excerpt;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -74,7 +76,7 @@ pub fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<Parsed, Error
         let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
             what: what.to_string(),
             kind: "image index",
-            detail: e.to_string(),
+            detail: excerpt(&e.to_string(), 200),
         })?;
         return Ok(Parsed::Index(Box::new(index)));
     }
@@ -82,13 +84,13 @@ pub fn parse(bytes: &[u8], media_type: &str, what: &str) -> Result<Parsed, Error
         let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| Error::Invalid {
             what: what.to_string(),
             kind: "image manifest",
-            detail: e.to_string(),
+            detail: excerpt(&e.to_string(), 200),
         })?;
         return Ok(Parsed::Image(Box::new(m)));
     }
     Err(Error::UnsupportedMediaType {
         what: what.to_string(),
-        media_type: media_type.to_string(),
+        media_type: excerpt(media_type, 100),
     })
 }
 
@@ -100,7 +102,7 @@ pub fn digest_of(d: &Descriptor, what: &str) -> Result<Digest, Error> {
         .map_err(|e: crate::reference::ParseError| Error::Invalid {
             what: what.to_string(),
             kind: "descriptor",
-            detail: e.to_string(),
+            detail: excerpt(&e.to_string(), 200),
         })
 }
 
@@ -115,15 +117,15 @@ pub fn check_image_media_types(m: &ImageManifest, what: &str) -> Result<(), Erro
     if config != media::OCI_CONFIG && config != media::DOCKER_CONFIG {
         return Err(Error::UnsupportedMediaType {
             what: format!("the config of {what}"),
-            media_type: config,
+            media_type: excerpt(&config, 100),
         });
     }
     for l in m.layers() {
         let mt = media_type_str(l);
         if media::layer_compression(&mt).is_none() {
             return Err(Error::UnsupportedMediaType {
-                what: format!("layer {} of {what}", l.digest()),
-                media_type: mt,
+                what: format!("layer {} of {what}", excerpt(l.digest().as_ref(), 80)),
+                media_type: excerpt(&mt, 100),
             });
         }
     }

@@ -185,17 +185,32 @@ pub fn read_trusted(files: &[PathBuf], dir: Option<&Path>) -> Result<Vec<Trusted
 }
 
 fn read_small(path: &Path) -> Result<String, Error> {
+    read_small_with(path).map(|(text, _)| text)
+}
+
+/// A key or password file: a regular file (a FIFO or device is refused, never waited on or
+/// read forever) of at most [`MAX_KEY_FILE_LEN`] bytes, with its metadata.
+fn read_small_with(path: &Path) -> Result<(String, std::fs::Metadata), Error> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > MAX_KEY_FILE_LEN {
-        return Err(io(std::io::Error::other(format!(
-            "{len} bytes is too large for a key file"
-        ))));
-    }
-    std::fs::read_to_string(path).map_err(io)
+    let (bytes, meta) = crate::input::read_regular_with(path, MAX_KEY_FILE_LEN).map_err(io)?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text",
+        ))
+    })?;
+    Ok((text, meta))
+}
+
+/// The first line of a password file (read as [`read_small_with`] reads key files), and its
+/// mode when group or others may read it.
+pub fn read_password_file(path: &Path) -> Result<(String, Option<u32>), Error> {
+    let (text, meta) = read_small_with(path)?;
+    let line = text.lines().next().unwrap_or("").to_string();
+    Ok((line, crate::input::shared_read_bits(&meta)))
 }
 
 /// A secret key file as read, before any password is applied.
@@ -206,6 +221,8 @@ pub struct SecretKeyFile {
     /// The decoded key line (secret material only when not encrypted).
     raw: Vec<u8>,
     encrypted: bool,
+    /// The file's mode, when group or others may read it.
+    shared_mode: Option<u32>,
 }
 
 impl fmt::Debug for SecretKeyFile {
@@ -220,7 +237,7 @@ impl fmt::Debug for SecretKeyFile {
 impl SecretKeyFile {
     /// Reads a minisign secret key file (made by `pinbundle keygen` or `minisign -G`).
     pub fn read(path: &Path) -> Result<SecretKeyFile, Error> {
-        let text = read_small(path)?;
+        let (text, meta) = read_small_with(path)?;
         let bad = |detail: &str| Error::BadSecretKey {
             path: path.to_path_buf(),
             detail: detail.into(),
@@ -245,11 +262,18 @@ impl SecretKeyFile {
             text,
             raw: bytes,
             encrypted,
+            shared_mode: crate::input::shared_read_bits(&meta),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's mode when group or others may read it (the caller warns: a secret key
+    /// should be 0600).
+    pub fn shared_mode(&self) -> Option<u32> {
+        self.shared_mode
     }
 
     /// Whether the key needs a password.

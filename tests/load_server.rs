@@ -189,6 +189,7 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
         source_date_epoch: Some(0),
         sign_key: None,
         base: None,
+        image_timeout: std::time::Duration::from_secs(600),
     };
     pinbundle::create::create(&opts, &Silent).expect("create the bundle");
     let b = Bundle::open(&bundle).expect("open the bundle");

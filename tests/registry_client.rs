@@ -71,7 +71,7 @@ impl Registry {
             backoff_base: Duration::from_millis(10),
             backoff_max: Duration::from_millis(50),
             connect_timeout: Duration::from_secs(5),
-            read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
             ..ClientOptions::default()
         }
     }
@@ -533,7 +533,7 @@ fn fake_client(host: &str) -> (RegistryClient, tempfile::TempDir) {
         backoff_base: Duration::from_millis(5),
         backoff_max: Duration::from_millis(20),
         connect_timeout: Duration::from_secs(2),
-        read_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
         ..ClientOptions::default()
     })
     .expect("client");

@@ -236,7 +236,7 @@ impl SpaceCheck<'_> {
                     .unwrap_or(media::LayerCompression::None);
                 let limit = b.uncompressed_size.unwrap_or(free);
                 let r = std::io::BufReader::with_capacity(1 << 20, set.open_blob(loc, 0));
-                let n = match layer::measure(r, compression, limit).map_err(unmeasurable)? {
+                let n = match layer::measure(r, compression, limit, None).map_err(unmeasurable)? {
                     Measured::Exactly(n) => n,
                     Measured::Exceeds(_) if b.uncompressed_size.is_some() => {
                         return Err(SpaceError::Understated {
@@ -245,7 +245,7 @@ impl SpaceCheck<'_> {
                         });
                     }
                     // Larger than all the free space there is.
-                    Measured::Exceeds(n) => n.saturating_add(1),
+                    Measured::Exceeds(n) | Measured::TooSlow(n) => n.saturating_add(1),
                 };
                 reporter.advance(b.size);
                 out.lock()

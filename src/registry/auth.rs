@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use serde::Deserialize;
 
+/// The largest auth file read (an OpenShift pull secret is a few KiB).
+const MAX_AUTH_FILE: u64 = 4 << 20;
+
 /// Why an auth file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -33,14 +36,19 @@ pub enum AuthError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot parse auth file {path}")]
+    /// Only the place: serde's own message quotes the offending value, which may be a
+    /// base64 `user:password` of any entry.
+    #[error("cannot parse auth file {path}: {kind} at line {line}, column {column}")]
     Parse {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        /// "invalid JSON", "unexpected value", "unexpected end of file".
+        kind: &'static str,
+        line: usize,
+        column: usize,
     },
     #[error(
-        "auth file {path}: entry \"{key}\" has an \"auth\" field that is not base64 of \"user:password\""
+        "auth file {path}: entry \"{}\" has an \"auth\" field that is not base64 of \"user:password\"",
+        crate::text::excerpt(key, 100)
     )]
     BadAuthField { path: PathBuf, key: String },
 }
@@ -185,17 +193,26 @@ fn normalise_key(key: &str) -> String {
 impl AuthFile {
     /// Parse the auth file at `path`.
     pub fn load(path: &Path) -> Result<AuthFile, AuthError> {
-        let text = std::fs::read(path).map_err(|source| AuthError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::input::read_regular(path, MAX_AUTH_FILE).map_err(|source| AuthError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Self::parse(path, &text)
     }
 
     fn parse(path: &Path, text: &[u8]) -> Result<AuthFile, AuthError> {
-        let raw: RawFile = serde_json::from_slice(text).map_err(|source| AuthError::Parse {
+        let raw: RawFile = serde_json::from_slice(text).map_err(|e| AuthError::Parse {
             path: path.to_path_buf(),
-            source,
+            kind: match e.classify() {
+                serde_json::error::Category::Syntax => "invalid JSON",
+                serde_json::error::Category::Eof => "unexpected end of file",
+                serde_json::error::Category::Data | serde_json::error::Category::Io => {
+                    "unexpected value"
+                }
+            },
+            line: e.line(),
+            column: e.column(),
         })?;
         let mut auths = BTreeMap::new();
         for (key, entry) in raw.auths {
@@ -324,7 +341,7 @@ pub fn candidates(
 /// anonymously).
 pub fn discover(candidates: &[(PathBuf, bool)]) -> Result<Option<AuthFile>, AuthError> {
     for (path, required) in candidates {
-        match std::fs::read(path) {
+        match crate::input::read_regular(path, MAX_AUTH_FILE) {
             Ok(text) => return AuthFile::parse(path, &text).map(Some),
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(source) => {
@@ -531,6 +548,37 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn parse_errors_never_quote_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = b64("alice:s3cret-pass");
+        for text in [
+            format!(
+                r#"{{"auths": {{"a.io": {{"auth": "{secret}"}}, "b.io": {{"auth": ["{secret}"]}}}}}}"#
+            ),
+            format!(r#"{{"auths": {{"a.io": "{secret}"}}}}"#),
+            format!(r#"{{"auths": {{"a.io": {{"auth": "{secret}""#),
+            format!(r#"{{"auths": {{"a.io": {{"auth": {secret}}}}}}}"#),
+        ] {
+            let path = write(dir.path(), "auth.json", &text);
+            let err = AuthFile::load(&path).unwrap_err();
+            let mut shown = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(s) = source {
+                shown.push_str(&s.to_string());
+                source = s.source();
+            }
+            assert!(
+                shown.contains("auth.json") && shown.contains("line 1"),
+                "{shown}"
+            );
+            assert!(
+                !shown.contains(&secret) && !shown.contains("s3cret"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

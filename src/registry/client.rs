@@ -1,11 +1,18 @@
 //! The registry client `create` uses: resolve references to manifests and fetch blobs into a
 //! content-addressed cache, verifying every byte against its digest.
 //!
-//! Built on [`oci_client`], which handles the `/v2/` challenge, bearer-token exchange and
-//! basic auth. This module adds what pinbundle needs on top: credentials from auth files
-//! ([`super::auth`]), exact manifest bytes with their media type, bounded retries with
-//! backoff, resumable blob downloads with `Range`, and typed errors that name the reference
-//! and registry and never print credentials or signed-URL query strings.
+//! Speaks the distribution API with [`reqwest`] directly: the `/v2/` bearer-token exchange
+//! and basic auth, exact manifest bytes with their media type, bounded retries with backoff,
+//! resumable blob downloads with `Range`, and typed errors that name the reference and
+//! registry and never print credentials, tokens or signed-URL query strings.
+//!
+//! A registry, its token server and whatever they redirect to are peers, not trusted: every
+//! body a peer sizes is read with a cap ([`MAX_MANIFEST`], [`MAX_TOKEN_RESPONSE`],
+//! [`MAX_ERROR_BODY`]; a `Content-Length` above it is refused before reading), every request
+//! has a deadline and every blob body a minimum rate ([`ClientOptions`]), a token or header a
+//! peer sent is checked before it becomes a header value (never a panic), and text a peer
+//! wrote reaches an error message only escaped and cut short ([`crate::text::excerpt`]).
+//! (oci-client, used before, read all of these whole and unwrapped tokens into headers.)
 //!
 //! It does not parse manifests beyond recognising their media type, and it does not choose
 //! platforms: callers walk indexes with [`RegistryClient::get_manifest_by_digest`].
@@ -13,24 +20,33 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt as _;
-use oci_client::client::{
-    BlobResponse, Certificate, CertificateEncoding, ClientConfig, ClientProtocol,
-};
-use oci_client::errors::{DigestError, OciDistributionError, OciErrorCode};
-use oci_client::manifest::OciDescriptor;
-use oci_client::secrets::RegistryAuth;
+use base64::Engine as _;
 use rand::Rng as _;
+use reqwest::header::{self, HeaderMap, HeaderValue};
 use sha2::Digest as _;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+
+use super::auth::{self, AuthError, AuthFile, Credential, Lookup};
+use crate::reference::{DOCKER_HUB, Digest, Reference};
+use crate::text::excerpt;
 
 /// How many bytes of a blob are gathered before each write to the cache file.
 const WRITE_BATCH: usize = 1 << 20;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
-use super::auth::{self, AuthError, AuthFile, Lookup};
-use crate::reference::{DOCKER_HUB, Digest, Reference};
+/// The largest manifest or index accepted (containers/image's limit).
+pub const MAX_MANIFEST: u64 = 4 << 20;
+/// The largest token-server response accepted.
+pub const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
+/// The most of an error body read (for its message); a longer one is not read at all.
+pub const MAX_ERROR_BODY: u64 = 1 << 20;
+/// The longest bearer token sent back (real ones are a few KiB).
+const MAX_TOKEN_LEN: usize = 64 << 10;
+/// How much of a peer's text an error message quotes.
+const SHOWN: usize = 200;
+/// How many redirects a request follows.
+const MAX_REDIRECTS: usize = 5;
 
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -58,7 +74,8 @@ const ACCEPT: &[&str] = &[
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// Everything that can go wrong talking to a registry. Messages name the reference and the
-/// registry; URLs are shown without credentials or query strings.
+/// registry; URLs are shown without credentials or query strings, and text the registry
+/// wrote is escaped and cut short.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -103,6 +120,32 @@ pub enum Error {
         expected: u64,
         found: u64,
     },
+    #[error("{what} from {registry} is larger than the {limit} bytes accepted{}",
+        found.map(|n| format!(" (Content-Length {n})")).unwrap_or_default())]
+    TooLarge {
+        registry: String,
+        what: String,
+        limit: u64,
+        /// The declared length, when the peer declared one.
+        found: Option<u64>,
+    },
+    #[error("{registry} sent an unusable {what} for {reference}: {reason}")]
+    BadPeerData {
+        registry: String,
+        reference: String,
+        /// What it was: "bearer token", "WWW-Authenticate challenge", "token realm", …
+        what: &'static str,
+        /// Why it was refused (never the value of a token).
+        reason: String,
+    },
+    #[error(
+        "{registry} (HTTPS) names the plain-HTTP token server {realm} for {reference}; credentials are not sent there unless {registry} is given with --insecure-registry"
+    )]
+    InsecureRealm {
+        registry: String,
+        reference: String,
+        realm: String,
+    },
     #[error(
         "{reference}: schema 1 manifests are deprecated and not supported; re-push the image with a current client"
     )]
@@ -110,25 +153,29 @@ pub enum Error {
     #[error("{reference}: unsupported manifest media type \"{media_type}\"")]
     UnsupportedMediaType {
         reference: String,
+        /// Escaped and cut short.
         media_type: String,
     },
-    #[error("{reference}: the registry returned a manifest that is not valid JSON")]
+    #[error("{reference}: the registry returned a manifest that is not valid JSON ({detail})")]
     InvalidManifest {
         reference: String,
-        #[source]
-        source: serde_json::Error,
+        /// Where the JSON broke (line, column, kind), never the registry's text.
+        detail: String,
     },
-    #[error("HTTP {status} from {url} for {reference}")]
+    #[error("HTTP {status} from {url} for {reference}{}", detail_suffix(detail))]
     Http {
         status: u16,
         /// Redacted: no credentials, no query string.
         url: String,
         reference: String,
+        /// The registry's error message, escaped and cut short ("" when none).
+        detail: String,
     },
     #[error("{registry} returned an error for {reference}: {detail}")]
     Registry {
         registry: String,
         reference: String,
+        /// Escaped and cut short.
         detail: String,
     },
     #[error("i/o error on {path}")]
@@ -148,10 +195,23 @@ pub enum Error {
     Auth(#[from] AuthError),
 }
 
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
+}
+
 /// A boxed error source (already stripped of URLs).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// How [`RegistryClient`] connects.
+/// A deadline or rate a peer did not keep (the source of a [`Error::Network`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Stalled(String);
+
+/// How [`RegistryClient`] connects, and how long it waits.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// `host[:port]` of registries served over plain HTTP; all others use HTTPS.
@@ -161,15 +221,22 @@ pub struct ClientOptions {
     /// An auth file that must exist; `None` searches the default locations (see
     /// [`super::auth`]).
     pub authfile: Option<PathBuf>,
-    /// How many times a failed request is retried (so `retries + 1` attempts).
+    /// How many times a failed request is retried (so `retries + 1` attempts). Only what can
+    /// succeed later is retried: connection failures, timeouts, cut or slow bodies, 408,
+    /// 429 and 5xx.
     pub retries: u32,
     /// The first backoff delay; it doubles per retry up to `backoff_max`, plus jitter.
     pub backoff_base: Duration,
     /// The largest backoff delay.
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
-    /// The longest wait for the next bytes of a response.
-    pub read_timeout: Duration,
+    /// The longest one request may take to answer with its headers; also the longest a
+    /// manifest, token or error body may take to arrive whole, and the longest a blob body
+    /// may go without a byte.
+    pub request_timeout: Duration,
+    /// The slowest a blob body may arrive, in bytes per second, measured over each
+    /// `request_timeout`: a peer that trickles is abandoned (and retried).
+    pub min_rate: u64,
 }
 
 impl Default for ClientOptions {
@@ -182,7 +249,8 @@ impl Default for ClientOptions {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(30),
-            read_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(60),
+            min_rate: 1024,
         }
     }
 }
@@ -217,27 +285,84 @@ impl std::fmt::Debug for RegistryClient {
 }
 
 struct Inner {
+    http: reqwest::Client,
     insecure: Vec<String>,
-    certificates: Vec<(PathBuf, Vec<u8>)>,
     authfile: Option<AuthFile>,
     retries: u32,
     backoff_base: Duration,
     backoff_max: Duration,
-    connect_timeout: Duration,
-    read_timeout: Duration,
-    /// One oci-client per credential key ("" for anonymous): oci-client stores one
-    /// credential per registry host, but auth files may scope credentials to namespaces.
-    clients: Mutex<HashMap<String, oci_client::Client>>,
+    request_timeout: Duration,
+    min_rate: u64,
+    /// What to send as `Authorization` per (credential key, API host, repository): tokens are
+    /// scoped to a repository, and auth files may scope credentials to namespaces.
+    authorizations: Mutex<HashMap<(String, String, String), Authorization>>,
+}
+
+/// What a request carries as `Authorization`.
+#[derive(Clone)]
+enum Authorization {
+    Anonymous,
+    /// `Basic …` or `Bearer …`, marked sensitive (never logged by the HTTP stack).
+    Header(HeaderValue),
 }
 
 /// A request's target: what to show in errors and how to reach it.
 struct Target {
+    /// The registry as the reference names it (`docker.io`), for messages.
     registry: String,
+    /// Where its API is (`registry-1.docker.io`).
+    api_host: String,
+    repository: String,
+    /// `http` for insecure registries, else `https`.
+    scheme: &'static str,
     reference: String,
-    oci: oci_client::Reference,
-    auth: RegistryAuth,
+    credential: Option<Credential>,
     auth_key: String,
     lookup: Lookup,
+}
+
+impl Target {
+    fn auth_slot(&self) -> (String, String, String) {
+        (
+            self.auth_key.clone(),
+            self.api_host.clone(),
+            self.repository.clone(),
+        )
+    }
+
+    fn bad(&self, what: &'static str, reason: impl Into<String>) -> Failure {
+        Failure::fatal(Error::BadPeerData {
+            registry: self.registry.clone(),
+            reference: self.reference.clone(),
+            what,
+            reason: reason.into(),
+        })
+    }
+
+    fn network(&self, what: &str, source: BoxError) -> Failure {
+        Failure {
+            error: Error::Network {
+                registry: self.registry.clone(),
+                what: what.to_string(),
+                attempts: 1,
+                source,
+            },
+            transient: true,
+        }
+    }
+
+    fn stalled(&self, what: &str, why: String) -> Failure {
+        self.network(what, Box::new(Stalled(why)))
+    }
+
+    fn too_large(&self, what: &str, limit: u64, found: Option<u64>) -> Failure {
+        Failure::fatal(Error::TooLarge {
+            registry: self.registry.clone(),
+            what: what.to_string(),
+            limit,
+            found,
+        })
+    }
 }
 
 /// One failed attempt: the error to report, and whether another attempt may help.
@@ -246,13 +371,89 @@ struct Failure {
     transient: bool,
 }
 
+impl Failure {
+    fn fatal(error: Error) -> Failure {
+        Failure {
+            error,
+            transient: false,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        Failure::fatal(error)
+    }
+}
+
+/// The basic-auth header for `c`. The value is base64, so it is always a valid header.
+fn basic_header(c: &Credential) -> HeaderValue {
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    value.set_sensitive(true);
+    value
+}
+
+/// The `Bearer` header for a token a peer sent: visible ASCII only (RFC 6750's b64token is
+/// narrower still), and not absurdly long. The token itself never appears in the reason.
+fn bearer_header(token: &str) -> Result<HeaderValue, String> {
+    if token.is_empty() {
+        return Err("the token is empty".into());
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(format!(
+            "the token is {} bytes, more than the {MAX_TOKEN_LEN} accepted",
+            token.len()
+        ));
+    }
+    if let Some(i) = token.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(format!(
+            "the token has a character that cannot be sent in a header (byte {i} is 0x{:02x})",
+            token.as_bytes()[i]
+        ));
+    }
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| "the token cannot be sent in a header".to_string())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Read `response`'s body, at most `limit` bytes: a `Content-Length` above it is refused
+/// before reading, and so is a body that grows past it. Callers put a deadline around this.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: u64,
+    target: &Target,
+    what: &str,
+) -> Result<bytes::Bytes, Failure> {
+    if let Some(n) = response.content_length()
+        && n > limit
+    {
+        return Err(target.too_large(what, limit, Some(n)));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport(e, target, what))?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(target.too_large(what, limit, None));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 impl RegistryClient {
     /// A client with `opts`. Reads the CA files and the auth file now, so a bad path or
     /// unparsable file fails here, naming the file.
     pub fn new(opts: ClientOptions) -> Result<Self, Error> {
         let mut certificates = Vec::new();
         for path in &opts.ca_files {
-            let text = std::fs::read(path).map_err(|source| Error::Io {
+            let text = crate::input::read_regular(path, 16 << 20).map_err(|source| Error::Io {
                 path: path.clone(),
                 source,
             })?;
@@ -260,22 +461,61 @@ impl RegistryClient {
             if blocks.is_empty() {
                 return Err(Error::NoCertificate { path: path.clone() });
             }
-            certificates.extend(blocks.into_iter().map(|b| (path.clone(), b)));
+            for block in blocks {
+                let cert = reqwest::Certificate::from_pem(&block).map_err(|e| Error::Setup {
+                    source: format!("invalid CA certificate in {}: {}", path.display(), e).into(),
+                })?;
+                certificates.push(cert);
+            }
         }
         let authfile = auth::discover_default(opts.authfile.as_deref())?;
+        let insecure = opts.insecure_registries.clone();
+        let redirects = {
+            let insecure = insecure.clone();
+            reqwest::redirect::Policy::custom(move |attempt| {
+                let from_https = attempt
+                    .previous()
+                    .last()
+                    .is_some_and(|u| u.scheme() == "https");
+                let to_host = attempt.url().host_str().unwrap_or("").to_string();
+                let to_insecure = insecure
+                    .iter()
+                    .any(|h| h.split(':').next() == Some(to_host.as_str()) || *h == to_host);
+                if attempt.previous().len() > MAX_REDIRECTS {
+                    attempt.error(Stalled(format!("more than {MAX_REDIRECTS} redirects")))
+                } else if !matches!(attempt.url().scheme(), "http" | "https") {
+                    attempt.error(Stalled("a redirect to a URL that is not HTTP(S)".into()))
+                } else if from_https && attempt.url().scheme() == "http" && !to_insecure {
+                    attempt.error(Stalled("a redirect from HTTPS to plain HTTP".into()))
+                } else {
+                    // reqwest drops Authorization when the host, port or scheme changes.
+                    attempt.follow()
+                }
+            })
+        };
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("pinbundle/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(opts.connect_timeout.min(opts.request_timeout))
+            // A backstop only: this module's own deadlines (the same length) come first and
+            // say which one passed.
+            .read_timeout(opts.request_timeout.saturating_mul(2))
+            .redirect(redirects)
+            .tls_certs_merge(certificates)
+            .build()
+            .map_err(|e| Error::Setup {
+                source: redact_text(&e.to_string()).into(),
+            })?;
         let inner = Inner {
-            insecure: opts.insecure_registries,
-            certificates,
+            http,
+            insecure,
             authfile,
             retries: opts.retries,
             backoff_base: opts.backoff_base,
             backoff_max: opts.backoff_max,
-            connect_timeout: opts.connect_timeout,
-            read_timeout: opts.read_timeout,
-            clients: Mutex::new(HashMap::new()),
+            request_timeout: opts.request_timeout.max(Duration::from_millis(1)),
+            min_rate: opts.min_rate,
+            authorizations: Mutex::new(HashMap::new()),
         };
-        // Build one client now so bad certificates fail at construction.
-        inner.oci_client("")?;
         Ok(RegistryClient {
             inner: Arc::new(inner),
         })
@@ -287,10 +527,19 @@ impl RegistryClient {
     ///
     /// # Errors
     /// [`Error::DigestMismatch`], [`Error::NotFound`], [`Error::SchemaOne`],
-    /// [`Error::UnsupportedMediaType`], and the transport and auth errors.
+    /// [`Error::UnsupportedMediaType`], [`Error::TooLarge`], and the transport and auth
+    /// errors.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<RawManifest, Error> {
-        let target = self.target(reference, reference.effective_tag(), reference.digest())?;
-        self.manifest(&target, reference.digest()).await
+        let target = self.target(reference, reference.digest());
+        let tag_or_digest = match reference.digest() {
+            Some(d) => d.to_string(),
+            None => reference
+                .effective_tag()
+                .unwrap_or(crate::reference::DEFAULT_TAG)
+                .to_string(),
+        };
+        self.manifest(&target, &tag_or_digest, reference.digest())
+            .await
     }
 
     /// GET a child manifest (an index or list entry) by `digest` in `reference`'s repository.
@@ -299,8 +548,9 @@ impl RegistryClient {
         reference: &Reference,
         digest: &Digest,
     ) -> Result<RawManifest, Error> {
-        let target = self.target(reference, None, Some(digest))?;
-        self.manifest(&target, Some(digest)).await
+        let target = self.target(reference, Some(digest));
+        self.manifest(&target, &digest.to_string(), Some(digest))
+            .await
     }
 
     /// Stream blob `digest` (of `size` bytes) from `reference`'s repository into `dest`, a
@@ -308,17 +558,18 @@ impl RegistryClient {
     ///
     /// Bytes go to `<dest>.partial` (locked against concurrent fetchers), hashed while
     /// written; only when size and sha256 match is the file renamed to `dest`.
-    /// Transient failures (5xx, 429, resets, timeouts) are retried with backoff, resuming
-    /// with a `Range` request; a registry that ignores the range restarts from zero. A
-    /// partial left by an earlier run is resumed; if the result does not verify, the blob is
-    /// fetched once more from zero. If `dest` already exists (before or after waiting for the
-    /// lock), only a verified rename can have put it there, so this returns at once without
-    /// reading it. `progress(n)` receives byte increments; their
+    /// Transient failures (5xx, 429, resets, timeouts, a body slower than the minimum rate)
+    /// are retried with backoff, resuming with a `Range` request; a registry that ignores
+    /// the range restarts from zero. A partial left by an earlier run is resumed; if the
+    /// result does not verify, the blob is fetched once more from zero. On a failure that
+    /// retrying cannot cure, the partial is deleted. If `dest` already exists (before or
+    /// after waiting for the lock), only a verified rename can have put it there, so this
+    /// returns at once without reading it. `progress(n)` receives byte increments; their
     /// sum never exceeds `size`.
     ///
     /// # Errors
-    /// [`Error::DigestMismatch`] (the partial is deleted), [`Error::SizeMismatch`],
-    /// [`Error::Io`] naming the file, and the transport and auth errors.
+    /// [`Error::DigestMismatch`], [`Error::SizeMismatch`], [`Error::Io`] naming the file,
+    /// and the transport and auth errors.
     pub async fn fetch_blob(
         &self,
         reference: &Reference,
@@ -327,7 +578,7 @@ impl RegistryClient {
         dest: &Path,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), Error> {
-        let target = self.target(reference, None, None)?;
+        let target = self.target(reference, None);
         let what = format!("blob {digest} of {}", reference.name());
         let file_name = dest
             .file_name()
@@ -382,24 +633,23 @@ impl RegistryClient {
         };
         report(len);
 
-        let descriptor = OciDescriptor {
-            digest: digest.to_string(),
-            size: i64::try_from(size).unwrap_or(i64::MAX),
-            ..OciDescriptor::default()
+        // Past here a failure retrying cannot cure deletes the partial: a hostile registry
+        // must not leave one behind per blob.
+        let give_up = |file: tokio::fs::File, error: Error| {
+            let partial = partial.clone();
+            async move {
+                drop(file);
+                let _ = tokio::fs::remove_file(&partial).await;
+                error
+            }
         };
-        let client = self.inner.oci_client(&target.auth_key)?;
-        client
-            .store_auth_if_needed(target.oci.resolve_registry(), &target.auth)
-            .await;
-
         let mut attempt = 0u32;
         loop {
             if len < size {
                 let result = self
                     .blob_attempt(
-                        &client,
                         &target,
-                        &descriptor,
+                        digest,
                         &what,
                         size,
                         &mut file,
@@ -420,8 +670,13 @@ impl RegistryClient {
                         attempt += 1;
                         continue;
                     }
-                    Err(failure) => {
+                    Err(failure) if failure.transient => {
+                        // Keep what arrived: a later run resumes it.
                         return Err(finish_error(failure.error, &target, attempt + 1));
+                    }
+                    Err(failure) => {
+                        let error = finish_error(failure.error, &target, attempt + 1);
+                        return Err(give_up(file, error).await);
                     }
                 }
                 if len < size {
@@ -447,15 +702,12 @@ impl RegistryClient {
                     len = 0;
                     continue;
                 }
-                drop(file);
-                tokio::fs::remove_file(&partial)
-                    .await
-                    .map_err(io(&partial))?;
-                return Err(Error::DigestMismatch {
+                let error = Error::DigestMismatch {
                     what,
                     expected: digest.to_string(),
                     found: found.to_string(),
-                });
+                };
+                return Err(give_up(file, error).await);
             }
             break;
         }
@@ -474,9 +726,8 @@ impl RegistryClient {
     )]
     async fn blob_attempt(
         &self,
-        client: &oci_client::Client,
         target: &Target,
-        descriptor: &OciDescriptor,
+        digest: &Digest,
         what: &str,
         size: u64,
         file: &mut tokio::fs::File,
@@ -491,75 +742,82 @@ impl RegistryClient {
             },
             transient: false,
         };
-        let fail = |e| classify(e, target, what);
         let offset = *len;
-        // A ranged GET even from 0 (`bytes=0-`): oci-client then hands the bytes over without
-        // hashing them itself, and `fetch_blob` hashes them once, across resumes. An empty
-        // blob has no range to ask for.
-        let stream = if size == 0 {
-            client
-                .pull_blob_stream(&target.oci, descriptor)
-                .await
-                .map_err(fail)?
-        } else {
-            match client
-                .pull_blob_stream_partial(&target.oci, descriptor, offset, None)
-                .await
-                .map_err(fail)?
-            {
-                BlobResponse::Partial(stream)
-                    if stream.content_length.is_none_or(|l| l == size - offset) =>
-                {
-                    stream
-                }
-                // 200 (the range was ignored) or a 206 for some other range: start over.
-                BlobResponse::Partial(stream) | BlobResponse::Full(stream) => {
-                    truncate(file).await.map_err(io)?;
-                    *hasher = sha2::Sha256::new();
-                    *len = 0;
-                    stream
-                }
-            }
-        };
-        if let Some(total) = stream.content_length
+        let url = format!(
+            "{}://{}/v2/{}/blobs/{digest}",
+            target.scheme, target.api_host, target.repository
+        );
+        let mut headers = HeaderMap::new();
+        // An empty blob has no range to ask for.
+        if size > 0 {
+            let range = HeaderValue::from_str(&format!("bytes={offset}-"))
+                .map_err(|_| target.bad("range", "cannot build a Range header"))?;
+            headers.insert(header::RANGE, range);
+        }
+        let mut response = self.send(target, &url, headers, what).await?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(self.error_from(response, target, what).await);
+        }
+        let resumed = status == reqwest::StatusCode::PARTIAL_CONTENT
+            && content_range_start(response.headers()).is_none_or(|s| s == offset)
+            && response.content_length().is_none_or(|l| l == size - offset);
+        if !resumed {
+            // 200 (the range was ignored) or a 206 for some other range: start over.
+            truncate(file).await.map_err(io)?;
+            *hasher = sha2::Sha256::new();
+            *len = 0;
+        }
+        if let Some(total) = response.content_length()
             && *len + total != size
         {
-            return Err(Failure {
-                error: Error::SizeMismatch {
-                    what: what.to_string(),
-                    expected: size,
-                    found: *len + total,
-                },
-                transient: false,
-            });
+            return Err(Failure::fatal(Error::SizeMismatch {
+                what: what.to_string(),
+                expected: size,
+                found: *len + total,
+            }));
         }
-        let mut stream = stream.stream;
         // Chunks arrive in a few KiB; every tokio::fs write is a trip to the blocking pool, so
         // write in MiB batches. `len` counts only bytes on disk: a resume starts there.
+        let timeout = self.inner.request_timeout;
+        let window_need = (self.inner.min_rate as f64 * timeout.as_secs_f64()) as u64;
+        let mut window = (Instant::now(), 0u64);
         let mut buf: Vec<u8> = Vec::with_capacity(WRITE_BATCH);
         let result = loop {
-            let Some(chunk) = stream.next().await else {
-                break Ok(());
-            };
-            let chunk = match chunk {
-                Ok(chunk) => chunk,
-                // oci-client's own end-of-stream verification (on 200 responses): this
-                // module verifies the digest itself below, with the partial-file policy.
-                Err(e) if e.get_ref().is_some_and(|i| i.is::<DigestError>()) => break Ok(()),
-                Err(e) => break Err(fail(OciDistributionError::IoError(e))),
+            let chunk = match tokio::time::timeout(timeout, response.chunk()).await {
+                Err(_) => {
+                    break Err(
+                        target.stalled(what, format!("no data for {} s", timeout.as_secs_f64()))
+                    );
+                }
+                Ok(Err(e)) => break Err(transport(e, target, what)),
+                Ok(Ok(None)) => break Ok(()),
+                Ok(Ok(Some(chunk))) => chunk,
             };
             if *len + (buf.len() + chunk.len()) as u64 > size {
-                break Err(Failure {
-                    error: Error::SizeMismatch {
-                        what: what.to_string(),
-                        expected: size,
-                        found: *len + (buf.len() + chunk.len()) as u64,
-                    },
-                    transient: false,
-                });
+                break Err(Failure::fatal(Error::SizeMismatch {
+                    what: what.to_string(),
+                    expected: size,
+                    found: *len + (buf.len() + chunk.len()) as u64,
+                }));
             }
             hasher.update(&chunk);
             buf.extend_from_slice(&chunk);
+            window.1 += chunk.len() as u64;
+            if window.0.elapsed() >= timeout {
+                if window.1 < window_need {
+                    break Err(target.stalled(
+                        what,
+                        format!(
+                            "{} bytes in {:.1} s, slower than the minimum {} bytes/s",
+                            window.1,
+                            window.0.elapsed().as_secs_f64(),
+                            self.inner.min_rate
+                        ),
+                    ));
+                }
+                window = (Instant::now(), 0);
+            }
             if buf.len() >= WRITE_BATCH {
                 file.write_all(&buf).await.map_err(io)?;
                 *len += buf.len() as u64;
@@ -570,24 +828,23 @@ impl RegistryClient {
         // retry resumes after it.
         file.write_all(&buf).await.map_err(io)?;
         *len += buf.len() as u64;
-        result?;
-        Ok(())
+        result
     }
 
     async fn manifest(
         &self,
         target: &Target,
+        tag_or_digest: &str,
         expected: Option<&Digest>,
     ) -> Result<RawManifest, Error> {
-        let client = self.inner.oci_client(&target.auth_key)?;
         let what = format!("manifest of {}", target.reference);
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{tag_or_digest}",
+            target.scheme, target.api_host, target.repository
+        );
         let mut attempt = 0u32;
         let (bytes, header_digest) = loop {
-            match client
-                .pull_manifest_raw(&target.oci, &target.auth, ACCEPT)
-                .await
-                .map_err(|e| classify(e, target, &what))
-            {
+            match self.manifest_attempt(target, &url, &what).await {
                 Ok(ok) => break ok,
                 Err(failure) if failure.transient && attempt < self.inner.retries => {
                     self.backoff(attempt).await;
@@ -596,13 +853,14 @@ impl RegistryClient {
                 Err(failure) => return Err(finish_error(failure.error, target, attempt + 1)),
             }
         };
-        // oci-client has checked the body against the header and the reference; check again
-        // here so the guarantee does not depend on its version.
         let digest = Digest::of(&bytes);
-        if header_digest.starts_with("sha256:") && header_digest != digest.to_string() {
+        if let Some(header_digest) = header_digest
+            && header_digest.starts_with("sha256:")
+            && header_digest != digest.to_string()
+        {
             return Err(Error::DigestMismatch {
                 what,
-                expected: header_digest,
+                expected: excerpt(&header_digest, 80),
                 found: digest.to_string(),
             });
         }
@@ -623,35 +881,393 @@ impl RegistryClient {
         })
     }
 
-    fn target(
+    async fn manifest_attempt(
         &self,
-        reference: &Reference,
-        tag: Option<&str>,
-        digest: Option<&Digest>,
-    ) -> Result<Target, Error> {
+        target: &Target,
+        url: &str,
+        what: &str,
+    ) -> Result<(bytes::Bytes, Option<String>), Failure> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_str(&ACCEPT.join(", "))
+                .map_err(|_| target.bad("accept", "cannot build an Accept header"))?,
+        );
+        let response = self.send(target, url, headers, what).await?;
+        if !response.status().is_success() {
+            return Err(self.error_from(response, target, what).await);
+        }
+        let header_digest = response
+            .headers()
+            .get("docker-content-digest")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let timeout = self.inner.request_timeout;
+        let bytes =
+            tokio::time::timeout(timeout, read_capped(response, MAX_MANIFEST, target, what))
+                .await
+                .map_err(|_| {
+                    target.stalled(
+                        what,
+                        format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+                    )
+                })??;
+        Ok((bytes, header_digest))
+    }
+
+    /// Send a GET with the authorization known for `target`; on a 401, answer its challenge
+    /// (fetch a token, or use basic auth) once and send again. The response headers must
+    /// arrive within the request timeout; the body is the caller's.
+    async fn send(
+        &self,
+        target: &Target,
+        url: &str,
+        headers: HeaderMap,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let slot = target.auth_slot();
+        let known = self
+            .inner
+            .authorizations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&slot)
+            .cloned();
+        let mut authorization = match known {
+            Some(a) => a,
+            // With credentials, ask `/v2/` for its challenge first (as docker and
+            // containers/image do): some registries answer an anonymous request for a
+            // private repository with 404, not 401.
+            None if target.credential.is_some() => {
+                let ping = format!("{}://{}/v2/", target.scheme, target.api_host);
+                let response = self
+                    .within_timeout(self.inner.http.get(&ping).send(), target, what)
+                    .await?;
+                let authorization = if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    let challenge = response.headers().get(header::WWW_AUTHENTICATE).cloned();
+                    drop(response);
+                    self.answer(target, challenge).await?
+                } else {
+                    Authorization::Anonymous
+                };
+                self.inner
+                    .authorizations
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(slot.clone(), authorization.clone());
+                authorization
+            }
+            None => Authorization::Anonymous,
+        };
+        let mut challenged = false;
+        loop {
+            let mut request = self.inner.http.get(url).headers(headers.clone());
+            if let Authorization::Header(value) = &authorization {
+                request = request.header(header::AUTHORIZATION, value.clone());
+            }
+            let response = self.within_timeout(request.send(), target, what).await?;
+            if response.status() != reqwest::StatusCode::UNAUTHORIZED || challenged {
+                if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+                    return Err(Failure::fatal(unauthorized(target)));
+                }
+                return Ok(response);
+            }
+            challenged = true;
+            let challenge = response.headers().get(header::WWW_AUTHENTICATE).cloned();
+            drop(response);
+            authorization = self.answer(target, challenge).await?;
+            self.inner
+                .authorizations
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(slot.clone(), authorization.clone());
+        }
+    }
+
+    /// `future` (a request's send), bounded by the request timeout.
+    async fn within_timeout(
+        &self,
+        future: impl std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+        target: &Target,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
+        let timeout = self.inner.request_timeout;
+        match tokio::time::timeout(timeout, future).await {
+            Err(_) => Err(target.stalled(
+                what,
+                format!("no response within {} s", timeout.as_secs_f64()),
+            )),
+            Ok(Err(e)) => Err(transport(e, target, what)),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// The authorization that answers a 401's `WWW-Authenticate` challenge.
+    async fn answer(
+        &self,
+        target: &Target,
+        challenge: Option<HeaderValue>,
+    ) -> Result<Authorization, Failure> {
+        let Some(challenge) = challenge else {
+            return Err(Failure::fatal(unauthorized(target)));
+        };
+        let text = challenge.to_str().map_err(|_| {
+            target.bad("WWW-Authenticate challenge", "it is not visible ASCII text")
+        })?;
+        let mut bearer = None;
+        let mut basic = false;
+        for c in http_auth::ChallengeParser::new(text).flatten() {
+            if c.scheme.eq_ignore_ascii_case("bearer") && bearer.is_none() {
+                let param = |name: &str| {
+                    c.params
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                        .map(|(_, v)| v.to_unescaped())
+                };
+                if let Some(realm) = param("realm") {
+                    bearer = Some((realm, param("service")));
+                }
+            } else if c.scheme.eq_ignore_ascii_case("basic") {
+                basic = true;
+            }
+        }
+        match (bearer, &target.credential) {
+            (Some((realm, service)), _) => self.token(target, &realm, service.as_deref()).await,
+            (None, Some(credential)) if basic => {
+                Ok(Authorization::Header(basic_header(credential)))
+            }
+            (None, _) if basic => Err(Failure::fatal(unauthorized(target))),
+            (None, _) => Err(target.bad(
+                "WWW-Authenticate challenge",
+                format!(
+                    "neither Bearer with a realm nor Basic: \"{}\"",
+                    excerpt(text, SHOWN)
+                ),
+            )),
+        }
+    }
+
+    /// Fetch a pull token for `target`'s repository from `realm`, sending the credential (if
+    /// any) as basic auth.
+    async fn token(
+        &self,
+        target: &Target,
+        realm: &str,
+        service: Option<&str>,
+    ) -> Result<Authorization, Failure> {
+        let what = "token response";
+        let mut url = check_realm(realm, target)?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("scope", &format!("repository:{}:pull", target.repository));
+            if let Some(service) = service {
+                query.append_pair("service", service);
+            }
+        }
+        let mut request = self.inner.http.get(url);
+        if let Some(credential) = &target.credential {
+            request = request.header(header::AUTHORIZATION, basic_header(credential));
+        }
+        let response = self.within_timeout(request.send(), target, what).await?;
+        let status = response.status();
+        if !status.is_success() {
+            if matches!(status.as_u16(), 401 | 403) {
+                return Err(Failure::fatal(unauthorized(target)));
+            }
+            return Err(self.error_from(response, target, what).await);
+        }
+        let timeout = self.inner.request_timeout;
+        let body = tokio::time::timeout(
+            timeout,
+            read_capped(response, MAX_TOKEN_RESPONSE, target, what),
+        )
+        .await
+        .map_err(|_| {
+            target.stalled(
+                what,
+                format!(
+                    "the token did not arrive within {} s",
+                    timeout.as_secs_f64()
+                ),
+            )
+        })??;
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        // serde's message would quote the body; say only where it broke.
+        let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            target.bad(
+                "token response",
+                format!(
+                    "not JSON with a \"token\" (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })?;
+        let token = parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token)
+            .unwrap_or_default();
+        let value = bearer_header(&token).map_err(|reason| target.bad("bearer token", reason))?;
+        Ok(Authorization::Header(value))
+    }
+
+    /// The error for a response that is not a success: its status, and the registry's own
+    /// message from a body of at most [`MAX_ERROR_BODY`] (a longer one is not read).
+    async fn error_from(
+        &self,
+        response: reqwest::Response,
+        target: &Target,
+        what: &str,
+    ) -> Failure {
+        let status = response.status().as_u16();
+        let url = redact_url(response.url().as_str());
+        let body = if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ERROR_BODY)
+        {
+            None
+        } else {
+            tokio::time::timeout(
+                self.inner.request_timeout,
+                read_capped(response, MAX_ERROR_BODY, target, what),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+        };
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            errors: Vec<Entry>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            code: Option<String>,
+            message: Option<String>,
+        }
+        let envelope = body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice::<Envelope>(b).ok());
+        let codes: Vec<String> = envelope
+            .iter()
+            .flat_map(|e| &e.errors)
+            .filter_map(|e| e.code.as_deref())
+            .map(str::to_ascii_uppercase)
+            .collect();
+        let detail = match &envelope {
+            Some(e) => e
+                .errors
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{}: {}",
+                        e.code.as_deref().unwrap_or("?"),
+                        e.message.as_deref().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            None => body
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_string())
+                .unwrap_or_default(),
+        };
+        let detail = excerpt(&self.scrub(&redact_text(&detail), target), SHOWN);
+        let has = |c: &str| codes.iter().any(|x| x == c);
+        let error = |e| Failure::fatal(e);
+        let (registry, reference) = (target.registry.clone(), target.reference.clone());
+        match status {
+            404 => error(Error::NotFound {
+                registry,
+                reference,
+            }),
+            401 => error(unauthorized(target)),
+            403 => error(Error::Denied {
+                registry,
+                reference,
+            }),
+            _ if has("TOOMANYREQUESTS") => Failure {
+                error: Error::Http {
+                    status,
+                    url,
+                    reference,
+                    detail,
+                },
+                transient: true,
+            },
+            _ if has("UNAUTHORIZED") => error(unauthorized(target)),
+            _ if has("DENIED") => error(Error::Denied {
+                registry,
+                reference,
+            }),
+            _ if has("MANIFEST_UNKNOWN")
+                || has("BLOB_UNKNOWN")
+                || has("NAME_UNKNOWN")
+                || has("NOT_FOUND") =>
+            {
+                error(Error::NotFound {
+                    registry,
+                    reference,
+                })
+            }
+            _ => Failure {
+                transient: matches!(status, 408 | 429) || status >= 500,
+                error: Error::Http {
+                    status,
+                    url,
+                    reference,
+                    detail,
+                },
+            },
+        }
+    }
+
+    /// `text` (a peer's message) without the secrets this client sent it: a registry that
+    /// echoes them back must not put them in the output.
+    fn scrub(&self, text: &str, target: &Target) -> String {
+        let mut secrets: Vec<String> = Vec::new();
+        if let Some(c) = &target.credential {
+            secrets.push(c.password.clone());
+            secrets.push(
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", c.username, c.password)),
+            );
+        }
+        let known = self
+            .inner
+            .authorizations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&target.auth_slot())
+            .cloned();
+        if let Some(Authorization::Header(value)) = known
+            && let Ok(value) = value.to_str()
+            && let Some((_, token)) = value.split_once(' ')
+        {
+            secrets.push(token.to_string());
+        }
+        let mut out = text.to_string();
+        for secret in secrets.iter().filter(|s| s.len() >= 4) {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+        out
+    }
+
+    fn target(&self, reference: &Reference, digest: Option<&Digest>) -> Target {
         let api_host = if reference.domain() == DOCKER_HUB {
             DOCKER_HUB_API
         } else {
             reference.domain()
         };
-        let (registry, repository) = (api_host.to_string(), reference.path().to_string());
-        let oci = match (tag, digest) {
-            (Some(tag), Some(digest)) => oci_client::Reference::with_tag_and_digest(
-                registry.clone(),
-                repository,
-                tag.to_string(),
-                digest.to_string(),
-            ),
-            (_, Some(digest)) => {
-                oci_client::Reference::with_digest(registry.clone(), repository, digest.to_string())
-            }
-            (tag, None) => oci_client::Reference::with_tag(
-                registry.clone(),
-                repository,
-                tag.unwrap_or(crate::reference::DEFAULT_TAG).to_string(),
-            ),
-        };
-        let shown = match (tag, digest) {
+        let insecure = self
+            .inner
+            .insecure
+            .iter()
+            .any(|h| h == api_host || h == reference.domain());
+        let shown = match (reference.tag(), digest) {
             (None, Some(digest)) => format!("{}@{digest}", reference.name()),
             _ => reference.to_string(),
         };
@@ -659,23 +1275,22 @@ impl RegistryClient {
             Some(file) => file.lookup(reference.domain(), reference.path()),
             None => Lookup::Missing { file: None },
         };
-        let (auth, auth_key) = match &lookup {
+        let (credential, auth_key) = match &lookup {
             Lookup::Found {
                 key, credential, ..
-            } => (
-                RegistryAuth::Basic(credential.username.clone(), credential.password.clone()),
-                key.clone(),
-            ),
-            _ => (RegistryAuth::Anonymous, String::new()),
+            } => (Some(credential.clone()), key.clone()),
+            _ => (None, String::new()),
         };
-        Ok(Target {
+        Target {
             registry: reference.domain().to_string(),
+            api_host: api_host.to_string(),
+            repository: reference.path().to_string(),
+            scheme: if insecure { "http" } else { "https" },
             reference: shown,
-            oci,
-            auth,
+            credential,
             auth_key,
             lookup,
-        })
+        }
     }
 
     async fn backoff(&self, attempt: u32) {
@@ -688,47 +1303,51 @@ impl RegistryClient {
     }
 }
 
-impl Inner {
-    fn oci_client(&self, key: &str) -> Result<oci_client::Client, Error> {
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(client) = clients.get(key) {
-            return Ok(client.clone());
+/// The token server a challenge names, if credentials may go there: HTTPS, or plain HTTP
+/// only when the registry itself is plain HTTP (`--insecure-registry`).
+fn check_realm(realm: &str, target: &Target) -> Result<reqwest::Url, Failure> {
+    let url = reqwest::Url::parse(realm).map_err(|_| {
+        target.bad(
+            "token realm",
+            format!("not a URL: \"{}\"", excerpt(realm, SHOWN)),
+        )
+    })?;
+    match url.scheme() {
+        "https" => {}
+        "http" if target.scheme == "http" => {}
+        "http" => {
+            return Err(Failure::fatal(Error::InsecureRealm {
+                registry: target.registry.clone(),
+                reference: target.reference.clone(),
+                realm: excerpt(&redact_url(realm), SHOWN),
+            }));
         }
-        let config = ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(self.insecure.clone()),
-            extra_root_certificates: self
-                .certificates
-                .iter()
-                .map(|(_, pem)| Certificate {
-                    encoding: CertificateEncoding::Pem,
-                    data: pem.clone(),
-                })
-                .collect(),
-            // pinbundle walks indexes itself.
-            platform_resolver: None,
-            connect_timeout: Some(self.connect_timeout),
-            read_timeout: Some(self.read_timeout),
-            user_agent: concat!("pinbundle/", env!("CARGO_PKG_VERSION")),
-            ..ClientConfig::default()
-        };
-        // `Client::new` falls back to a default client on a bad config; `try_from` reports.
-        let client = oci_client::Client::try_from(config).map_err(|e| Error::Setup {
-            source: match self.certificates.first() {
-                Some((path, _)) => format!(
-                    "invalid CA certificate (first file: {}): {}",
-                    path.display(),
-                    redact_text(&e.to_string())
-                )
-                .into(),
-                None => redact_text(&e.to_string()).into(),
-            },
-        })?;
-        clients.insert(key.to_string(), client.clone());
-        Ok(client)
+        other => {
+            return Err(target.bad(
+                "token realm",
+                format!("scheme \"{}\" is not HTTP(S)", excerpt(other, 20)),
+            ));
+        }
     }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(target.bad("token realm", "it carries credentials of its own"));
+    }
+    Ok(url)
+}
+
+fn unauthorized(target: &Target) -> Error {
+    Error::Unauthorized {
+        registry: target.registry.clone(),
+        reference: target.reference.clone(),
+        credentials: target.lookup.describe(),
+    }
+}
+
+/// The first byte of a `Content-Range: bytes START-END/TOTAL` header.
+fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let range = value.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
 }
 
 /// Turn the last failure into the error reported after `attempts` tries.
@@ -755,120 +1374,6 @@ fn finish_error(error: Error, target: &Target, attempts: u32) -> Error {
     }
 }
 
-/// Map an oci-client error to ours, and say whether retrying may help.
-fn classify(e: OciDistributionError, target: &Target, what: &str) -> Failure {
-    let registry = target.registry.clone();
-    let reference = target.reference.clone();
-    let not_found = || Error::NotFound {
-        registry: registry.clone(),
-        reference: reference.clone(),
-    };
-    let unauthorized = || Error::Unauthorized {
-        registry: registry.clone(),
-        reference: reference.clone(),
-        credentials: target.lookup.describe(),
-    };
-    let fatal = |error| Failure {
-        error,
-        transient: false,
-    };
-    match e {
-        OciDistributionError::RequestError(e) => transport(e, target, what),
-        OciDistributionError::IoError(e) => {
-            let kind = e.kind();
-            let source: BoxError = match e.into_inner() {
-                Some(inner) => match inner.downcast::<reqwest::Error>() {
-                    Ok(e) => return transport(*e, target, what),
-                    Err(other) => other,
-                },
-                None => Box::new(std::io::Error::from(kind)),
-            };
-            Failure {
-                error: Error::Network {
-                    registry,
-                    what: what.to_string(),
-                    attempts: 1,
-                    source,
-                },
-                transient: true,
-            }
-        }
-        OciDistributionError::UnauthorizedError { .. } => fatal(unauthorized()),
-        OciDistributionError::DigestError(DigestError::VerificationError { expected, actual }) => {
-            fatal(Error::DigestMismatch {
-                what: what.to_string(),
-                expected,
-                found: actual,
-            })
-        }
-        OciDistributionError::ServerError { code, url, .. } => match code {
-            404 => fatal(not_found()),
-            401 => fatal(unauthorized()),
-            403 => fatal(Error::Denied {
-                registry,
-                reference,
-            }),
-            code => Failure {
-                error: Error::Http {
-                    status: code,
-                    url: redact_url(&url),
-                    reference,
-                },
-                transient: code == 429 || code >= 500,
-            },
-        },
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.contains(&&OciErrorCode::Toomanyrequests) {
-                return Failure {
-                    error: Error::Registry {
-                        registry,
-                        reference,
-                        detail: "429 Too Many Requests".to_string(),
-                    },
-                    transient: true,
-                };
-            }
-            if codes.contains(&&OciErrorCode::Unauthorized) {
-                return fatal(unauthorized());
-            }
-            if codes.contains(&&OciErrorCode::Denied) {
-                return fatal(Error::Denied {
-                    registry,
-                    reference,
-                });
-            }
-            if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::BlobUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                )
-            }) {
-                return fatal(not_found());
-            }
-            let detail = envelope
-                .errors
-                .iter()
-                .map(|e| format!("{:?}: {}", e.code, e.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            fatal(Error::Registry {
-                registry,
-                reference,
-                detail: redact_text(&detail),
-            })
-        }
-        other => fatal(Error::Registry {
-            registry,
-            reference,
-            detail: redact_text(&other.to_string()),
-        }),
-    }
-}
-
 /// A reqwest failure: connect errors make the registry unreachable; timeouts, resets and
 /// body errors are transient network errors. The URL is stripped (it may be signed).
 fn transport(e: reqwest::Error, target: &Target, what: &str) -> Failure {
@@ -879,8 +1384,18 @@ fn transport(e: reqwest::Error, target: &Target, what: &str) -> Failure {
                 status: status.as_u16(),
                 url: e.url().map(|u| redact_url(u.as_str())).unwrap_or_default(),
                 reference: target.reference.clone(),
+                detail: String::new(),
             },
         };
+    }
+    // A refused redirect is the peer's doing and will not change on a retry.
+    if e.is_redirect() {
+        return Failure::fatal(Error::Network {
+            registry: target.registry.clone(),
+            what: what.to_string(),
+            attempts: 1,
+            source: Box::new(e.without_url()),
+        });
     }
     let transient =
         e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode();
@@ -959,9 +1474,10 @@ pub fn infer_media_type(body: &[u8], reference: &str) -> Result<String, Error> {
         #[serde(rename = "fsLayers")]
         fs_layers: Option<serde::de::IgnoredAny>,
     }
-    let probe: Probe = serde_json::from_slice(body).map_err(|source| Error::InvalidManifest {
+    // serde's message would quote the registry's text; say only where the JSON broke.
+    let probe: Probe = serde_json::from_slice(body).map_err(|e| Error::InvalidManifest {
         reference: reference.to_string(),
-        source,
+        detail: format!("line {}, column {}", e.line(), e.column()),
     })?;
     let schema_one = probe.schema_version == Some(1)
         || probe.fs_layers.is_some()
@@ -976,7 +1492,7 @@ pub fn infer_media_type(body: &[u8], reference: &str) -> Result<String, Error> {
     }
     let unsupported = |media_type: &str| Error::UnsupportedMediaType {
         reference: reference.to_string(),
-        media_type: media_type.to_string(),
+        media_type: excerpt(media_type, SHOWN),
     };
     match probe.media_type.as_deref() {
         Some(mt @ (OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_MANIFEST_LIST)) => {
@@ -1125,6 +1641,75 @@ mod tests {
         let text = format!("junk\n{one}comment\n{one}");
         assert_eq!(pem_certificates(text.as_bytes()).len(), 2);
         assert!(pem_certificates(b"nothing").is_empty());
+    }
+
+    fn target_for(insecure: bool) -> Target {
+        Target {
+            registry: "quay.io".into(),
+            api_host: "quay.io".into(),
+            repository: "org/app".into(),
+            scheme: if insecure { "http" } else { "https" },
+            reference: R.into(),
+            credential: None,
+            auth_key: String::new(),
+            lookup: Lookup::Missing { file: None },
+        }
+    }
+
+    #[test]
+    fn http_realms_only_for_insecure_registries() {
+        let secure = target_for(false);
+        assert!(check_realm("https://auth.example/token", &secure).is_ok());
+        let err = check_realm("http://auth.example/token?x=secret", &secure)
+            .err()
+            .unwrap()
+            .error;
+        assert!(matches!(err, Error::InsecureRealm { .. }), "{err:?}");
+        let shown = err.to_string();
+        assert!(
+            shown.contains("--insecure-registry") && !shown.contains("secret"),
+            "{shown}"
+        );
+        assert!(check_realm("http://auth.example/token", &target_for(true)).is_ok());
+        for bad in [
+            "file:///etc/passwd",
+            "not a url\x1b[2J",
+            "https://u:p@auth.example/",
+        ] {
+            let err = check_realm(bad, &secure).err().unwrap().error.to_string();
+            assert!(!err.contains('\x1b'), "{err}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_checked_before_they_become_headers() {
+        assert!(bearer_header("eyJhbGciOi.J9-_~+/=").is_ok());
+        for (token, why) in [
+            ("a\nb", "0x0a"),
+            ("a\x7fb", "0x7f"),
+            ("a\rb", "0x0d"),
+            ("a b", "0x20"),
+            ("a\u{e9}b", "0xc3"),
+            ("", "empty"),
+        ] {
+            let err = bearer_header(token).unwrap_err();
+            assert!(err.contains(why), "{token:?}: {err}");
+        }
+        let long = "a".repeat(MAX_TOKEN_LEN + 1);
+        assert!(bearer_header(&long).unwrap_err().contains("more than"));
+        // The header is marked sensitive, so the HTTP stack never logs it.
+        assert!(bearer_header("abc").unwrap().is_sensitive());
+    }
+
+    #[test]
+    fn content_range_start_is_parsed() {
+        let mut h = HeaderMap::new();
+        assert_eq!(content_range_start(&h), None);
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_static("bytes 100-199/200"),
+        );
+        assert_eq!(content_range_start(&h), Some(100));
     }
 
     #[test]
