@@ -331,7 +331,7 @@ pub fn read_pinned_image_set(path: &Path) -> Result<Vec<Reference>> {
         .map(|(n, i)| {
             if i.name.len() > MAX_LINE || i.name.chars().any(char::is_control) {
                 bail!(
-                    "{}: spec.pinnedImages[{n}].name \"{}\" is too long or holds a control character",
+                    "{}: spec.pinnedImages[{n}].name \"{}\": invalid image reference (too long, or holds a control character)",
                     path.display(),
                     excerpt(&i.name, 60)
                 );

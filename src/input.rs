@@ -11,17 +11,44 @@ use std::io::Read as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
-/// Open `path` for reading if it is a regular file, without ever blocking on a FIFO.
+/// Why [`open_regular`] refused a path: what it is instead (`a FIFO`, `a device`, …). It is
+/// the inner error of the `InvalidInput` error [`open_regular`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotRegular(pub &'static str);
+
+impl std::fmt::Display for NotRegular {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}, not a regular file", self.0)
+    }
+}
+
+impl std::error::Error for NotRegular {}
+
+/// Open `path` for reading if it is a regular file, without ever blocking on a FIFO (or
+/// taking a terminal as the controlling one).
 pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::unix::fs::FileTypeExt as _;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
+        let ft = meta.file_type();
+        let kind = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_socket() {
+            "a socket"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device"
+        } else {
+            "something else"
+        };
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            "not a regular file (a directory, FIFO, socket or device)",
+            NotRegular(kind),
         ));
     }
     Ok((file, meta))

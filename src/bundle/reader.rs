@@ -30,38 +30,26 @@ fn max_frame_len(size: u64) -> u64 {
     size + (size >> 8) + 4096
 }
 
-/// Opens `path` for reading only if it is a regular file. The open is non-blocking, so a FIFO
-/// with no writer (or a device) is refused at once instead of hanging the caller.
+/// Opens `path` for reading only if it is a regular file ([`crate::input::open_regular`]: a
+/// FIFO with no writer, or a device, is refused at once instead of hanging the caller).
 pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File, Error> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let io_err = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
-        .open(path)
-        .map_err(io_err)?;
-    let ft = file.metadata().map_err(io_err)?.file_type();
-    if !ft.is_file() {
-        let kind = if ft.is_dir() {
-            "a directory"
-        } else if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_socket() {
-            "a socket"
-        } else if ft.is_block_device() || ft.is_char_device() {
-            "a device"
-        } else {
-            "not a regular file"
-        };
-        return Err(Error::NotRegular {
-            path: path.to_path_buf(),
-            kind,
-        });
-    }
-    Ok(file)
+    crate::input::open_regular(path)
+        .map(|(file, _)| file)
+        .map_err(|e| {
+            match e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<crate::input::NotRegular>())
+            {
+                Some(k) => Error::NotRegular {
+                    path: path.to_path_buf(),
+                    kind: k.0,
+                },
+                None => Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            }
+        })
 }
 
 /// An open bundle file.
