@@ -142,6 +142,58 @@ fn unsigned_bundle_that_understates_a_layer_is_refused_before_any_write() {
     assert!(!drop_in.exists(), "the drop-in was written");
 }
 
+/// A store in `store_dir` (vfs), its drop-in, socket and lock paths, with `env.pushed[0]`
+/// loaded and pinned before the test: what must be untouched afterwards.
+struct Node {
+    store: Store,
+    drop_in: PathBuf,
+    sock: PathBuf,
+    lock: PathBuf,
+    images: Vec<(String, Vec<String>)>,
+    layers: Vec<String>,
+    pins: Vec<u8>,
+}
+
+impl Node {
+    fn with_preloaded(env: &Env, dir: &Path, store_dir: &Path) -> Node {
+        let store = Store::new(store_dir, "vfs");
+        let drop_in = dir.join("crio.conf.d/50-pinned-images");
+        let (sock, lock) = (dir.join("no.sock"), dir.join("lock"));
+        std::fs::create_dir_all(dir.join("pre")).unwrap();
+        let pre = env.bundle_of(&dir.join("pre"), &[env.pushed[0].tag_reference()]);
+        let (o, _) = load(&pre, &store, &drop_in, &sock, &lock, &[]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        Node {
+            images: images(&store),
+            layers: layers(&store, "vfs"),
+            pins: std::fs::read(&drop_in).unwrap(),
+            store,
+            drop_in,
+            sock,
+            lock,
+        }
+    }
+
+    /// Asserts the store and the pins are as they were before the test.
+    fn assert_unchanged(&self) {
+        assert_eq!(
+            images(&self.store),
+            self.images,
+            "the store's images changed"
+        );
+        assert_eq!(
+            layers(&self.store, "vfs"),
+            self.layers,
+            "the layers changed"
+        );
+        assert_eq!(
+            std::fs::read(&self.drop_in).unwrap(),
+            self.pins,
+            "the pins changed"
+        );
+    }
+}
+
 /// A `skopeo` on PATH that runs the real one, but first flips a byte of the bundle at
 /// `offset`, once, at the first `copy`: the bundle changes after `load` verified it.
 fn tampering_skopeo(dir: &Path, bundle: &Path, offset: u64) -> PathBuf {
@@ -184,18 +236,8 @@ fn bytes_changed_after_verify_roll_back_the_images_this_load_added() {
         pushed: vec![pre, first, second],
     };
     let dir = tempdir();
-    let store = Store::new(dir.path(), "vfs");
-    let drop_in = dir.path().join("crio.conf.d/50-pinned-images");
-    let sock = dir.path().join("no.sock");
-    let lock = dir.path().join("lock");
     // An image that was there before, and a pin of it.
-    std::fs::create_dir_all(dir.path().join("pre")).unwrap();
-    let pre_bundle = env.bundle_of(&dir.path().join("pre"), &[env.pushed[0].tag_reference()]);
-    let (o, _) = load(&pre_bundle, &store, &drop_in, &sock, &lock, &[]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let before = images(&store);
-    let layers_before = layers(&store, "vfs");
-    let pins_before = std::fs::read(&drop_in).unwrap();
+    let node = Node::with_preloaded(&env, dir.path(), dir.path());
 
     let refs: Vec<String> = env.pushed.iter().map(|p| p.tag_reference()).collect();
     std::fs::create_dir_all(dir.path().join("all")).unwrap();
@@ -222,13 +264,13 @@ fn bytes_changed_after_verify_roll_back_the_images_this_load_added() {
             .env("PATH", &path)
             .arg("load")
             .arg(&bundle)
-            .args(store.args())
+            .args(node.store.args())
             .arg("--crio-drop-in")
-            .arg(&drop_in)
+            .arg(&node.drop_in)
             .arg("--cri-socket")
-            .arg(&sock)
+            .arg(&node.sock)
             .arg("--lock-file")
-            .arg(&lock)
+            .arg(&node.lock)
             .args(["--reload", "none", "--json"]),
     );
     let r: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
@@ -248,17 +290,7 @@ fn bytes_changed_after_verify_roll_back_the_images_this_load_added() {
         "{r}"
     );
     assert_eq!(r["rolledBack"]["left"], Value::Array(vec![]), "{r}");
-    assert_eq!(images(&store), before, "the store's images changed");
-    assert_eq!(
-        layers(&store, "vfs"),
-        layers_before,
-        "the store's layers changed"
-    );
-    assert_eq!(
-        std::fs::read(&drop_in).unwrap(),
-        pins_before,
-        "the pins changed"
-    );
+    node.assert_unchanged();
 }
 
 #[test]
@@ -291,18 +323,8 @@ fn a_store_that_fills_up_midway_is_rolled_back() {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
-    let store = Store::new(&fs, "vfs");
     let _unmount = Unmount(fs.clone());
-    let drop_in = dir.path().join("crio.conf.d/50-pinned-images");
-    let sock = dir.path().join("no.sock");
-    let lock = dir.path().join("lock");
-    std::fs::create_dir_all(dir.path().join("pre")).unwrap();
-    let pre_bundle = env.bundle_of(&dir.path().join("pre"), &[env.pushed[0].tag_reference()]);
-    let (o, _) = load(&pre_bundle, &store, &drop_in, &sock, &lock, &[]);
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let before = images(&store);
-    let layers_before = layers(&store, "vfs");
-    let pins_before = std::fs::read(&drop_in).unwrap();
+    let node = Node::with_preloaded(&env, dir.path(), &fs);
 
     // Signed by a trusted key that states the big layer's size wrong: the declared sizes
     // are used (and pass), the disk fills during the second import.
@@ -329,10 +351,10 @@ fn a_store_that_fills_up_midway_is_rolled_back() {
 
     let (o, r) = load(
         &lying,
-        &store,
-        &drop_in,
-        &sock,
-        &lock,
+        &node.store,
+        &node.drop_in,
+        &node.sock,
+        &node.lock,
         &["--trust-key", public.to_str().unwrap(), "--reload", "none"],
     );
     assert_eq!(o.status.code(), Some(2), "{}\n{r}", text(&o.stderr));
@@ -348,15 +370,5 @@ fn a_store_that_fills_up_midway_is_rolled_back() {
         Some(1),
         "{r}"
     );
-    assert_eq!(images(&store), before, "the store's images changed");
-    assert_eq!(
-        layers(&store, "vfs"),
-        layers_before,
-        "the store's layers changed"
-    );
-    assert_eq!(
-        std::fs::read(&drop_in).unwrap(),
-        pins_before,
-        "the pins changed"
-    );
+    node.assert_unchanged();
 }

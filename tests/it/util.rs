@@ -148,23 +148,10 @@ pub fn with_frames(
     out
 }
 
-/// A zstd frame of raw blocks holding `content` (single segment, content size, checksum).
+/// A zstd frame of raw blocks holding `content` (single segment, content size, checksum):
+/// how writers store a member.
 pub fn stored_frame(content: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
-    f.push(0b1110_0100);
-    f.extend_from_slice(&(content.len() as u64).to_le_bytes());
-    let mut chunks = content.chunks(128 << 10).peekable();
-    if chunks.peek().is_none() {
-        f.extend_from_slice(&[1, 0, 0]);
-    }
-    while let Some(block) = chunks.next() {
-        let last = u32::from(chunks.peek().is_none());
-        f.extend_from_slice(&(last | ((block.len() as u32) << 3)).to_le_bytes()[..3]);
-        f.extend_from_slice(block);
-    }
-    f.extend_from_slice(&(xxhash_rust::xxh64::xxh64(content, 0) as u32).to_le_bytes());
-    f
+    crate::reserialise::stored_frame(content, true, true)
 }
 
 /// The `pinned_images` entries of a CRI-O drop-in's text; panics if it does not parse.
