@@ -898,6 +898,10 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
                 Shown(&s.trusted_comment)
             )?;
         }
+        None if !r.opened => writeln!(
+            out,
+            "signature: not read (the files could not be opened as a bundle)"
+        )?,
         None => writeln!(out, "signature: none")?,
     }
     if let Some(v) = &r.volumes {

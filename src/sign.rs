@@ -386,13 +386,18 @@ impl SigningKey {
         let global_sig = keypair.sign(&global);
         let b64 = base64::engine::general_purpose::STANDARD;
         let text = format!(
-            "untrusted comment: signature from pinbundle secret key {}\n{}\ntrusted comment: {trusted_comment}\n{}\n",
-            self.id,
+            "{}\n{}\ntrusted comment: {trusted_comment}\n{}\n",
+            untrusted_comment(self.id),
             b64.encode(line2),
             b64.encode(global_sig.as_ref())
         );
         Ok(text.into_bytes())
     }
+}
+
+/// The first line of a signature pinbundle writes (minisign's untrusted comment).
+fn untrusted_comment(id: KeyId) -> String {
+    format!("untrusted comment: signature from pinbundle secret key {id}")
 }
 
 /// A parsed signature file: who signed, and the trusted comment. Parsing does not check the
@@ -432,8 +437,18 @@ impl Signature {
             ));
         }
         let trusted_comment = sig_box.trusted_comment().map_err(|e| bad(e.to_string()))?;
+        let id = key_id(sig_box.keynum());
+        // The untrusted comment is the one line no signature covers. Held to the text the
+        // signer writes, every byte of the file that stock `tar -x` extracts is fixed by
+        // the signed data and the key.
+        let expected = untrusted_comment(id);
+        if text.lines().next() != Some(expected.as_str()) {
+            return Err(bad(format!(
+                "the first line is not \"{expected}\" (the untrusted comment is not covered by the signature, so it must be exactly what pinbundle writes)"
+            )));
+        }
         Ok(Signature {
-            key_id: key_id(sig_box.keynum()),
+            key_id: id,
             trusted_comment,
             sig_box,
         })
@@ -584,7 +599,20 @@ mod tests {
             sig.check(b"hello", &[]),
             Err(Error::Untrusted { .. })
         ));
-        // The public key text we derive equals the written one, bar the comment.
+        // The one line no signature covers must be exactly what we write.
+        let text = String::from_utf8(a.clone()).unwrap();
+        let (first, rest) = text.split_once('\n').unwrap();
+        for other in ["untrusted comment: hello", &format!("{first} ")] {
+            let edited = format!("{other}\n{rest}");
+            assert!(
+                matches!(
+                    Signature::parse(edited.as_bytes()),
+                    Err(Error::BadSignatureFile { .. })
+                ),
+                "{other}"
+            );
+        }
+                // The public key text we derive equals the written one, bar the comment.
         let written = std::fs::read_to_string(dir.path().join("k.pub")).unwrap();
         assert_eq!(written.lines().nth(1), sk.public_key_file().lines().nth(1));
     }

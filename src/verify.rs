@@ -54,6 +54,9 @@ pub struct VerifyReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRef>,
     pub problems: Vec<Problem>,
+    /// False when the files could not even be opened as a bundle (footer, seek index,
+    /// `pinbundle.json`): then nothing, the signature included, was read.
+    pub opened: bool,
 }
 
 /// Which volumes of a set were read and which were not.
@@ -186,6 +189,7 @@ pub fn verify_paths(
                     images: Vec::new(),
                     error: error_chain(&e),
                 }],
+                opened: false,
             });
         }
     };
@@ -232,6 +236,7 @@ pub fn verify_open_with(
                 volumes: VolumesReport::of(bundle),
                 base: manifest.base.clone(),
                 problems: vec![p],
+                opened: true,
             });
         }
         // Without a policy a malformed signature is damage like any other; go on.
@@ -388,6 +393,7 @@ fn verify_members(
         volumes: VolumesReport::of(bundle),
         base: manifest.base.clone(),
         problems,
+        opened: true,
     })
 }
 
