@@ -672,7 +672,9 @@ fuzz_target!(|data: &[u8]| {
         "open + verify took {:?}",
         t.elapsed()
     );
-    if ok {
+    // PINBUNDLE_FUZZ_NO_ORACLE=1: only "no panic, < 2 s" (for a reader that still lets known
+    // classes through, where every run would stop at the first of them).
+    if ok && std::env::var_os("PINBUNDLE_FUZZ_NO_ORACLE").is_none() {
         check_accepted(seed, signed, &files);
     }
 });
