@@ -757,7 +757,7 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
                 out,
                 "space: {} needed on {} ({} free; {from})",
                 human(f.needed),
-                f.path.display(),
+                shown_path(&f.path),
                 human(f.free)
             )?;
         }
@@ -782,9 +782,9 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
         eprintln!("warning: {}", Shown(w));
     }
     if let Some(e) = &r.error {
-        eprintln!("error: {e}");
+        eprintln!("error: {}", Shown(e));
         if let Some(rb) = &r.rolled_back {
-            eprintln!("rolled back: {}", rb.summary());
+            eprintln!("rolled back: {}", Shown(&rb.summary()));
         }
     }
     Ok(())

@@ -612,7 +612,7 @@ mod tests {
                 "{other}"
             );
         }
-                // The public key text we derive equals the written one, bar the comment.
+        // The public key text we derive equals the written one, bar the comment.
         let written = std::fs::read_to_string(dir.path().join("k.pub")).unwrap();
         assert_eq!(written.lines().nth(1), sk.public_key_file().lines().nth(1));
     }
