@@ -209,12 +209,11 @@ impl BundleSet {
             });
         };
         first.read_head()?;
-        let mut volumes = Vec::with_capacity(ordered.len() + 1);
+        let mut volumes = vec![Arc::new(first)];
         for mut v in ordered {
-            v.share_head(&first)?;
+            v.share_head(&volumes[0])?;
             volumes.push(Arc::new(v));
         }
-        volumes.insert(0, Arc::new(first));
         // The same pinbundle.json by construction (set = its digest); the signature must agree
         // too, or one volume could carry a signature the others do not.
         let sig0 = volumes[0].signature_bytes()?;

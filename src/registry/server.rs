@@ -71,8 +71,6 @@ const CHUNK: usize = 256 << 10;
 /// Chunks buffered between the reading thread and the connection (memory per transfer is about
 /// `CHUNKS_IN_FLIGHT × CHUNK` plus one decompressed frame).
 const CHUNKS_IN_FLIGHT: usize = 4;
-/// Manifests larger than this are refused (distribution's own limit is 4 MiB).
-const MAX_MANIFEST_BYTES: u64 = crate::bundle::format::MAX_MANIFEST_BLOB_LEN;
 /// The longest wait for a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A repository name longer than this cannot be parsed by containers/image.
@@ -595,19 +593,20 @@ impl BundleServer {
                 &format!("{name}:{reference}"),
             );
         };
-        if member.size > MAX_MANIFEST_BYTES {
-            bump(&self.counters.aborted);
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "UNKNOWN",
-                "manifest too large",
-                &digest.to_string(),
-            );
-        }
         let bundle = Arc::clone(&self.bundle);
         let read = tokio::task::spawn_blocking(move || bundle.read_blob(&member)).await;
         let bytes = match read {
             Ok(Ok(bytes)) => bytes,
+            // read_blob holds manifests to the format's limit.
+            Ok(Err(e @ crate::bundle::Error::TooLarge { .. })) => {
+                bump(&self.counters.aborted);
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "manifest too large",
+                    &e.to_string(),
+                );
+            }
             Ok(Err(e)) => {
                 bump(&self.counters.aborted);
                 return error_response(

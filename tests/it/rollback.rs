@@ -101,15 +101,21 @@ fn largest_layer(env: &Env, i: usize) -> String {
         .to_string()
 }
 
+/// A test registry with one single-layer image per `(repository, compressed size, seed)`.
+fn registry_with(images: &[(&str, u64, u64)]) -> Env {
+    let registry = pinbundle_fixtures::registry::TestRegistry::start().unwrap();
+    let pushed = images
+        .iter()
+        .map(|&(name, size, seed)| {
+            pinbundle_fixtures::push_sized(registry.addr(), name, &[size], seed, None).unwrap()
+        })
+        .collect();
+    Env { registry, pushed }
+}
+
 #[test]
 fn unsigned_bundle_that_understates_a_layer_is_refused_before_any_write() {
-    let registry = pinbundle_fixtures::registry::TestRegistry::start().unwrap();
-    let img =
-        pinbundle_fixtures::push_sized(registry.addr(), "t/under", &[1 << 20], 11, None).unwrap();
-    let env = Env {
-        registry,
-        pushed: vec![img],
-    };
+    let env = registry_with(&[("t/under", 1 << 20, 11)]);
     let dir = tempdir();
     let honest = env.bundle_of(dir.path(), &[env.pushed[0].tag_reference()]);
     let store = Store::new(dir.path(), "vfs");
@@ -224,17 +230,11 @@ exec /usr/bin/skopeo "$@"
 
 #[test]
 fn bytes_changed_after_verify_roll_back_the_images_this_load_added() {
-    let registry = pinbundle_fixtures::registry::TestRegistry::start().unwrap();
-    let pre =
-        pinbundle_fixtures::push_sized(registry.addr(), "t/pre", &[64 << 10], 21, None).unwrap();
-    let first =
-        pinbundle_fixtures::push_sized(registry.addr(), "t/first", &[256 << 10], 22, None).unwrap();
-    let second =
-        pinbundle_fixtures::push_sized(registry.addr(), "t/second", &[1 << 20], 23, None).unwrap();
-    let env = Env {
-        registry,
-        pushed: vec![pre, first, second],
-    };
+    let env = registry_with(&[
+        ("t/pre", 64 << 10, 21),
+        ("t/first", 256 << 10, 22),
+        ("t/second", 1 << 20, 23),
+    ]);
     let dir = tempdir();
     // An image that was there before, and a pin of it.
     let node = Node::with_preloaded(&env, dir.path(), dir.path());
@@ -299,18 +299,12 @@ fn a_store_that_fills_up_midway_is_rolled_back() {
         eprintln!("SKIPPED: needs root to mount a small tmpfs");
         return;
     }
-    let registry = pinbundle_fixtures::registry::TestRegistry::start().unwrap();
-    let pre =
-        pinbundle_fixtures::push_sized(registry.addr(), "t/pre", &[64 << 10], 31, None).unwrap();
-    let small =
-        pinbundle_fixtures::push_sized(registry.addr(), "t/small", &[256 << 10], 32, None).unwrap();
-    // Unpacks to about 100 MiB: more than the 80 MiB filesystem holds.
-    let big =
-        pinbundle_fixtures::push_sized(registry.addr(), "t/big", &[76 << 20], 33, None).unwrap();
-    let env = Env {
-        registry,
-        pushed: vec![pre, small, big],
-    };
+    // t/big unpacks to about 100 MiB: more than the 80 MiB filesystem holds.
+    let env = registry_with(&[
+        ("t/pre", 64 << 10, 31),
+        ("t/small", 256 << 10, 32),
+        ("t/big", 76 << 20, 33),
+    ]);
     let dir = tempdir();
     let fs = dir.path().join("fs");
     std::fs::create_dir(&fs).unwrap();
