@@ -706,7 +706,7 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
         let pinned = match i.pinned {
             Some(true) => "pinned",
             Some(false) => "NOT pinned",
-            None if r.dry_run => "",
+            None if r.dry_run || r.error.is_some() => "",
             None => "pin not confirmed",
         };
         writeln!(

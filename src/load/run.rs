@@ -112,7 +112,8 @@ pub struct ImageResult {
     pub reference: String,
     /// `name@digest`: the storage name given and the pin written.
     pub pin: String,
-    /// `loaded`, `present` (already there), `would-load` (dry run), `failed`, `not-loaded`.
+    /// `loaded`, `present` (already there), `would-load` (dry run), `failed`, `not-loaded`,
+    /// `rolled-back` (loaded, then removed again when a later import failed).
     pub status: &'static str,
     /// Whether CRI-O reported it pinned (`null` when it was not asked).
     pub pinned: Option<bool>,
@@ -327,7 +328,13 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
             // The report says what failed and what was undone; the caller exits as for an
             // operational error.
             reporter.message("the load failed: removing the images it added");
-            report.rolled_back = Some(storage::roll_back(&opts.store, &opts.skopeo, &before));
+            let undone = storage::roll_back(&opts.store, &opts.skopeo, &before);
+            for img in report.images.iter_mut().filter(|i| i.status == "loaded") {
+                if undone.removed.iter().any(|r| r.names.contains(&img.pin)) {
+                    img.status = "rolled-back";
+                }
+            }
+            report.rolled_back = Some(undone);
             report.error = Some(verify::error_chain(e.as_ref()));
             report.seconds = started.elapsed().as_secs_f64();
             return Ok(report);

@@ -290,6 +290,8 @@ fn bytes_changed_after_verify_roll_back_the_images_this_load_added() {
         "{r}"
     );
     assert_eq!(r["rolledBack"]["left"], Value::Array(vec![]), "{r}");
+    assert_eq!(r["images"][0]["status"], "rolled-back", "{r}");
+    assert_eq!(r["images"][1]["status"], "failed", "{r}");
     node.assert_unchanged();
 }
 
