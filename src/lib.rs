@@ -7,11 +7,13 @@
 //!   server used by `load`.
 //! - [`sign`] reads minisign keys, signs `pinbundle.json` and checks signatures.
 //! - [`delta`] holds what delta bundles need: bases, identities, load planning, `diff`.
+//! - [`atomic`] stages a file and renames it into place, synced: every output file.
 //! - [`input`] reads small files a person names: regular files only, with a cap.
 //! - [`text`] escapes text from bundles and registries before a person sees it.
 //! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
 //!   signals CRI-O or writes under `/etc`.
 
+pub mod atomic;
 pub mod bundle;
 pub mod create;
 pub mod delta;

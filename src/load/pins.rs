@@ -323,26 +323,26 @@ pub fn write_atomic(path: &Path, content: &str) -> Result<(), PinsError> {
         fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(io_err(dir))?;
     }
-    let mut tmp = tempfile::Builder::new()
+    let (staged, mut file) = crate::atomic::Stage::new(path)
+        .in_dir(stage_dir)
         .prefix(TEMP_PREFIX)
-        .tempfile_in(stage_dir)
-        .map_err(io_err(stage_dir))?;
-    let tmp_path = tmp.path().to_path_buf();
-    tmp.as_file_mut()
-        .write_all(content.as_bytes())
-        .map_err(io_err(&tmp_path))?;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(DROP_IN_MODE))
-        .map_err(io_err(&tmp_path))?;
-    tmp.as_file().sync_all().map_err(io_err(&tmp_path))?;
-    tmp.persist(path).map_err(|e| PinsError::Io {
-        path: path.to_path_buf(),
-        source: e.error,
-    })?;
-    fs_err::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
+        .suffix("")
+        .mode(DROP_IN_MODE)
+        .create()
+        .map_err(atomic_err)?;
+    file.write_all(content.as_bytes())
+        .map_err(io_err(staged.path()))?;
+    staged.commit(file).map_err(atomic_err)?;
     Ok(())
+}
+
+/// A stage-and-rename failure, naming the path as before: the staging directory, the
+/// temporary file, the drop-in or its directory.
+fn atomic_err(e: crate::atomic::Error) -> PinsError {
+    PinsError::Io {
+        path: e.path().to_path_buf(),
+        source: e.into_io(),
+    }
 }
 
 /// Read the drop-in at `path` (absent = None), merge our pins, and write it if it changed.
