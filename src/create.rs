@@ -9,7 +9,7 @@
 //!    the output's directory, renamed into place only when complete.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufWriter, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,7 @@ use crate::bundle::format::{
     LayoutDigests, MANIFEST_PATH, OCI_INDEX_PATH, OCI_LAYOUT_PATH, PlatformEntry, SIGNATURE_PATH,
     Totals, media,
 };
-use crate::bundle::{BundleWriter, Compression, VolumeWriter, WriterOptions};
+use crate::bundle::{Compression, HeadReservation, Output, WriterOptions};
 use crate::layer::Measured;
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
@@ -364,34 +364,11 @@ struct Resolved {
     )>,
 }
 
-/// Where blobs go: one file, or volumes.
-enum Sink {
-    /// A handle of the temporary file that is renamed into place at the end.
-    File(BundleWriter<BufWriter<std::fs::File>>),
-    Volumes(Box<VolumeWriter>),
-}
-
 /// `pinbundle.json` as rendered, with what it was rendered from.
 struct Head {
     bm: BundleManifest,
     json: Vec<u8>,
     index_json: Vec<u8>,
-}
-
-/// `json` padded with spaces and a final newline to exactly `len` bytes (JSON allows
-/// trailing whitespace): the room the provisional `pinbundle.json` took.
-fn padded(json: &[u8], len: usize) -> Result<Vec<u8>> {
-    if json.len() >= len {
-        bail!(
-            "internal error: pinbundle.json is {} bytes, more than the {len} reserved",
-            json.len()
-        );
-    }
-    let mut out = Vec::with_capacity(len);
-    out.extend_from_slice(json);
-    out.resize(len - 1, b' ');
-    out.push(b'\n');
-    Ok(out)
 }
 
 /// A download failed, or the writer did: the other side stops.
@@ -443,7 +420,7 @@ impl Ready {
 
 /// Adds `blobs` in order, each as soon as it is ready.
 fn write_blobs(
-    sink: &mut Sink,
+    out: &mut Output,
     blobs: &[&PlannedBlob],
     ready: &Ready,
     blob_dir: &Path,
@@ -462,10 +439,7 @@ fn write_blobs(
             _ => Compression::Zstd,
         };
         let (size, digest) = (b.entry.size, &b.entry.digest);
-        let mut add = |r: &mut dyn Read| match sink {
-            Sink::File(w) => w.add_member(&path, r, size, digest, compression),
-            Sink::Volumes(w) => w.add_member(&path, r, size, digest, compression),
-        };
+        let mut add = |r: &mut dyn Read| out.add_member(&path, r, size, digest, compression);
         match &b.bytes {
             Some(bytes) => add(&mut &bytes[..]),
             None => {
@@ -506,10 +480,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         .with_context(|| format!("output {} has no file name", opts.output.display()))?
         .to_string_lossy()
         .into_owned();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{file_name}."))
-        .suffix(".partial")
-        .tempfile_in(&out_dir)
+    let pending = Output::stage(&opts.output, opts.volume_size)
         .with_context(|| format!("cannot write to the output directory {}", out_dir.display()))?;
     let blob_dir = opts.cache_dir.join("blobs").join("sha256");
     fs_err::create_dir_all(&blob_dir).context("creating the blob cache")?;
@@ -838,7 +809,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let provisional = head_of(&provisional_blobs)?;
     drop(provisional_blobs);
     // Each unknown layer size, each image's sum and the total may grow from "0" to 20 digits.
-    let manifest_len = provisional.json.len() + 19 * (unknown + resolved.len() + 1) + 1;
+    let reservation = HeadReservation::new(&provisional.json, unknown + resolved.len() + 1);
     let sign = |bm: &BundleManifest, bytes: &[u8]| -> Result<Option<(Vec<u8>, SignatureInfo)>> {
         let Some(key) = &opts.sign_key else {
             return Ok(None);
@@ -856,7 +827,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
             },
         )))
     };
-    let provisional_bytes = padded(&provisional.json, manifest_len)?;
+    let provisional_bytes = reservation.fill(&provisional.json)?;
     let provisional_sig = sign(&provisional.bm, &provisional_bytes)?;
     let head_members = |manifest: &'_ [u8], sig: Option<&'_ [u8]>, index_json: &'_ [u8]| {
         let mut head: Vec<(&str, Vec<u8>)> = vec![(MANIFEST_PATH, manifest.to_vec())];
@@ -886,28 +857,14 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         level: opts.level,
         mtime: created_secs,
     };
-    let mut sink = match opts.volume_size {
-        None => {
-            let file = tmp.as_file().try_clone().with_context(out_err)?;
-            let mut w = BundleWriter::new(BufWriter::with_capacity(1 << 20, file), writer_opts)
-                .with_writeback(tmp.as_file())
-                .with_context(out_err)?;
-            for (path, bytes) in &provisional_refs {
-                w.add_bytes(path, bytes, Compression::Store)
-                    .with_context(out_err)?;
-            }
-            Sink::File(w)
-        }
-        Some(volume_size) => Sink::Volumes(Box::new(
-            VolumeWriter::new(&opts.output, volume_size, writer_opts, &provisional_refs)
-                .with_context(out_err)?,
-        )),
-    };
+    let mut out = pending
+        .start(writer_opts, &provisional_refs)
+        .with_context(out_err)?;
     let to_write: Vec<&PlannedBlob> = blobs.values().filter(|b| b.entry.carried).collect();
     let (fetched_sizes, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             pool.install(|| {
-                let r = write_blobs(&mut sink, &to_write, &ready, &blob_dir, reporter, &out_err);
+                let r = write_blobs(&mut out, &to_write, &ready, &blob_dir, reporter, &out_err);
                 if r.is_err() {
                     ready.abort();
                 }
@@ -945,7 +902,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     if head.index_json != provisional.index_json {
         bail!("internal error: index.json changed while the layers were measured");
     }
-    let manifest_bytes = padded(&head.json, manifest_len)?;
+    let manifest_bytes = reservation.fill(&head.json)?;
     let signature = sign(&head.bm, &manifest_bytes)?;
     let bm = head.bm;
     let final_head = head_members(
@@ -956,53 +913,22 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let final_refs: Vec<(&str, &[u8])> = final_head.iter().map(|(p, b)| (*p, &b[..])).collect();
     let bytes_omitted = bm.totals.omitted_size.unwrap_or(0);
     let blobs_omitted = bm.totals.omitted_blobs.unwrap_or(0);
-    let (bundle_size, volumes) = match sink {
-        Sink::File(mut w) => {
-            let file = pool.install(|| -> Result<std::fs::File> {
-                w.rewrite_head(&final_refs).with_context(out_err)?;
-                let (buf, _index) = w.finish().with_context(out_err)?;
-                let file = buf
-                    .into_inner()
-                    .map_err(|e| e.into_error())
-                    .with_context(out_err)?;
-                file.sync_all().with_context(out_err)?;
-                file.try_clone().with_context(out_err)
-            })?;
-            reporter.finish();
-            let bundle_size = file.metadata().with_context(out_err)?.len();
-            // Temporary files are created 0600; a bundle is meant to be read by whoever
-            // carries it.
-            std::fs::set_permissions(
-                tmp.path(),
-                std::os::unix::fs::PermissionsExt::from_mode(0o644),
-            )
-            .with_context(out_err)?;
-            tmp.persist(&opts.output)
-                .map_err(|e| e.error)
-                .with_context(|| {
-                    format!("renaming the finished bundle to {}", opts.output.display())
-                })?;
-            if let Ok(d) = std::fs::File::open(&out_dir) {
-                let _ = d.sync_all();
-            }
-            (bundle_size, Vec::new())
-        }
-        Sink::Volumes(mut w) => {
-            drop(tmp);
-            let written = pool.install(|| -> Result<Vec<crate::bundle::WrittenVolume>> {
-                w.rewrite_head(&final_refs).with_context(out_err)?;
-                w.finish().with_context(out_err)
-            })?;
-            reporter.finish();
-            let volumes: Vec<CreatedVolume> = written
-                .into_iter()
-                .map(|v| CreatedVolume {
-                    path: v.path,
-                    size: v.size,
-                })
-                .collect();
-            (volumes.iter().map(|v| v.size).sum(), volumes)
-        }
+    let written = pool.install(|| -> Result<crate::bundle::Written> {
+        out.rewrite_head(&final_refs).with_context(out_err)?;
+        out.finish().with_context(out_err)
+    })?;
+    reporter.finish();
+    let bundle_size = written.size();
+    let volumes: Vec<CreatedVolume> = match written.set {
+        Some(_) => written
+            .files
+            .into_iter()
+            .map(|v| CreatedVolume {
+                path: v.path,
+                size: v.size,
+            })
+            .collect(),
+        None => Vec::new(),
     };
 
     Ok(CreateReport {

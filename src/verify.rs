@@ -331,7 +331,7 @@ fn verify_members(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .build()
-        .map_err(|e| bundle::Error::Write(std::io::Error::other(e)))?;
+        .map_err(bundle::Error::ThreadPool)?;
     pool.install(|| {
         work.par_iter().for_each(|(_, w)| {
             let progress = |n| reporter.advance(n);

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use pinbundle::bundle::format::{PartInfo, VolumeInfo, part_path};
-use pinbundle::bundle::{BundleSet, Compression, SetOptions, VolumeWriter, WriterOptions};
+use pinbundle::bundle::{BundleSet, Compression, SetOptions, Output, WriterOptions};
 use pinbundle::progress::Silent;
 use pinbundle::reference::Digest;
 use pinbundle::sign::TrustedKey;
@@ -177,9 +177,9 @@ fn synthetic() -> Vec<Seed> {
     }
     let single = w.finish().unwrap().0;
     let dir = tempfile::tempdir().unwrap();
-    let mut v = VolumeWriter::new(
+    let mut v = Output::create(
         &dir.path().join("s.pinbundle"),
-        12 << 10,
+        Some(12 << 10),
         opts,
         &[
             ("pinbundle.json", &manifest),
@@ -196,6 +196,7 @@ fn synthetic() -> Vec<Seed> {
     let set: Vec<Vec<u8>> = v
         .finish()
         .unwrap()
+        .files
         .into_iter()
         .map(|w| std::fs::read(w.path).unwrap())
         .collect();

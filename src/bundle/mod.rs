@@ -6,6 +6,7 @@
 //! with one seek and verifies members in parallel.
 
 pub mod format;
+mod output;
 pub mod reader;
 pub mod set;
 mod signature;
@@ -17,10 +18,10 @@ use std::path::PathBuf;
 
 use crate::reference::Digest;
 
+pub use output::{HeadReservation, Output, PendingOutput, Written, WrittenFile};
 pub use reader::{Bundle, MemberReader};
 pub use set::{BlobLoc, BundleSet, SetOptions};
-pub use volumes::{VolumeWriter, WrittenVolume};
-pub use writer::{BundleWriter, Compression, Rewrite, WriterOptions};
+pub use writer::{BundleWriter, Compression, WriterOptions};
 
 /// What can go wrong reading or writing a bundle. Each variant names the file and the member,
 /// frame or offset involved.
@@ -42,8 +43,44 @@ pub enum Error {
     TooManyFiles { path: PathBuf, max: usize },
     #[error("{what} of {size} bytes is larger than the format allows ({max} bytes)")]
     TooLarge { what: String, size: u64, max: u64 },
-    #[error("writing the bundle failed")]
-    Write(#[source] io::Error),
+    #[error("cannot write {} at offset {offset}", path.display())]
+    Write {
+        path: PathBuf,
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write the bundle at offset {offset}")]
+    WriteStream {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    /// Staging, syncing or renaming an output file.
+    #[error(transparent)]
+    Output(#[from] crate::atomic::Error),
+    #[error("cannot remove {}", path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start worker threads")]
+    ThreadPool(#[source] rayon::ThreadPoolBuildError),
+    #[error("cannot compress {member}")]
+    Compress {
+        member: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot encode the seek index")]
+    EncodeIndex(#[source] serde_json::Error),
+    #[error("a bundle needs head members, pinbundle.json first")]
+    NoHead,
+    #[error("{member}: the final content does not have the provisional content's length")]
+    HeadChanged { member: String },
+    #[error("internal error: pinbundle.json is {len} bytes, more than the {reserved} reserved")]
+    HeadOverflow { len: usize, reserved: usize },
     #[error(
         "{} is not a pinbundle bundle (no footer at its end: truncated, or not a bundle)",
         path.display()

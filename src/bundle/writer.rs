@@ -8,6 +8,7 @@
 //! number of workers.
 
 use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use sha2::Digest as _;
@@ -15,7 +16,7 @@ use sha2::Digest as _;
 use super::Error;
 use super::format::{
     DEFAULT_FRAME_SIZE, FOOTER_LEN, FORMAT_VERSION, FrameEntry, INDEX_FRAME_MAGIC, MAX_FRAME_SIZE,
-    MemberEntry, SeekIndex, ZSTD_MAGIC,
+    MemberEntry, SeekIndex, VolumeInfo, ZSTD_MAGIC,
 };
 use crate::reference::Digest;
 
@@ -53,34 +54,20 @@ pub(crate) const TAR_BLOCK: usize = 512;
 /// zstd's largest block.
 const MAX_BLOCK: usize = 128 << 10;
 
-/// Streams members into `out`. Call [`BundleWriter::finish`] to complete the file; a writer
-/// dropped before that has written an incomplete bundle (callers write to a temporary file).
+/// Streams members into `out` (any writer: an in-memory buffer, a pipe), as one bundle file.
+/// Call [`BundleWriter::finish`] to complete it; a writer dropped before that has written an
+/// incomplete bundle. [`super::Output`] writes files and volume sets, staged and renamed.
 pub struct BundleWriter<W: Write> {
-    out: W,
-    pos: u64,
+    file: Frames<W>,
     enc: Encoder,
-    frames: Vec<FrameEntry>,
-    members: Vec<MemberEntry>,
-    writeback: Option<Writeback>,
 }
 
 impl<W: Write> BundleWriter<W> {
     pub fn new(out: W, opts: WriterOptions) -> Self {
         BundleWriter {
-            out,
-            pos: 0,
+            file: Frames::new(out, None),
             enc: Encoder::new(opts),
-            frames: Vec::new(),
-            members: Vec::new(),
-            writeback: None,
         }
-    }
-
-    /// Starts the kernel writing what is written to `file` (the file `out` writes to) as it
-    /// goes, so the final fsync does not wait for the whole bundle.
-    pub fn with_writeback(mut self, file: &std::fs::File) -> io::Result<Self> {
-        self.writeback = Some(Writeback::new(file)?);
-        Ok(self)
     }
 
     /// Adds a member whose content is in memory.
@@ -105,111 +92,160 @@ impl<W: Write> BundleWriter<W> {
         digest: &Digest,
         compression: Compression,
     ) -> Result<(), Error> {
-        let header = tar_header(path, size, self.enc.opts.mtime)?;
-        let first_frame = self.frames.len();
-        let BundleWriter {
-            out,
-            pos,
-            enc,
-            frames,
-            writeback,
-            ..
-        } = self;
-        enc.encode(
+        add_whole(
+            &mut self.file,
+            &mut self.enc,
             path,
-            Some(&header),
             data,
             size,
             digest,
             compression,
-            |frame, content, xxh3| {
-                write_frame(out, pos, frames, frame, content, xxh3)?;
-                if let Some(wb) = writeback {
-                    wb.advance(*pos);
-                }
-                Ok(())
-            },
-        )?;
-        self.members.push(MemberEntry {
-            path: path.to_string(),
-            digest: digest.clone(),
-            size,
-            frame: first_frame,
-            frames: self.frames.len() - first_frame,
-            data_offset: TAR_BLOCK as u64,
-            part: None,
-        });
-        Ok(())
+        )
     }
 
     /// Writes the tar end-of-archive, the seek index and the footer; returns the output and
     /// the index.
     pub fn finish(mut self) -> Result<(W, SeekIndex), Error> {
-        let eof = end_of_archive(self.enc.opts.level)?;
-        write_frame(
-            &mut self.out,
-            &mut self.pos,
-            &mut self.frames,
-            &eof,
-            2 * TAR_BLOCK as u64,
-            xxhash_rust::xxh3::xxh3_64(&eof),
-        )?;
-        let index = SeekIndex {
+        self.file.write_eof(&end_of_archive(self.enc.opts.level)?)?;
+        let index = self.file.index(None);
+        let tail = trailer(&index, self.file.pos)?;
+        let offset = self.file.pos;
+        let mut out = self.file.out;
+        out.write_all(&tail)
+            .and_then(|()| out.flush())
+            .map_err(|source| Error::WriteStream { offset, source })?;
+        Ok((out, index))
+    }
+}
+
+/// Adds a whole member to `file`: its tar header leads its first frame.
+pub(crate) fn add_whole<W: Write>(
+    file: &mut Frames<W>,
+    enc: &mut Encoder,
+    path: &str,
+    data: impl Read,
+    size: u64,
+    digest: &Digest,
+    compression: Compression,
+) -> Result<(), Error> {
+    let header = tar_header(path, size, enc.opts.mtime)?;
+    let first_frame = file.frames.len();
+    enc.encode(
+        path,
+        Some(&header),
+        data,
+        size,
+        digest,
+        compression,
+        |frame, content, xxh3| file.write_frame(frame, content, xxh3),
+    )?;
+    file.members.push(MemberEntry {
+        path: path.to_string(),
+        digest: digest.clone(),
+        size,
+        frame: first_frame,
+        frames: file.frames.len() - first_frame,
+        data_offset: TAR_BLOCK as u64,
+        part: None,
+    });
+    Ok(())
+}
+
+/// One file's frames as written: the output, its length so far, and what its seek index will
+/// list.
+pub(crate) struct Frames<W> {
+    pub(crate) out: W,
+    /// The file the output writes to, for errors (none for a stream).
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) pos: u64,
+    pub(crate) frames: Vec<FrameEntry>,
+    pub(crate) members: Vec<MemberEntry>,
+    pub(crate) writeback: Option<Writeback>,
+}
+
+impl<W: Write> Frames<W> {
+    pub(crate) fn new(out: W, path: Option<PathBuf>) -> Frames<W> {
+        Frames {
+            out,
+            path,
+            pos: 0,
+            frames: Vec::new(),
+            members: Vec::new(),
+            writeback: None,
+        }
+    }
+
+    /// An I/O error at `offset` of this file.
+    pub(crate) fn error(&self, offset: u64, source: io::Error) -> Error {
+        match &self.path {
+            Some(path) => Error::Write {
+                path: path.clone(),
+                offset,
+                source,
+            },
+            None => Error::WriteStream { offset, source },
+        }
+    }
+
+    /// Writes one frame at the end and records it.
+    pub(crate) fn write_frame(&mut self, frame: &[u8], size: u64, xxh3: u64) -> Result<(), Error> {
+        if let Err(e) = self.out.write_all(frame) {
+            return Err(self.error(self.pos, e));
+        }
+        self.frames.push(FrameEntry {
+            offset: self.pos,
+            length: frame.len() as u64,
+            size,
+            xxh3: format!("{xxh3:016x}"),
+        });
+        self.pos += frame.len() as u64;
+        if let Some(wb) = &mut self.writeback {
+            wb.advance(self.pos);
+        }
+        Ok(())
+    }
+
+    /// Writes the tar end-of-archive frame (see [`end_of_archive`]).
+    pub(crate) fn write_eof(&mut self, eof: &[u8]) -> Result<(), Error> {
+        self.write_frame(eof, 2 * TAR_BLOCK as u64, xxhash_rust::xxh3::xxh3_64(eof))
+    }
+
+    /// The seek index of what is written.
+    pub(crate) fn index(&self, volume: Option<VolumeInfo>) -> SeekIndex {
+        SeekIndex {
             format_version: FORMAT_VERSION,
-            frames: self.frames,
-            members: self.members,
-            volume: None,
-        };
-        self.out
-            .write_all(&trailer(&index, self.pos)?)
-            .map_err(Error::Write)?;
-        self.out.flush().map_err(Error::Write)?;
-        Ok((self.out, index))
+            frames: self.frames.clone(),
+            members: self.members.clone(),
+            volume,
+        }
+    }
+
+    /// Flushes the output.
+    pub(crate) fn flush(&mut self) -> Result<(), Error> {
+        self.out.flush().map_err(|e| self.error(self.pos, e))
     }
 }
 
-/// Outputs whose bytes already written can be overwritten in place (to fill in the head
-/// members once their content is final; see [`BundleWriter::rewrite_head`]).
-pub trait Rewrite: Write {
-    fn rewrite_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()>;
+/// The head members (`pinbundle.json`, its signature, `oci-layout`, `index.json`) encoded,
+/// as they start every file of a bundle: stored frames, so that a final head of the same
+/// lengths takes the same room and can be written over the provisional one.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedHead {
+    /// (frame bytes, decompressed size, XXH3) in order.
+    pub(crate) frames: Vec<(Vec<u8>, u64, u64)>,
+    pub(crate) members: Vec<MemberEntry>,
 }
 
-impl Rewrite for io::BufWriter<&std::fs::File> {
-    fn rewrite_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.flush()?;
-        self.get_ref().write_all_at(bytes, offset)
-    }
-}
-
-impl Rewrite for io::BufWriter<std::fs::File> {
-    fn rewrite_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        self.flush()?;
-        self.get_ref().write_all_at(bytes, offset)
-    }
-}
-
-impl<W: Rewrite> BundleWriter<W> {
-    /// Overwrites the first `head.len()` members, which must have been added with
-    /// [`Compression::Store`] and content of the same lengths, with `head`'s content. Stored
-    /// frames of equal content lengths have equal lengths, so nothing else moves: `create`
-    /// writes a provisional `pinbundle.json` first and the final one when every layer is
-    /// measured.
-    pub fn rewrite_head(&mut self, head: &[(&str, &[u8])]) -> Result<(), Error> {
-        for (i, (path, bytes)) in head.iter().enumerate() {
+impl EncodedHead {
+    pub(crate) fn encode(enc: &mut Encoder, head: &[(&str, &[u8])]) -> Result<Self, Error> {
+        let mut frames = Vec::new();
+        let mut members = Vec::new();
+        for (path, bytes) in head {
             let size = bytes.len() as u64;
-            let m = self
-                .members
-                .get(i)
-                .filter(|m| m.path == *path && m.size == size)
-                .cloned()
-                .ok_or_else(|| rewrite_error(path))?;
-            let header = tar_header(path, size, self.enc.opts.mtime)?;
+            let header = tar_header(path, size, enc.opts.mtime)?;
+            let first = frames.len();
             let digest = Digest::of(bytes);
-            let (out, frames) = (&mut self.out, &mut self.frames);
-            let mut j = m.frame;
-            self.enc.encode(
+            enc.encode(
                 path,
                 Some(&header),
                 *bytes,
@@ -217,30 +253,89 @@ impl<W: Rewrite> BundleWriter<W> {
                 &digest,
                 Compression::Store,
                 |frame, content, xxh3| {
-                    let f = frames
-                        .get_mut(j)
-                        .filter(|f| f.length == frame.len() as u64 && f.size == content)
-                        .ok_or_else(|| rewrite_error(path))?;
-                    out.rewrite_at(f.offset, frame).map_err(Error::Write)?;
-                    f.xxh3 = format!("{xxh3:016x}");
-                    j += 1;
+                    frames.push((frame.to_vec(), content, xxh3));
                     Ok(())
                 },
             )?;
-            if j != m.frame + m.frames {
-                return Err(rewrite_error(path));
+            members.push(MemberEntry {
+                path: path.to_string(),
+                digest,
+                size,
+                frame: first,
+                frames: frames.len() - first,
+                data_offset: TAR_BLOCK as u64,
+                part: None,
+            });
+        }
+        Ok(EncodedHead { frames, members })
+    }
+
+    /// The bytes the head takes.
+    pub(crate) fn len(&self) -> u64 {
+        self.frames.iter().map(|(f, _, _)| f.len() as u64).sum()
+    }
+
+    /// Writes the head at the start of `file`.
+    pub(crate) fn write_to<W: Write>(&self, file: &mut Frames<W>) -> Result<(), Error> {
+        for (frame, size, xxh3) in &self.frames {
+            file.write_frame(frame, *size, *xxh3)?;
+        }
+        file.members.extend(self.members.iter().cloned());
+        Ok(())
+    }
+
+    /// Checks that `new` takes exactly the room this head took: the same members with the
+    /// same lengths, in frames of the same lengths.
+    pub(crate) fn check_room(&self, new: &EncodedHead) -> Result<(), Error> {
+        let changed = |member: &str| Error::HeadChanged {
+            member: member.to_string(),
+        };
+        if new.members.len() != self.members.len() {
+            return Err(changed("the head"));
+        }
+        for (a, b) in self.members.iter().zip(&new.members) {
+            if a.path != b.path || a.size != b.size || a.frames != b.frames {
+                return Err(changed(&b.path));
             }
-            self.members[i].digest = digest;
+            let (fa, fb) = (
+                &self.frames[a.frame..a.frame + a.frames],
+                &new.frames[b.frame..b.frame + b.frames],
+            );
+            if fa
+                .iter()
+                .zip(fb)
+                .any(|(x, y)| x.0.len() != y.0.len() || x.1 != y.1)
+            {
+                return Err(changed(&b.path));
+            }
         }
         Ok(())
     }
-}
 
-/// A head member's final content does not fill the room its provisional content took.
-pub(crate) fn rewrite_error(path: &str) -> Error {
-    Error::Write(io::Error::other(format!(
-        "{path}: the final content does not have the provisional content's length"
-    )))
+    /// Writes this head over the one at the start of `file` (of the same room: see
+    /// [`EncodedHead::check_room`]), and updates the index entries that describe it.
+    pub(crate) fn patch(
+        &self,
+        file: &std::fs::File,
+        path: &Path,
+        frames: &mut [FrameEntry],
+        members: &mut [MemberEntry],
+    ) -> Result<(), Error> {
+        use std::os::unix::fs::FileExt;
+        for ((frame, _, xxh3), e) in self.frames.iter().zip(frames.iter_mut()) {
+            file.write_all_at(frame, e.offset)
+                .map_err(|source| Error::Write {
+                    path: path.to_path_buf(),
+                    offset: e.offset,
+                    source,
+                })?;
+            e.xxh3 = format!("{xxh3:016x}");
+        }
+        for (m, new) in members.iter_mut().zip(&self.members) {
+            m.digest = new.digest.clone();
+        }
+        Ok(())
+    }
 }
 
 /// Asks the kernel to write a file's pages out as the file grows, instead of all at the
@@ -278,43 +373,28 @@ impl Writeback {
     }
 }
 
-/// Writes one frame at `*pos` and records it.
-pub(crate) fn write_frame(
-    out: &mut impl Write,
-    pos: &mut u64,
-    frames: &mut Vec<FrameEntry>,
-    frame: &[u8],
-    size: u64,
-    xxh3: u64,
-) -> Result<(), Error> {
-    out.write_all(frame).map_err(Error::Write)?;
-    frames.push(FrameEntry {
-        offset: *pos,
-        length: frame.len() as u64,
-        size,
-        xxh3: format!("{xxh3:016x}"),
-    });
-    *pos += frame.len() as u64;
-    Ok(())
-}
-
 /// The compressed tar end-of-archive frame (two zero blocks).
 pub(crate) fn end_of_archive(level: i32) -> Result<Vec<u8>, Error> {
-    compressed_frame(&[0u8; 2 * TAR_BLOCK], level).map_err(Error::Write)
+    compressed_frame(&[0u8; 2 * TAR_BLOCK], level).map_err(|source| Error::Compress {
+        member: "the tar end-of-archive".into(),
+        source,
+    })
 }
 
 /// The index's skippable frame: the seek index, then the footer. `data_end` is the file
 /// offset where the frame starts (the end of the data frames).
 pub(crate) fn trailer(index: &SeekIndex, data_end: u64) -> Result<Vec<u8>, Error> {
-    let index_bytes = serde_json::to_vec(index).map_err(|e| Error::Write(io::Error::other(e)))?;
-    // Never write what readers refuse.
+    let index_bytes = serde_json::to_vec(index).map_err(Error::EncodeIndex)?;
+    // Never write what readers refuse (and what the skippable frame's length cannot say).
+    let too_large = || Error::TooLarge {
+        what: "the seek index".into(),
+        size: index_bytes.len() as u64,
+        max: super::format::MAX_INDEX_LEN,
+    };
     if index_bytes.len() as u64 > super::format::MAX_INDEX_LEN {
-        return Err(Error::TooLarge {
-            what: "the seek index".into(),
-            size: index_bytes.len() as u64,
-            max: super::format::MAX_INDEX_LEN,
-        });
+        return Err(too_large());
     }
+    let payload_len = u32::try_from(index_bytes.len() + FOOTER_LEN).map_err(|_| too_large())?;
     let footer = super::format::Footer {
         version: FORMAT_VERSION,
         flags: 0,
@@ -322,8 +402,6 @@ pub(crate) fn trailer(index: &SeekIndex, data_end: u64) -> Result<Vec<u8>, Error
         index_len: index_bytes.len() as u64,
         index_sha256: sha2::Sha256::digest(&index_bytes).into(),
     };
-    let payload_len = u32::try_from(index_bytes.len() + FOOTER_LEN)
-        .map_err(|_| Error::Write(io::Error::other("seek index larger than 4 GiB")))?;
     let mut tail = Vec::with_capacity(8 + payload_len as usize);
     tail.extend_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
     tail.extend_from_slice(&payload_len.to_le_bytes());
@@ -369,8 +447,14 @@ impl Encoder {
         mut sink: impl FnMut(&[u8], u64, u64) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let mut hasher = sha2::Sha256::new();
-        let mut remaining = size;
-        let mut first = true;
+        let mut chunker = Chunker {
+            path,
+            header,
+            size,
+            remaining: size,
+            first: true,
+            frame_size: self.opts.frame_size,
+        };
         let batch = rayon::current_num_threads().max(1) * 2;
         // Chunk and frame buffers live as long as the writer: fresh 16 MiB buffers per frame
         // cost about as much in page faults as hashing them.
@@ -378,93 +462,15 @@ impl Encoder {
         let mut frames = std::mem::take(&mut self.frame_pool);
         chunks.resize_with(batch, Vec::new);
         frames.resize_with(batch, || (Vec::new(), 0));
-        let result = loop {
-            // Read a batch of frame-sized chunks; then hash their content on one thread while
-            // the others encode them; then hand the frames on in order.
-            let mut used = 0;
-            let mut content: Vec<std::ops::Range<usize>> = Vec::with_capacity(batch);
-            let mut read_error = None;
-            while used < batch && (first || remaining > 0) {
-                let chunk = &mut chunks[used];
-                chunk.clear();
-                let mut room = self.opts.frame_size;
-                if first {
-                    if let Some(h) = header {
-                        chunk.extend_from_slice(h);
-                        room -= TAR_BLOCK;
-                    }
-                    first = false;
-                }
-                let take = remaining.min(room as u64) as usize;
-                let start = chunk.len();
-                chunk.resize(start + take, 0);
-                if let Err(e) = read_exact_or_short(&mut data, &mut chunk[start..]) {
-                    read_error = Some(match e {
-                        ReadFail::Short(got) => Error::InputSize {
-                            member: path.to_string(),
-                            expected: size,
-                            found: size - remaining + got as u64,
-                        },
-                        ReadFail::Io(source) => Error::Input {
-                            member: path.to_string(),
-                            source,
-                        },
-                    });
-                    break;
-                }
-                remaining -= take as u64;
-                if remaining == 0 {
-                    let pad = (TAR_BLOCK - (size as usize % TAR_BLOCK)) % TAR_BLOCK;
-                    chunk.resize(chunk.len() + pad, 0);
-                }
-                content.push(start..start + take);
-                used += 1;
-            }
-            if let Some(e) = read_error {
-                break Err(e);
-            }
-            if used == 0 {
-                break Ok(());
-            }
-            let level = self.opts.level;
-            let (encoded, ()) = rayon::join(
-                || {
-                    chunks[..used]
-                        .par_iter()
-                        .zip(frames[..used].par_iter_mut())
-                        .map(|(c, (out, xxh3))| {
-                            match compression {
-                                Compression::Store => stored_frame_into(c, out),
-                                Compression::Zstd => compressed_frame_into(c, level, out)?,
-                            }
-                            *xxh3 = xxhash_rust::xxh3::xxh3_64(out);
-                            Ok(())
-                        })
-                        .collect::<io::Result<()>>()
-                },
-                || {
-                    for (c, r) in chunks[..used].iter().zip(&content) {
-                        hasher.update(&c[r.clone()]);
-                    }
-                },
-            );
-            if let Err(e) = encoded {
-                break Err(Error::Write(e));
-            }
-            let mut failed = None;
-            for (chunk, (frame, xxh3)) in chunks[..used].iter().zip(&frames[..used]) {
-                if let Err(e) = sink(frame, chunk.len() as u64, *xxh3) {
-                    failed = Some(e);
-                    break;
-                }
-            }
-            if let Some(e) = failed {
-                break Err(e);
-            }
-            if remaining == 0 {
-                break Ok(());
-            }
-        };
+        let result = self.encode_chunks(
+            &mut chunker,
+            &mut data,
+            &mut chunks,
+            &mut frames,
+            compression,
+            &mut hasher,
+            &mut sink,
+        );
         self.chunk_pool = chunks;
         self.frame_pool = frames;
         result?;
@@ -489,6 +495,119 @@ impl Encoder {
             });
         }
         Ok(())
+    }
+
+    /// The loop of [`Encoder::encode`]: read a batch of frame-sized chunks; then hash their
+    /// content on one thread while the others encode them; then hand the frames on in order.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_chunks(
+        &self,
+        chunker: &mut Chunker<'_>,
+        data: &mut impl Read,
+        chunks: &mut [Vec<u8>],
+        frames: &mut [(Vec<u8>, u64)],
+        compression: Compression,
+        hasher: &mut sha2::Sha256,
+        sink: &mut impl FnMut(&[u8], u64, u64) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let level = self.opts.level;
+        loop {
+            let content = chunker.read_batch(data, chunks)?;
+            let used = content.len();
+            if used == 0 {
+                return Ok(());
+            }
+            let (encoded, ()) = rayon::join(
+                || {
+                    chunks[..used]
+                        .par_iter()
+                        .zip(frames[..used].par_iter_mut())
+                        .map(|(c, (out, xxh3))| {
+                            match compression {
+                                Compression::Store => stored_frame_into(c, out),
+                                Compression::Zstd => compressed_frame_into(c, level, out)?,
+                            }
+                            *xxh3 = xxhash_rust::xxh3::xxh3_64(out);
+                            Ok(())
+                        })
+                        .collect::<io::Result<()>>()
+                },
+                || {
+                    for (c, r) in chunks[..used].iter().zip(&content) {
+                        hasher.update(&c[r.clone()]);
+                    }
+                },
+            );
+            encoded.map_err(|source| Error::Compress {
+                member: chunker.path.to_string(),
+                source,
+            })?;
+            for (chunk, (frame, xxh3)) in chunks[..used].iter().zip(&frames[..used]) {
+                sink(frame, chunk.len() as u64, *xxh3)?;
+            }
+            if chunker.remaining == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Cuts one member's content into frame-sized chunks.
+struct Chunker<'a> {
+    path: &'a str,
+    /// The tar header that leads the first chunk, if any.
+    header: Option<&'a [u8; TAR_BLOCK]>,
+    size: u64,
+    remaining: u64,
+    first: bool,
+    frame_size: usize,
+}
+
+impl Chunker<'_> {
+    /// Fills up to `chunks.len()` chunks from `data` (the last one of the member padded to a
+    /// tar block); returns the range of member content in each chunk filled. A member of no
+    /// bytes still gets one chunk (its header, or nothing).
+    fn read_batch(
+        &mut self,
+        data: &mut impl Read,
+        chunks: &mut [Vec<u8>],
+    ) -> Result<Vec<std::ops::Range<usize>>, Error> {
+        let mut content = Vec::with_capacity(chunks.len());
+        for chunk in chunks.iter_mut() {
+            if !(self.first || self.remaining > 0) {
+                break;
+            }
+            chunk.clear();
+            let mut room = self.frame_size;
+            if self.first {
+                if let Some(h) = self.header {
+                    chunk.extend_from_slice(h);
+                    room -= TAR_BLOCK;
+                }
+                self.first = false;
+            }
+            let take = self.remaining.min(room as u64) as usize;
+            let start = chunk.len();
+            chunk.resize(start + take, 0);
+            read_exact_or_short(data, &mut chunk[start..]).map_err(|e| match e {
+                ReadFail::Short(got) => Error::InputSize {
+                    member: self.path.to_string(),
+                    expected: self.size,
+                    found: self.size - self.remaining + got as u64,
+                },
+                ReadFail::Io(source) => Error::Input {
+                    member: self.path.to_string(),
+                    source,
+                },
+            })?;
+            self.remaining -= take as u64;
+            if self.remaining == 0 {
+                let pad = (TAR_BLOCK - (self.size as usize % TAR_BLOCK)) % TAR_BLOCK;
+                chunk.resize(chunk.len() + pad, 0);
+            }
+            content.push(start..start + take);
+        }
+        Ok(content)
     }
 }
 

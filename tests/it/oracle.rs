@@ -10,7 +10,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pinbundle::bundle::{Bundle, Compression, VolumeWriter, WriterOptions};
+use pinbundle::bundle::{Bundle, Compression, Output, WriterOptions};
 use pinbundle::reference::Digest;
 
 use crate::util::{run, tempdir, text};
@@ -315,9 +315,9 @@ fn write(
             vec![p]
         }
         Some(size) => {
-            let mut w = VolumeWriter::new(
+            let mut w = Output::create(
                 &dir.join("v.pinbundle"),
-                size,
+                Some(size),
                 opts,
                 &[
                     ("pinbundle.json", &manifest),
@@ -331,7 +331,12 @@ fn write(
                 w.add_member(&d.layout_path(), &b[..], b.len() as u64, &d, *c)
                     .unwrap();
             }
-            w.finish().unwrap().into_iter().map(|v| v.path).collect()
+            w.finish()
+                .unwrap()
+                .files
+                .into_iter()
+                .map(|v| v.path)
+                .collect()
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pinbundle::bundle::{Bundle, BundleSet, Compression, SetOptions, VolumeWriter, WriterOptions};
+use pinbundle::bundle::{Bundle, BundleSet, Compression, Output, SetOptions, WriterOptions};
 use pinbundle::reference::Digest;
 use serde_json::Value;
 
@@ -39,9 +39,9 @@ fn write_set(
     frame_size: usize,
 ) -> Vec<PathBuf> {
     let (manifest, layout, index) = head(blobs);
-    let mut w = VolumeWriter::new(
+    let mut w = Output::create(
         &dir.join("v.pinbundle"),
-        size,
+        Some(size),
         WriterOptions {
             frame_size,
             level: 3,
@@ -59,7 +59,12 @@ fn write_set(
         w.add_member(&d.layout_path(), &b[..], b.len() as u64, &d, *c)
             .unwrap();
     }
-    w.finish().unwrap().into_iter().map(|v| v.path).collect()
+    w.finish()
+        .unwrap()
+        .files
+        .into_iter()
+        .map(|v| v.path)
+        .collect()
 }
 
 #[test]
@@ -142,9 +147,9 @@ fn a_volume_too_small_for_its_head_is_refused() {
     let blobs = vec![(content(10_000, 1, false), Compression::Store)];
     let (manifest, layout, index) = head(&blobs);
     let big_manifest = [manifest.clone(), content(80_000, 9, false)].concat();
-    let r = VolumeWriter::new(
+    let r = Output::create(
         &dir.path().join("v"),
-        64 << 10,
+        Some(64 << 10),
         WriterOptions::default(),
         &[
             ("pinbundle.json", &big_manifest),
