@@ -41,16 +41,6 @@ impl HeadReservation {
         }
     }
 
-    /// The reserved length.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is reserved (never: there is always the final newline).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// `json` padded to the reserved length.
     pub fn fill(&self, json: &[u8]) -> Result<Vec<u8>, Error> {
         if json.len() >= self.len {
@@ -354,5 +344,85 @@ impl Closed {
             index,
         };
         Ok((self.staged.seal(file)?, written))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::BundleWriter;
+
+    #[test]
+    fn a_reservation_pads_to_one_length_and_refuses_more() {
+        let r = HeadReservation::new(b"{\"n\":0}", 2);
+        let a = r.fill(b"{\"n\":0}").unwrap();
+        let b = r.fill(b"{\"n\":18446744073709551615}").unwrap();
+        assert_eq!(a.len(), b.len());
+        assert!(a.ends_with(b" \n") && b.ends_with(b"\n"));
+        let too_long = vec![b'x'; a.len()];
+        assert!(matches!(r.fill(&too_long), Err(Error::HeadOverflow { .. })));
+    }
+
+    #[test]
+    fn a_single_file_output_is_a_stream_bundle_staged_and_renamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("b.pinbundle");
+        let head: Vec<(&str, &[u8])> = vec![("pinbundle.json", b"{}\n"), ("oci-layout", b"{}")];
+        let blob = vec![7u8; 70_000];
+        let d = Digest::of(&blob);
+        let opts = WriterOptions {
+            frame_size: 16 << 10,
+            ..WriterOptions::default()
+        };
+        let mut w = BundleWriter::new(Vec::new(), opts.clone());
+        for (p, b) in &head {
+            w.add_bytes(p, b, Compression::Store).unwrap();
+        }
+        w.add_member(
+            &d.layout_path(),
+            &blob[..],
+            blob.len() as u64,
+            &d,
+            Compression::Zstd,
+        )
+        .unwrap();
+        let (expected, _) = w.finish().unwrap();
+
+        let mut out = Output::create(&dest, None, opts, &head).unwrap();
+        out.add_member(
+            &d.layout_path(),
+            &blob[..],
+            blob.len() as u64,
+            &d,
+            Compression::Zstd,
+        )
+        .unwrap();
+        assert!(!dest.exists(), "nothing under the name before finish");
+        out.rewrite_head(&head).unwrap();
+        let written = out.finish().unwrap();
+        assert!(written.set.is_none());
+        assert_eq!(written.files.len(), 1);
+        assert_eq!(written.size(), expected.len() as u64);
+        assert_eq!(fs_err::read(&dest).unwrap(), expected);
+        let names: Vec<_> = fs_err::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temporary file left");
+    }
+
+    #[test]
+    fn a_head_of_another_length_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let head: Vec<(&str, &[u8])> = vec![("pinbundle.json", b"{}\n")];
+        let mut out =
+            Output::create(&dir.path().join("b"), None, WriterOptions::default(), &head).unwrap();
+        let e = out
+            .rewrite_head(&[("pinbundle.json", b"{ }\n")])
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("pinbundle.json: the final content"),
+            "{e}"
+        );
+        drop(out);
+        assert_eq!(fs_err::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

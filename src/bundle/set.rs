@@ -74,44 +74,7 @@ impl BundleSet {
     /// (within [`MAX_SET_INDEX_LEN`] in all); then `pinbundle.json` is read once, from the
     /// first volume.
     pub fn open(inputs: &[PathBuf], opts: SetOptions) -> Result<BundleSet, Error> {
-        let mut files: Vec<(PathBuf, bool)> = Vec::new(); // (path, given explicitly)
-        for input in inputs {
-            if input.is_dir() {
-                let entries = std::fs::read_dir(input).map_err(|source| Error::Io {
-                    path: input.clone(),
-                    source,
-                })?;
-                let mut found: Vec<PathBuf> = Vec::new();
-                for e in entries {
-                    let p = e
-                        .map_err(|source| Error::Io {
-                            path: input.clone(),
-                            source,
-                        })?
-                        .path();
-                    if hidden(&p) || !p.is_file() {
-                        continue;
-                    }
-                    if found.len() == MAX_DIR_FILES {
-                        return Err(Error::TooManyFiles {
-                            path: input.clone(),
-                            max: MAX_DIR_FILES,
-                        });
-                    }
-                    found.push(p);
-                }
-                found.sort();
-                files.extend(found.into_iter().map(|p| (p, false)));
-            } else {
-                files.push((input.clone(), true));
-            }
-        }
-        if files.len() > MAX_DIR_FILES {
-            return Err(Error::TooManyFiles {
-                path: inputs.first().cloned().unwrap_or_default(),
-                max: MAX_DIR_FILES,
-            });
-        }
+        let files = list_inputs(inputs)?;
         let mut budget = MAX_SET_INDEX_LEN;
         let mut opened: Vec<Bundle> = Vec::new();
         for (path, explicit) in &files {
@@ -141,56 +104,14 @@ impl BundleSet {
                 }
             }
         }
-        // Everything must be one whole bundle, or volumes of one set.
-        let first_path = opened[0].path().to_path_buf();
-        let first_set = opened[0].index().volume.as_ref().map(|v| v.set.clone());
-        let set_name = |v: Option<&VolumeInfo>| match v {
-            Some(v) => format!("set {}", v.set),
-            None => "a whole bundle, not a volume".to_string(),
-        };
-        for b in &opened[1..] {
-            let v = b.index().volume.as_ref();
-            if first_set.is_none() || v.map(|v| &v.set) != first_set.as_ref() {
-                return Err(Error::ForeignVolume {
-                    path: b.path().to_path_buf(),
-                    found: set_name(v),
-                    first: first_path.clone(),
-                    expected: set_name(opened[0].index().volume.as_ref()),
-                });
-            }
-        }
+        check_one_set(&opened)?;
         let Some(info) = opened[0].index().volume.clone() else {
             let mut only = opened.remove(0);
             only.read_head()?;
             return BundleSet::assemble(vec![Arc::new(only)], None, Vec::new());
         };
-        let mut by_index: BTreeMap<u32, Bundle> = BTreeMap::new();
-        for b in opened {
-            let Some(v) = b.index().volume.clone() else {
-                continue; // not reached: checked above
-            };
-            if v.count != info.count {
-                return Err(Error::BadIndex {
-                    path: b.path().to_path_buf(),
-                    detail: format!(
-                        "volume {} says the set has {} volumes, {} says {}",
-                        v.index,
-                        v.count,
-                        first_path.display(),
-                        info.count
-                    ),
-                });
-            }
-            if let Some(other) = by_index.get(&v.index) {
-                return Err(Error::DuplicateVolume {
-                    set: v.set,
-                    index: v.index,
-                    a: other.path().to_path_buf(),
-                    b: b.path().to_path_buf(),
-                });
-            }
-            by_index.insert(v.index, b);
-        }
+        let first_path = opened[0].path().to_path_buf();
+        let by_index = by_volume_index(opened, &info, &first_path)?;
         let missing: Vec<(u32, PathBuf)> = (1..=info.count)
             .filter(|i| !by_index.contains_key(i))
             .map(|i| (i, sibling_path(&first_path, i)))
@@ -202,33 +123,7 @@ impl BundleSet {
                 missing,
             });
         }
-        let mut ordered = by_index.into_values();
-        let Some(mut first) = ordered.next() else {
-            return Err(Error::NoBundleInDirectory {
-                path: first_path.clone(),
-            });
-        };
-        first.read_head()?;
-        let mut volumes = vec![Arc::new(first)];
-        for mut v in ordered {
-            v.share_head(&volumes[0])?;
-            volumes.push(Arc::new(v));
-        }
-        // The same pinbundle.json by construction (set = its digest); the signature must agree
-        // too, or one volume could carry a signature the others do not.
-        let sig0 = volumes[0].signature_bytes()?;
-        for v in &volumes[1..] {
-            if v.signature_bytes()? != sig0 {
-                return Err(Error::BadMember {
-                    path: v.path().to_path_buf(),
-                    member: super::format::SIGNATURE_PATH.into(),
-                    detail: format!(
-                        "differs from the signature in {}",
-                        volumes[0].path().display()
-                    ),
-                });
-            }
-        }
+        let volumes = share_head(by_index.into_values(), &first_path)?;
         BundleSet::assemble(volumes, Some(info), missing)
     }
 
@@ -490,6 +385,140 @@ impl Read for BlobReader<'_> {
 fn hidden(p: &Path) -> bool {
     p.file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// The files `inputs` name, each with whether it was named explicitly (not found in a
+/// directory): directories are listed, hidden files and non-files skipped, in name order.
+fn list_inputs(inputs: &[PathBuf]) -> Result<Vec<(PathBuf, bool)>, Error> {
+    let mut files: Vec<(PathBuf, bool)> = Vec::new();
+    for input in inputs {
+        if !input.is_dir() {
+            files.push((input.clone(), true));
+            continue;
+        }
+        let read_err = |source: io::Error| Error::Io {
+            path: input.clone(),
+            source: crate::atomic::os_error(source),
+        };
+        let mut found: Vec<PathBuf> = Vec::new();
+        for e in fs_err::read_dir(input).map_err(read_err)? {
+            let p = e.map_err(read_err)?.path();
+            if hidden(&p) || !p.is_file() {
+                continue;
+            }
+            if found.len() == MAX_DIR_FILES {
+                return Err(Error::TooManyFiles {
+                    path: input.clone(),
+                    max: MAX_DIR_FILES,
+                });
+            }
+            found.push(p);
+        }
+        found.sort();
+        files.extend(found.into_iter().map(|p| (p, false)));
+    }
+    if files.len() > MAX_DIR_FILES {
+        return Err(Error::TooManyFiles {
+            path: inputs.first().cloned().unwrap_or_default(),
+            max: MAX_DIR_FILES,
+        });
+    }
+    Ok(files)
+}
+
+/// Everything opened must be one whole bundle, or volumes of one set.
+fn check_one_set(opened: &[Bundle]) -> Result<(), Error> {
+    let first_path = opened[0].path();
+    let first_set = opened[0].index().volume.as_ref().map(|v| &v.set);
+    let set_name = |v: Option<&VolumeInfo>| match v {
+        Some(v) => format!("set {}", v.set),
+        None => "a whole bundle, not a volume".to_string(),
+    };
+    for b in &opened[1..] {
+        let v = b.index().volume.as_ref();
+        if first_set.is_none() || v.map(|v| &v.set) != first_set {
+            return Err(Error::ForeignVolume {
+                path: b.path().to_path_buf(),
+                found: set_name(v),
+                first: first_path.to_path_buf(),
+                expected: set_name(opened[0].index().volume.as_ref()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The volumes of one set (see [`check_one_set`]) by their number, each once, all agreeing
+/// with `info` (the first's) on the count.
+fn by_volume_index(
+    opened: Vec<Bundle>,
+    info: &VolumeInfo,
+    first_path: &Path,
+) -> Result<BTreeMap<u32, Bundle>, Error> {
+    let mut by_index: BTreeMap<u32, Bundle> = BTreeMap::new();
+    for b in opened {
+        let Some(v) = b.index().volume.clone() else {
+            continue; // not reached: checked by check_one_set
+        };
+        if v.count != info.count {
+            return Err(Error::BadIndex {
+                path: b.path().to_path_buf(),
+                detail: format!(
+                    "volume {} says the set has {} volumes, {} says {}",
+                    v.index,
+                    v.count,
+                    first_path.display(),
+                    info.count
+                ),
+            });
+        }
+        if let Some(other) = by_index.get(&v.index) {
+            return Err(Error::DuplicateVolume {
+                set: v.set,
+                index: v.index,
+                a: other.path().to_path_buf(),
+                b: b.path().to_path_buf(),
+            });
+        }
+        by_index.insert(v.index, b);
+    }
+    Ok(by_index)
+}
+
+/// Reads `pinbundle.json` once, from the first of `ordered`, and shares it with the others;
+/// their signatures must agree too.
+fn share_head(
+    ordered: impl IntoIterator<Item = Bundle>,
+    first_path: &Path,
+) -> Result<Vec<Arc<Bundle>>, Error> {
+    let mut ordered = ordered.into_iter();
+    let Some(mut first) = ordered.next() else {
+        return Err(Error::NoBundleInDirectory {
+            path: first_path.to_path_buf(),
+        });
+    };
+    first.read_head()?;
+    let mut volumes = vec![Arc::new(first)];
+    for mut v in ordered {
+        v.share_head(&volumes[0])?;
+        volumes.push(Arc::new(v));
+    }
+    // The same pinbundle.json by construction (set = its digest); the signature must agree
+    // too, or one volume could carry a signature the others do not.
+    let sig0 = volumes[0].signature_bytes()?;
+    for v in &volumes[1..] {
+        if v.signature_bytes()? != sig0 {
+            return Err(Error::BadMember {
+                path: v.path().to_path_buf(),
+                member: super::format::SIGNATURE_PATH.into(),
+                detail: format!(
+                    "differs from the signature in {}",
+                    volumes[0].path().display()
+                ),
+            });
+        }
+    }
+    Ok(volumes)
 }
 
 /// Where volume `index` of the set that `path` belongs to is expected: `path` with its
