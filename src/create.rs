@@ -33,6 +33,9 @@ use crate::sign::SigningKey;
 use crate::text::excerpt;
 use crate::verify::SignatureInfo;
 
+/// The platform type of [`CreateOptions::platforms`] (it lives in [`crate::platform`]).
+pub use crate::platform::Platform;
+
 /// The largest image config accepted (as containers/image).
 pub const MAX_CONFIG: u64 = 4 << 20;
 /// The most manifest and index bytes one run holds in memory (all references together).
@@ -54,110 +57,6 @@ pub const MAX_INPUT_FILE: u64 = 16 << 20;
 pub const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// See [`STALE_PARTIAL`].
 pub const STALE_UNNEEDED_PARTIAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
-/// An `os/architecture[/variant]` platform.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Platform {
-    pub os: String,
-    pub architecture: String,
-    pub variant: Option<String>,
-}
-
-impl std::str::FromStr for Platform {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| platform_component_ok(p);
-        match parts.as_slice() {
-            [os, arch] if ok(os) && ok(arch) => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-            }),
-            [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: Some(v.to_string()),
-            }),
-            _ => Err(format!(
-                "invalid platform \"{}\": expected OS/ARCH[/VARIANT], e.g. linux/arm64/v8",
-                excerpt(s, 100)
-            )),
-        }
-    }
-}
-
-/// The grammar of one `--platform` component, which platforms from registries are held to
-/// as well before they enter `pinbundle.json`: 1 to 32 of `[A-Za-z0-9_]`.
-fn platform_component_ok(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= MAX_PLATFORM_COMPONENT
-        && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
-/// The longest OS, architecture or variant accepted (real ones are under 10).
-const MAX_PLATFORM_COMPONENT: usize = 32;
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Platform {
-    /// A platform a registry declared (in an index or a config), held to the `--platform`
-    /// grammar; the error quotes it escaped and cut short.
-    pub fn from_peer(
-        os: &str,
-        architecture: &str,
-        variant: Option<&str>,
-    ) -> Result<Platform, String> {
-        let bad = |field: &str, value: &str| {
-            Err(format!(
-                "platform {field} \"{}\" is not 1 to {MAX_PLATFORM_COMPONENT} of [A-Za-z0-9_]",
-                excerpt(value, 40)
-            ))
-        };
-        if !platform_component_ok(os) {
-            return bad("os", os);
-        }
-        if !platform_component_ok(architecture) {
-            return bad("architecture", architecture);
-        }
-        if let Some(v) = variant
-            && !platform_component_ok(v)
-        {
-            return bad("variant", v);
-        }
-        Ok(Platform {
-            os: os.to_string(),
-            architecture: architecture.to_string(),
-            variant: variant.map(str::to_string),
-        })
-    }
-
-    /// The default when none is asked for.
-    pub fn linux_amd64() -> Platform {
-        Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: None,
-        }
-    }
-
-    /// Whether an index entry's platform is this one. A requested platform without a variant
-    /// accepts any variant (`linux/arm64` takes `linux/arm64/v8`).
-    fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
-        self.os == os
-            && self.architecture == arch
-            && (self.variant.is_none() || self.variant.as_deref() == variant)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
@@ -1019,14 +918,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                 platforms: i
                     .platforms
                     .iter()
-                    .map(|p| {
-                        Platform {
-                            os: p.os.clone(),
-                            architecture: p.architecture.clone(),
-                            variant: p.variant.clone(),
-                        }
-                        .to_string()
-                    })
+                    .map(|p| Platform::from(p).to_string())
                     .collect(),
                 size: i.size,
             })
@@ -1174,10 +1066,7 @@ async fn resolve(
                 if os == "unknown" || arch == "unknown" {
                     continue;
                 }
-                let shown = match &variant {
-                    Some(v) => format!("{os}/{arch}/{v}"),
-                    None => format!("{os}/{arch}"),
-                };
+                let shown = crate::platform::shown(&os, &arch, variant.as_deref()).to_string();
                 let wanted = all_platforms
                     || platforms
                         .iter()
