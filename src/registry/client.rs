@@ -48,18 +48,12 @@ const SHOWN: usize = 200;
 /// How many redirects a request follows.
 const MAX_REDIRECTS: usize = 5;
 
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list.
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker schema 1 (signed), accepted only to recognise and reject it.
-const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-/// Docker schema 1 (unsigned), accepted only to recognise and reject it.
-const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+// The media types are those of the one table, [`media`]; these names are kept for callers.
+pub use crate::bundle::format::media::{
+    DOCKER_LIST as DOCKER_MANIFEST_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
+};
+/// Docker schema 1 (signed and unsigned), accepted only to recognise and reject it.
+use crate::bundle::format::media::{DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED};
 
 const ACCEPT: &[&str] = &[
     OCI_MANIFEST,
@@ -1578,6 +1572,24 @@ mod tests {
             let body = format!(r#"{{"schemaVersion": 2, "mediaType": "{mt}"}}"#);
             assert_eq!(infer_media_type(body.as_bytes(), R).unwrap(), mt);
         }
+    }
+
+    /// The cases of the guesser `manifest.rs` had (this is now the only one).
+    #[test]
+    fn guesses_media_types() {
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert_eq!(infer_media_type(index, R).unwrap(), OCI_INDEX);
+        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        assert_eq!(infer_media_type(manifest, R).unwrap(), OCI_MANIFEST);
+        let signed_v1 = br#"{"schemaVersion":1,"fsLayers":[],"signatures":[]}"#;
+        assert!(matches!(
+            infer_media_type(signed_v1, R),
+            Err(Error::SchemaOne { .. })
+        ));
+        assert!(matches!(
+            infer_media_type(b"not json", R),
+            Err(Error::InvalidManifest { .. })
+        ));
     }
 
     #[test]
