@@ -24,6 +24,7 @@ use crate::bundle::format::{
     Totals, media,
 };
 use crate::bundle::{BundleWriter, Compression, VolumeWriter, WriterOptions};
+use crate::cache::BlobCache;
 use crate::layer::Measured;
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
@@ -52,12 +53,6 @@ pub const MAX_MEASURE_TIME: std::time::Duration = std::time::Duration::from_secs
 pub const MAX_LINE: usize = 4096;
 /// The largest `--from-file` or `--pinned-image-set` file accepted.
 pub const MAX_INPUT_FILE: u64 = 16 << 20;
-/// A partial cache file this old is removed; one for a blob this run does not need, after
-/// [`STALE_UNNEEDED_PARTIAL`].
-pub const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-/// See [`STALE_PARTIAL`].
-pub const STALE_UNNEEDED_PARTIAL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
-
 #[derive(Debug, Clone)]
 pub struct CreateOptions {
     pub references: Vec<Reference>,
@@ -345,7 +340,7 @@ fn write_blobs(
     sink: &mut Sink,
     blobs: &[&PlannedBlob],
     ready: &Ready,
-    blob_dir: &Path,
+    cache: &BlobCache,
     reporter: &dyn Reporter,
     out_err: &dyn Fn() -> String,
 ) -> Result<()> {
@@ -368,15 +363,14 @@ fn write_blobs(
         match &b.bytes {
             Some(bytes) => add(&mut &bytes[..]),
             None => {
-                let cache_path = blob_dir.join(digest.hex());
-                let f = fs_err::File::open(&cache_path)?;
+                let f = fs_err::File::open(cache.path_of(digest))?;
                 let mut r = CountingReader {
                     inner: std::io::BufReader::with_capacity(1 << 20, f),
                     reporter,
                 };
                 add(&mut r).inspect_err(|_| {
                     // A damaged cache entry must not poison the next run.
-                    let _ = fs_err::remove_file(&cache_path);
+                    cache.evict(digest);
                 })
             }
         }
@@ -410,8 +404,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         .suffix(".partial")
         .tempfile_in(&out_dir)
         .with_context(|| format!("cannot write to the output directory {}", out_dir.display()))?;
-    let blob_dir = opts.cache_dir.join("blobs").join("sha256");
-    fs_err::create_dir_all(&blob_dir).context("creating the blob cache")?;
+    let cache = BlobCache::open(&opts.cache_dir).context("creating the blob cache")?;
     let base = match &opts.base {
         Some(p) => Some(
             crate::delta::Base::open(p)
@@ -562,15 +555,16 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     //    the head is written first with zeros for the unknown sizes, stored (not
     //    compressed) and padded so the final one has the same length, and rewritten in place
     //    at the end.
-    let needed: std::collections::HashSet<String> = blobs
-        .keys()
-        .map(|d| format!("{}.partial", d.hex()))
-        .collect();
-    sweep_partials(&blob_dir, &needed);
+    cache.sweep_partials(blobs.keys());
     let is_cached: BTreeMap<&Digest, bool> = blobs
         .values()
         .filter(fetched)
-        .map(|b| (&b.entry.digest, cached(&blob_dir, &b.entry)))
+        .map(|b| {
+            (
+                &b.entry.digest,
+                cache.contains(&b.entry.digest, b.entry.size),
+            )
+        })
         .collect();
     let blobs_fetched = is_cached.values().filter(|c| !**c).count();
     let blobs_cached = is_cached.len() - blobs_fetched;
@@ -590,18 +584,18 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let cpu =
         tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()));
     let fetch_one = |b: &PlannedBlob| {
-        let (ready, net, cpu, fetched_bytes, client, blob_dir, is_cached) = (
+        let (ready, net, cpu, fetched_bytes, client, cache, is_cached) = (
             &ready,
             &net,
             &cpu,
             &fetched_bytes,
             &client,
-            &blob_dir,
+            &cache,
             &is_cached,
         );
         let b = b.clone();
         async move {
-            let dest = blob_dir.join(b.entry.digest.hex());
+            let dest = cache.path_of(&b.entry.digest);
             if is_cached.get(&b.entry.digest) == Some(&false) {
                 let _permit = net.acquire().await.context("fetch queue closed")?;
                 if ready.aborted() {
@@ -631,17 +625,10 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
                 return Ok(None);
             }
             let _permit = cpu.acquire().await.context("worker queue closed")?;
-            let (cache_dir, blob_dir, entry, source) = (
-                opts.cache_dir.clone(),
-                blob_dir.clone(),
-                b.entry.clone(),
-                b.source.clone(),
-            );
-            let n = tokio::task::spawn_blocking(move || {
-                uncompressed_size(&cache_dir, &blob_dir, &entry, &source)
-            })
-            .await
-            .context("measuring a layer")??;
+            let (cache, entry, source) = (cache.clone(), b.entry.clone(), b.source.clone());
+            let n = tokio::task::spawn_blocking(move || uncompressed_size(&cache, &entry, &source))
+                .await
+                .context("measuring a layer")??;
             anyhow::Ok(Some((b.entry.digest.clone(), n)))
         }
     };
@@ -666,7 +653,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         for (m, p, parsed) in &r.instances {
             if p.is_none() {
                 let d = manifest::digest_of(parsed.config(), "config")?;
-                let path = blob_dir.join(d.hex());
+                let path = cache.path_of(&d);
                 let bytes = crate::input::read_regular(&path, MAX_CONFIG)
                     .with_context(|| format!("reading config {d} from {}", path.display()))?;
                 let platform = platform_of_config(&bytes, &d)
@@ -806,7 +793,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let (fetched_sizes, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             pool.install(|| {
-                let r = write_blobs(&mut sink, &to_write, &ready, &blob_dir, reporter, &out_err);
+                let r = write_blobs(&mut sink, &to_write, &ready, &cache, reporter, &out_err);
                 if r.is_err() {
                     ready.abort();
                 }
@@ -973,39 +960,6 @@ async fn remove_partials_on_signal(dir: PathBuf, prefix: String, since: std::tim
     std::process::exit(code);
 }
 
-/// Remove partial downloads nobody will resume: older than [`STALE_PARTIAL`], or older
-/// than [`STALE_UNNEEDED_PARTIAL`] and not one of `needed`. One locked by a running fetch
-/// is left alone.
-fn sweep_partials(blob_dir: &Path, needed: &std::collections::HashSet<String>) {
-    let Ok(entries) = std::fs::read_dir(blob_dir) else {
-        return;
-    };
-    let now = std::time::SystemTime::now();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".partial") {
-            continue;
-        }
-        let age = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .unwrap_or_default();
-        let stale =
-            age > STALE_PARTIAL || (age > STALE_UNNEEDED_PARTIAL && !needed.contains(&name));
-        if !stale {
-            continue;
-        }
-        let Ok(file) = std::fs::File::open(e.path()) else {
-            continue;
-        };
-        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// The signed comment: what a reader sees in `minisign -V` and `inspect`, authenticated with
 /// the signature. One line, from the manifest only (so signing stays deterministic).
 fn trusted_comment(bm: &BundleManifest, manifest_bytes: &[u8]) -> String {
@@ -1131,13 +1085,6 @@ fn fetched(b: &&PlannedBlob) -> bool {
     b.bytes.is_none() && b.entry.carried
 }
 
-/// Whether the cache holds `b` completely. Cache files are renamed into place only after
-/// their digest was verified, so a file of the right size is a verified blob (and the writer
-/// hashes it again as it copies it).
-fn cached(blob_dir: &Path, b: &BlobEntry) -> bool {
-    std::fs::metadata(blob_dir.join(b.digest.hex())).is_ok_and(|m| m.len() == b.size)
-}
-
 /// The most bytes layer `b` may expand to: [`MAX_EXPANSION_RATIO`] times its size, at
 /// least [`MIN_EXPANSION_ALLOWED`].
 fn expansion_limit(b: &BlobEntry) -> u64 {
@@ -1150,24 +1097,12 @@ fn expansion_limit(b: &BlobEntry) -> u64 {
 /// Measuring stops, and the layer is refused, past [`expansion_limit`] bytes or
 /// [`MAX_MEASURE_TIME`]: a decompression bomb must cost neither minutes nor a false
 /// "64 GiB" in the signed manifest.
-fn uncompressed_size(
-    cache_dir: &Path,
-    blob_dir: &Path,
-    b: &BlobEntry,
-    source: &Reference,
-) -> Result<u64> {
-    let meta = cache_dir.join("meta");
-    let memo = meta.join(format!("{}.size", b.digest.hex()));
+fn uncompressed_size(cache: &BlobCache, b: &BlobEntry, source: &Reference) -> Result<u64> {
     let limit = expansion_limit(b);
-    if let Some(n) = crate::input::read_regular(&memo, 64)
-        .ok()
-        .and_then(|s| String::from_utf8(s).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .filter(|n| *n <= limit)
-    {
+    if let Some(n) = cache.remembered_size(&b.digest).filter(|n| *n <= limit) {
         return Ok(n);
     }
-    let path = blob_dir.join(b.digest.hex());
+    let path = cache.path_of(&b.digest);
     let f = std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(&path)?);
     let what = || {
         format!(
@@ -1193,10 +1128,7 @@ fn uncompressed_size(
             MAX_MEASURE_TIME.as_secs()
         ),
     };
-    fs_err::create_dir_all(&meta)?;
-    let tmp = meta.join(format!(".{}.size.tmp", b.digest.hex()));
-    fs_err::write(&tmp, n.to_string())?;
-    fs_err::rename(&tmp, &memo)?;
+    cache.remember_size(&b.digest, n)?;
     Ok(n)
 }
 

@@ -4,6 +4,7 @@
 //! - [`reference`] parses and normalises image references (no I/O); [`platform`] is
 //!   `os/arch[/variant]`, parsed, matched and shown one way.
 //! - [`bundle`] owns the byte format: writer, reader, seek index (local files only).
+//! - [`cache`] owns the on-disk blob cache: layout, staged downloads, size memos, sweeping.
 //! - [`registry`] speaks the distribution API: the client used by `create` and the read-only
 //!   server used by `load`.
 //! - [`sign`] reads minisign keys, signs `pinbundle.json` and checks signatures.
@@ -14,6 +15,7 @@
 //!   signals CRI-O or writes under `/etc`.
 
 pub mod bundle;
+pub mod cache;
 pub mod create;
 pub mod delta;
 pub mod input;
