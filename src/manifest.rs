@@ -104,7 +104,8 @@ mod tests {
     use super::*;
 
     // What a registry's manifest is, by its body, is the registry client's to say
-    // (`registry::client::infer_media_type`); here, only what `parse` refuses.
+    // (`registry::client::infer_media_type`, whose tests hold the cases the second guesser
+    // here had); here, only what `parse` refuses.
     #[test]
     fn schema_one_is_refused() {
         let e = parse(b"{}", media::DOCKER_SCHEMA1, "x").unwrap_err();

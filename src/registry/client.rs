@@ -1554,24 +1554,6 @@ mod tests {
         }
     }
 
-    /// The cases of the guesser `manifest.rs` had (this is now the only one).
-    #[test]
-    fn guesses_media_types() {
-        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert_eq!(infer_media_type(index, R).unwrap(), OCI_INDEX);
-        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
-        assert_eq!(infer_media_type(manifest, R).unwrap(), OCI_MANIFEST);
-        let signed_v1 = br#"{"schemaVersion":1,"fsLayers":[],"signatures":[]}"#;
-        assert!(matches!(
-            infer_media_type(signed_v1, R),
-            Err(Error::SchemaOne { .. })
-        ));
-        assert!(matches!(
-            infer_media_type(b"not json", R),
-            Err(Error::InvalidManifest { .. })
-        ));
-    }
-
     #[test]
     fn media_type_inferred_for_oci_without_field() {
         let index = br#"{"schemaVersion": 2, "manifests": []}"#;
