@@ -282,3 +282,35 @@ impl CreateReport {
         self.blobs - self.blobs_omitted
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--json` keeps its field order, with the derived `blobsCarried` where it always was.
+    #[test]
+    fn report_json_keeps_its_fields_and_order() {
+        let report = CreateReport {
+            version: 1,
+            output: "b.pinbundle".into(),
+            images: Vec::new(),
+            blobs: 7,
+            size: 100,
+            bundle_size: 120,
+            volumes: Vec::new(),
+            blobs_fetched: 2,
+            blobs_cached: 3,
+            bytes_fetched: 50,
+            signature: None,
+            base: None,
+            blobs_omitted: 2,
+            bytes_omitted: 40,
+            seconds: 1.5,
+        };
+        assert_eq!(report.blobs_carried(), 5);
+        assert_eq!(
+            serde_json::to_string(&report).unwrap(),
+            r#"{"version":1,"output":"b.pinbundle","images":[],"blobs":7,"size":100,"bundleSize":120,"volumes":[],"blobsFetched":2,"blobsCached":3,"bytesFetched":50,"signature":null,"base":null,"blobsCarried":5,"blobsOmitted":2,"bytesOmitted":40,"seconds":1.5}"#
+        );
+    }
+}
