@@ -1,8 +1,10 @@
 //! pinbundle: carry container images to air-gapped nodes in one verifiable bundle.
 //!
 //! Data flows one way: references → plan → blobs → bundle → verified blobs → store → pins.
-//! - [`reference`] parses and normalises image references (no I/O).
+//! - [`reference`] parses and normalises image references (no I/O); [`platform`] is
+//!   `os/arch[/variant]`, parsed, matched and shown one way.
 //! - [`bundle`] owns the byte format: writer, reader, seek index (local files only).
+//! - [`cache`] owns the on-disk blob cache: layout, staged downloads, size memos, sweeping.
 //! - [`registry`] speaks the distribution API: the client used by `create` and the read-only
 //!   server used by `load`.
 //! - [`sign`] reads minisign keys, signs `pinbundle.json` and checks signatures.
@@ -15,12 +17,14 @@
 
 pub mod atomic;
 pub mod bundle;
+pub mod cache;
 pub mod create;
 pub mod delta;
 pub mod input;
 pub mod layer;
 pub mod load;
 pub mod manifest;
+pub mod platform;
 pub mod progress;
 pub mod reference;
 pub mod registry;

@@ -625,7 +625,7 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
                 "delta of {} (created {}): {} blobs carried, {} layers ({}) left to the base",
                 base.manifest,
                 Shown(&base.created),
-                report.blobs_carried,
+                report.blobs_carried(),
                 report.blobs_omitted,
                 human(report.bytes_omitted)
             )?;

@@ -25,7 +25,7 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bundle::format::{ImageEntry, PlatformEntry, media};
-use crate::create::Platform;
+use crate::platform::Platform;
 use crate::reference::{Digest, PinnedRef};
 use crate::registry::server::served_name;
 

@@ -373,7 +373,7 @@ mod tests {
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
+        fs_err::write(&path, text).unwrap();
         path
     }
 
@@ -487,9 +487,9 @@ mod tests {
     fn search_order_and_required_files() {
         let dir = tempfile::tempdir().unwrap();
         let runtime = dir.path().join("run");
-        std::fs::create_dir_all(runtime.join("containers")).unwrap();
+        fs_err::create_dir_all(runtime.join("containers")).unwrap();
         let home = dir.path().join("home");
-        std::fs::create_dir_all(home.join(".docker")).unwrap();
+        fs_err::create_dir_all(home.join(".docker")).unwrap();
         write(
             &home.join(".docker"),
             "config.json",

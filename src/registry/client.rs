@@ -25,10 +25,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use rand::Rng as _;
 use reqwest::header::{self, HeaderMap, HeaderValue};
-use sha2::Digest as _;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
 
 use super::auth::{self, AuthError, AuthFile, Credential, Lookup};
+use crate::cache::{IoError, Mismatch, Staged, Verified};
 use crate::reference::{DOCKER_HUB, Digest, Reference};
 use crate::text::excerpt;
 
@@ -48,18 +47,12 @@ const SHOWN: usize = 200;
 /// How many redirects a request follows.
 const MAX_REDIRECTS: usize = 5;
 
-/// OCI image manifest.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-/// OCI image index.
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker image manifest, schema 2.
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Docker manifest list.
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// Docker schema 1 (signed), accepted only to recognise and reject it.
-const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
-/// Docker schema 1 (unsigned), accepted only to recognise and reject it.
-const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+// The media types are those of the one table, [`media`]; these names are kept for callers.
+pub use crate::bundle::format::media::{
+    DOCKER_LIST as DOCKER_MANIFEST_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
+};
+/// Docker schema 1 (signed and unsigned), accepted only to recognise and reject it.
+use crate::bundle::format::media::{DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED};
 
 const ACCEPT: &[&str] = &[
     OCI_MANIFEST,
@@ -386,6 +379,56 @@ impl From<Error> for Failure {
     }
 }
 
+impl From<IoError> for Error {
+    fn from(e: IoError) -> Error {
+        Error::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
+impl From<IoError> for Failure {
+    fn from(e: IoError) -> Failure {
+        Failure::fatal(e.into())
+    }
+}
+
+/// The blob a download is for.
+struct Blob<'a> {
+    digest: &'a Digest,
+    size: u64,
+    /// `blob sha256:… of quay.io/a/b`, for messages.
+    what: &'a str,
+}
+
+/// Reports the staged length as increments, so their sum never exceeds the blob's size.
+struct Progress<'a> {
+    sink: &'a (dyn Fn(u64) + Send + Sync),
+    reported: u64,
+}
+
+impl Progress<'_> {
+    fn to(&mut self, len: u64) {
+        if len > self.reported {
+            (self.sink)(len - self.reported);
+            self.reported = len;
+        }
+    }
+}
+
+/// What follows one attempt of a download.
+enum Step {
+    /// Every byte is staged: verify.
+    Complete,
+    /// Try again (the backoff is done).
+    Retry,
+    /// Give up, keeping the partial for a later run to resume.
+    Keep(Error),
+    /// Give up and delete the partial: retrying cannot cure this.
+    Discard(Error),
+}
+
 /// The basic-auth header for `c`. The value is base64, so it is always a valid header.
 fn basic_header(c: &Credential) -> HeaderValue {
     let encoded =
@@ -557,7 +600,8 @@ impl RegistryClient {
     /// final path in a content-addressed cache.
     ///
     /// Bytes go to `<dest>.partial` (locked against concurrent fetchers), hashed while
-    /// written; only when size and sha256 match is the file renamed to `dest`.
+    /// written; only when size and sha256 match is the file renamed to `dest`
+    /// ([`crate::cache::Staged`]).
     /// Transient failures (5xx, 429, resets, timeouts, a body slower than the minimum rate)
     /// are retried with backoff, resuming with a `Range` request; a registry that ignores
     /// the range restarts from zero. A partial left by an earlier run is resumed; if the
@@ -580,172 +624,126 @@ impl RegistryClient {
     ) -> Result<(), Error> {
         let target = self.target(reference, None);
         let what = format!("blob {digest} of {}", reference.name());
-        let file_name = dest
-            .file_name()
-            .map_or_else(|| digest.hex().into(), |n| n.to_os_string());
-        let mut partial_name = file_name;
-        partial_name.push(".partial");
-        let partial = dest.with_file_name(partial_name);
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
-
-        if tokio::fs::try_exists(dest).await.map_err(io(dest))? {
+        let Some(staged) = Staged::open(dest, digest, size).await? else {
             return Ok(());
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&partial)
-            .await
-            .map_err(io(&partial))?;
-        lock_exclusive(&file).await.map_err(io(&partial))?;
-        if tokio::fs::try_exists(dest).await.map_err(io(dest))? {
-            // Another fetcher finished while this one waited for the lock; drop the empty
-            // partial this open may have created.
-            if file.metadata().await.map_err(io(&partial))?.len() == 0 {
-                let _ = tokio::fs::remove_file(&partial).await;
-            }
-            return Ok(());
-        }
-
-        // Resume what an earlier run left, unless it is already too long.
-        let mut hasher = sha2::Sha256::new();
-        let mut len = file.metadata().await.map_err(io(&partial))?.len();
-        if len > size {
-            truncate(&mut file).await.map_err(io(&partial))?;
-            len = 0;
-        } else if len > 0 {
-            hash_file(&mut file, &mut hasher)
-                .await
-                .map_err(io(&partial))?;
-        }
-        let mut reused_partial = len > 0;
-        let mut reported = 0u64;
-        let mut report = |len: u64| {
-            if len > reported {
-                progress(len - reported);
-                reported = len;
-            }
         };
-        report(len);
-
-        // Past here a failure retrying cannot cure deletes the partial: a hostile registry
-        // must not leave one behind per blob.
-        let give_up = |file: tokio::fs::File, error: Error| {
-            let partial = partial.clone();
-            async move {
-                drop(file);
-                let _ = tokio::fs::remove_file(&partial).await;
-                error
-            }
+        let blob = Blob {
+            digest,
+            size,
+            what: &what,
         };
-        let mut attempt = 0u32;
-        loop {
-            if len < size {
-                let result = self
-                    .blob_attempt(
-                        &target,
-                        digest,
-                        &what,
-                        size,
-                        &mut file,
-                        &partial,
-                        &mut hasher,
-                        &mut len,
-                    )
-                    .await;
-                report(len);
-                match result {
-                    Ok(()) => {}
-                    Err(Failure {
-                        error: Error::Io { path, source },
-                        ..
-                    }) => return Err(Error::Io { path, source }),
-                    Err(failure) if failure.transient && attempt < self.inner.retries => {
-                        self.backoff(attempt).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    Err(failure) if failure.transient => {
-                        // Keep what arrived: a later run resumes it.
-                        return Err(finish_error(failure.error, &target, attempt + 1));
-                    }
-                    Err(failure) => {
-                        let error = finish_error(failure.error, &target, attempt + 1);
-                        return Err(give_up(file, error).await);
-                    }
-                }
-                if len < size {
-                    // The stream ended early without an error: resume.
-                    if attempt < self.inner.retries {
-                        self.backoff(attempt).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(Error::SizeMismatch {
-                        what,
-                        expected: size,
-                        found: len,
-                    });
-                }
-            }
-            let found = Digest::from_hash(std::mem::take(&mut hasher).finalize().into());
-            if found != *digest {
-                if reused_partial {
-                    // The earlier run's bytes were bad; fetch everything once more.
-                    reused_partial = false;
-                    truncate(&mut file).await.map_err(io(&partial))?;
-                    len = 0;
-                    continue;
-                }
-                let error = Error::DigestMismatch {
-                    what,
-                    expected: digest.to_string(),
-                    found: found.to_string(),
-                };
-                return Err(give_up(file, error).await);
-            }
-            break;
-        }
-        file.flush().await.map_err(io(&partial))?;
-        // No fsync: forcing every blob to disk doubled `create`'s time. A blob a crash left
-        // short or zeroed behind its name is caught when the bundle writer hashes it again,
-        // which also deletes it from the cache.
-        tokio::fs::rename(&partial, dest).await.map_err(io(dest))?;
+        let mut progress = Progress {
+            sink: progress,
+            reported: 0,
+        };
+        let verified = self.download(&target, &blob, staged, &mut progress).await?;
+        verified.commit().await?;
         Ok(())
     }
 
-    /// One GET of the blob from offset `*len`, appending to `file`.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "private helper of fetch_blob's loop"
-    )]
+    /// Fills `staged` until it holds the blob's bytes and they verify, attempt after attempt.
+    async fn download(
+        &self,
+        target: &Target,
+        blob: &Blob<'_>,
+        mut staged: Staged,
+        progress: &mut Progress<'_>,
+    ) -> Result<Verified, Error> {
+        let mut reused_partial = !staged.is_empty();
+        progress.to(staged.len());
+        let mut attempt = 0u32;
+        loop {
+            if staged.len() < blob.size {
+                let result = self.blob_attempt(target, blob, &mut staged).await;
+                progress.to(staged.len());
+                let step = self
+                    .after_attempt(result, staged.len(), &mut attempt, target, blob)
+                    .await;
+                match step {
+                    Step::Complete => {}
+                    Step::Retry => continue,
+                    // Keep what arrived: a later run resumes it.
+                    Step::Keep(error) => return Err(error),
+                    // A hostile registry must not leave a partial behind per blob.
+                    Step::Discard(error) => {
+                        staged.discard().await;
+                        return Err(error);
+                    }
+                }
+            }
+            match staged.verify(blob.digest) {
+                Ok(verified) => return Ok(verified),
+                Err(Mismatch {
+                    staged: mut again, ..
+                }) if reused_partial => {
+                    // The earlier run's bytes were bad; fetch everything once more.
+                    reused_partial = false;
+                    again.restart().await?;
+                    staged = *again;
+                }
+                Err(Mismatch { staged, found }) => {
+                    staged.discard().await;
+                    return Err(Error::DigestMismatch {
+                        what: blob.what.to_string(),
+                        expected: blob.digest.to_string(),
+                        found: found.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// What follows an attempt that left `len` bytes staged: go on to verify, retry after a
+    /// backoff, or give up.
+    async fn after_attempt(
+        &self,
+        result: Result<(), Failure>,
+        len: u64,
+        attempt: &mut u32,
+        target: &Target,
+        blob: &Blob<'_>,
+    ) -> Step {
+        let retry = *attempt < self.inner.retries;
+        match result {
+            Ok(()) if len == blob.size => return Step::Complete,
+            // The stream ended early without an error: resume.
+            Ok(()) if !retry => {
+                return Step::Keep(Error::SizeMismatch {
+                    what: blob.what.to_string(),
+                    expected: blob.size,
+                    found: len,
+                });
+            }
+            Ok(()) => {}
+            Err(Failure {
+                error: Error::Io { path, source },
+                ..
+            }) => return Step::Keep(Error::Io { path, source }),
+            Err(failure) if failure.transient && retry => {}
+            Err(failure) if failure.transient => {
+                return Step::Keep(finish_error(failure.error, target, *attempt + 1));
+            }
+            Err(failure) => {
+                return Step::Discard(finish_error(failure.error, target, *attempt + 1));
+            }
+        }
+        self.backoff(*attempt).await;
+        *attempt += 1;
+        Step::Retry
+    }
+
+    /// One GET of the blob from the staged length on, appending to `staged`.
     async fn blob_attempt(
         &self,
         target: &Target,
-        digest: &Digest,
-        what: &str,
-        size: u64,
-        file: &mut tokio::fs::File,
-        partial: &Path,
-        hasher: &mut sha2::Sha256,
-        len: &mut u64,
+        blob: &Blob<'_>,
+        staged: &mut Staged,
     ) -> Result<(), Failure> {
-        let io = |source| Failure {
-            error: Error::Io {
-                path: partial.to_path_buf(),
-                source,
-            },
-            transient: false,
-        };
-        let offset = *len;
+        let (size, what) = (blob.size, blob.what);
+        let offset = staged.len();
         let url = format!(
-            "{}://{}/v2/{}/blobs/{digest}",
-            target.scheme, target.api_host, target.repository
+            "{}://{}/v2/{}/blobs/{}",
+            target.scheme, target.api_host, target.repository, blob.digest
         );
         let mut headers = HeaderMap::new();
         // An empty blob has no range to ask for.
@@ -754,7 +752,7 @@ impl RegistryClient {
                 .map_err(|_| target.bad("range", "cannot build a Range header"))?;
             headers.insert(header::RANGE, range);
         }
-        let mut response = self.send(target, &url, headers, what).await?;
+        let response = self.send(target, &url, headers, what).await?;
         let status = response.status();
         if !status.is_success() {
             return Err(self.error_from(response, target, what).await);
@@ -764,21 +762,33 @@ impl RegistryClient {
             && response.content_length().is_none_or(|l| l == size - offset);
         if !resumed {
             // 200 (the range was ignored) or a 206 for some other range: start over.
-            truncate(file).await.map_err(io)?;
-            *hasher = sha2::Sha256::new();
-            *len = 0;
+            staged.restart().await?;
         }
         if let Some(total) = response.content_length()
-            && *len + total != size
+            && staged.len() + total != size
         {
             return Err(Failure::fatal(Error::SizeMismatch {
                 what: what.to_string(),
                 expected: size,
-                found: *len + total,
+                found: staged.len() + total,
             }));
         }
+        self.stream_body(response, target, blob, staged).await
+    }
+
+    /// Appends `response`'s body to `staged`, refusing bytes past the blob's size and a body
+    /// slower than the minimum rate.
+    async fn stream_body(
+        &self,
+        mut response: reqwest::Response,
+        target: &Target,
+        blob: &Blob<'_>,
+        staged: &mut Staged,
+    ) -> Result<(), Failure> {
+        let (size, what) = (blob.size, blob.what);
         // Chunks arrive in a few KiB; every tokio::fs write is a trip to the blocking pool, so
-        // write in MiB batches. `len` counts only bytes on disk: a resume starts there.
+        // write in MiB batches. The staged length counts only bytes on disk: a resume starts
+        // there.
         let timeout = self.inner.request_timeout;
         let window_need = (self.inner.min_rate as f64 * timeout.as_secs_f64()) as u64;
         let mut window = (Instant::now(), 0u64);
@@ -794,14 +804,14 @@ impl RegistryClient {
                 Ok(Ok(None)) => break Ok(()),
                 Ok(Ok(Some(chunk))) => chunk,
             };
-            if *len + (buf.len() + chunk.len()) as u64 > size {
+            let found = staged.len() + (buf.len() + chunk.len()) as u64;
+            if found > size {
                 break Err(Failure::fatal(Error::SizeMismatch {
                     what: what.to_string(),
                     expected: size,
-                    found: *len + (buf.len() + chunk.len()) as u64,
+                    found,
                 }));
             }
-            hasher.update(&chunk);
             buf.extend_from_slice(&chunk);
             window.1 += chunk.len() as u64;
             if window.0.elapsed() >= timeout {
@@ -819,15 +829,12 @@ impl RegistryClient {
                 window = (Instant::now(), 0);
             }
             if buf.len() >= WRITE_BATCH {
-                file.write_all(&buf).await.map_err(io)?;
-                *len += buf.len() as u64;
+                staged.append(&buf).await?;
                 buf.clear();
             }
         };
-        // Keep what arrived before an error too (the hasher has seen exactly `buf`), so a
-        // retry resumes after it.
-        file.write_all(&buf).await.map_err(io)?;
-        *len += buf.len() as u64;
+        // Keep what arrived before an error too, so a retry resumes after it.
+        staged.append(&buf).await?;
         result
     }
 
@@ -1526,39 +1533,6 @@ fn pem_certificates(text: &[u8]) -> Vec<Vec<u8>> {
         rest = &rest[end..];
     }
     out
-}
-
-async fn truncate(file: &mut tokio::fs::File) -> std::io::Result<()> {
-    file.set_len(0).await?;
-    file.seek(std::io::SeekFrom::Start(0)).await?;
-    Ok(())
-}
-
-/// Hash the whole file from the start; leaves the position at the end.
-async fn hash_file(file: &mut tokio::fs::File, hasher: &mut sha2::Sha256) -> std::io::Result<()> {
-    file.seek(std::io::SeekFrom::Start(0)).await?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        hasher.update(&buf[..n]);
-    }
-}
-
-/// Take an exclusive `flock` on the partial file, waiting for another fetcher to finish.
-async fn lock_exclusive(file: &tokio::fs::File) -> std::io::Result<()> {
-    use rustix::fs::{FlockOperation, flock};
-    loop {
-        match flock(file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(()),
-            Err(rustix::io::Errno::WOULDBLOCK | rustix::io::Errno::INTR) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 #[cfg(test)]

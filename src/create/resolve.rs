@@ -1,0 +1,192 @@
+//! Stage 1, resolve: every reference to its manifests, raw bytes kept; for an index, the
+//! manifests of the chosen platforms.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+use super::{CreateOptions, MAX_INDEX_ENTRIES, MAX_MANIFEST_BYTES};
+use crate::manifest::{self, Parsed};
+use crate::platform::Platform;
+use crate::progress::Reporter;
+use crate::reference::{Digest, Reference};
+use crate::registry::client::{RawManifest, RegistryClient};
+use crate::text::excerpt;
+
+/// One resolved image, before sizes are known.
+pub(super) struct Resolved {
+    pub reference: Reference,
+    /// The manifest or index the reference names.
+    pub root: RawManifest,
+    /// The image manifests carried: the root itself, or the chosen entries of an index.
+    pub instances: Vec<Instance>,
+}
+
+/// One image manifest of a [`Resolved`] image.
+pub(super) struct Instance {
+    pub manifest: RawManifest,
+    /// The platform the index declared for it; `None` for a single-manifest image (whose
+    /// config says).
+    pub platform: Option<Platform>,
+    pub parsed: oci_spec::image::ImageManifest,
+}
+
+/// Resolves every distinct reference of `opts`, a few at a time, so N references cost
+/// N × (at most) 4 MiB only in what is kept.
+pub(super) fn resolve_all(
+    runtime: &tokio::runtime::Runtime,
+    client: &RegistryClient,
+    opts: &CreateOptions,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Resolved>> {
+    let mut refs: Vec<Reference> = Vec::new();
+    for r in &opts.references {
+        if !refs.contains(r) {
+            refs.push(r.clone());
+        }
+    }
+    reporter.message(&format!("resolving {} references", refs.len()));
+    let platforms = if opts.platforms.is_empty() {
+        vec![Platform::linux_amd64()]
+    } else {
+        opts.platforms.clone()
+    };
+    let held = AtomicU64::new(0);
+    runtime.block_on(async {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        futures_util::stream::iter(refs.iter().map(|r| {
+            let (platforms, held) = (&platforms, &held);
+            async move {
+                tokio::time::timeout(
+                    opts.image_timeout,
+                    resolve(client, r, platforms, opts.all_platforms, held),
+                )
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "resolving {r} took longer than --image-timeout ({} s)",
+                        opts.image_timeout.as_secs_f64()
+                    )
+                })?
+            }
+        }))
+        .buffered(opts.jobs.clamp(1, 8))
+        .try_collect()
+        .await
+    })
+}
+
+/// Counts `m` into the manifest bytes the run holds, refusing past [`MAX_MANIFEST_BYTES`].
+fn hold(held: &AtomicU64, m: &RawManifest, what: &str) -> Result<()> {
+    let total = held.fetch_add(m.bytes.len() as u64, Ordering::Relaxed) + m.bytes.len() as u64;
+    if total > MAX_MANIFEST_BYTES {
+        bail!("{what}: the manifests of this run add up to more than {MAX_MANIFEST_BYTES} bytes");
+    }
+    Ok(())
+}
+
+/// Resolves one reference to its manifests.
+async fn resolve(
+    client: &RegistryClient,
+    reference: &Reference,
+    platforms: &[Platform],
+    all_platforms: bool,
+    held: &AtomicU64,
+) -> Result<Resolved> {
+    let root = client
+        .get_manifest(reference)
+        .await
+        .with_context(|| format!("resolving {reference}"))?;
+    let what = format!("{reference} (manifest {})", root.digest);
+    hold(held, &root, &what)?;
+    let instances = match manifest::parse(&root.bytes, &root.media_type, &what)? {
+        Parsed::Image(m) => {
+            manifest::check_image_media_types(&m, &what)?;
+            vec![Instance {
+                manifest: root.clone(),
+                platform: None,
+                parsed: *m,
+            }]
+        }
+        Parsed::Index(index) => {
+            if index.manifests().len() > MAX_INDEX_ENTRIES {
+                bail!(
+                    "{what} is an index of {} entries, more than the {MAX_INDEX_ENTRIES} accepted",
+                    index.manifests().len()
+                );
+            }
+            let mut chosen: Vec<(Digest, Platform)> = Vec::new();
+            let mut available = Vec::new();
+            for d in index.manifests() {
+                let Some(p) = d.platform() else { continue };
+                let (os, arch, variant) = (
+                    p.os().to_string(),
+                    p.architecture().to_string(),
+                    p.variant().clone(),
+                );
+                // Attestation manifests (buildkit) are not runnable images.
+                if os == "unknown" || arch == "unknown" {
+                    continue;
+                }
+                let shown = crate::platform::shown(&os, &arch, variant.as_deref()).to_string();
+                let wanted = all_platforms
+                    || platforms
+                        .iter()
+                        .any(|w| w.matches(&os, &arch, variant.as_deref()));
+                if available.len() < 64 {
+                    available.push(excerpt(&shown, 60));
+                }
+                if !wanted {
+                    continue;
+                }
+                let digest = manifest::digest_of(d, &what)?;
+                // The same manifest listed twice is fetched and recorded once.
+                if chosen.iter().any(|(c, _)| *c == digest) {
+                    continue;
+                }
+                // What enters pinbundle.json is held to the --platform grammar.
+                let plat = Platform::from_peer(&os, &arch, variant.as_deref())
+                    .map_err(|why| anyhow::anyhow!("{what}: entry {digest}: {why}"))?;
+                chosen.push((digest, plat));
+            }
+            if chosen.is_empty() {
+                let wanted: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+                bail!(
+                    "{what} has no manifest for {} (available: {})",
+                    wanted.join(", "),
+                    available.join(", ")
+                );
+            }
+            let mut out = Vec::new();
+            for (digest, plat) in chosen {
+                let child = client
+                    .get_manifest_by_digest(reference, &digest)
+                    .await
+                    .with_context(|| {
+                        format!("fetching the {plat} manifest {digest} of {reference}")
+                    })?;
+                let child_what = format!("{reference} ({plat} manifest {digest})");
+                hold(held, &child, &child_what)?;
+                match manifest::parse(&child.bytes, &child.media_type, &child_what)? {
+                    Parsed::Image(m) => {
+                        manifest::check_image_media_types(&m, &child_what)?;
+                        out.push(Instance {
+                            manifest: child,
+                            platform: Some(plat),
+                            parsed: *m,
+                        });
+                    }
+                    Parsed::Index(_) => {
+                        bail!("{child_what} is a nested index, which is not supported")
+                    }
+                }
+            }
+            out
+        }
+    };
+    Ok(Resolved {
+        reference: reference.clone(),
+        root,
+        instances,
+    })
+}
