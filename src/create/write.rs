@@ -24,6 +24,7 @@ use crate::bundle::{Compression, HeadReservation, Output, PendingOutput, WriterO
 use crate::cache::BlobCache;
 use crate::progress::Reporter;
 use crate::reference::Digest;
+use crate::sign::SigningKey;
 use crate::verify::SignatureInfo;
 
 /// `pinbundle.json` as rendered, with what it was rendered from.
@@ -186,6 +187,92 @@ pub(super) struct Written {
     pub volumes: Vec<CreatedVolume>,
 }
 
+impl Head {
+    /// pinbundle.json and index.json rendered from `blobs`.
+    fn render(source: &HeadSource<'_>, blobs: &BTreeMap<Digest, PlannedBlob>) -> Result<Head> {
+        let (bm, index_json) = source.manifest(blobs)?;
+        let json = serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
+        // Never write what readers refuse (bundle-format.md, section 7).
+        if json.len() as u64 > crate::bundle::format::MAX_MANIFEST_LEN {
+            bail!(
+                "pinbundle.json would be {} bytes, more than the {} a reader accepts: split the images into several bundles",
+                json.len(),
+                crate::bundle::format::MAX_MANIFEST_LEN
+            );
+        }
+        Ok(Head {
+            bm,
+            json,
+            index_json,
+        })
+    }
+
+    /// The provisional head (unmeasured layer sizes are 0) and the room it keeps: each
+    /// unknown layer size, each image's sum and the total may grow from "0" to 20 digits.
+    fn provisional(
+        source: &HeadSource<'_>,
+        blobs: &BTreeMap<Digest, PlannedBlob>,
+        images: usize,
+    ) -> Result<(Head, HeadReservation)> {
+        let mut provisional_blobs = blobs.clone();
+        let mut unknown = 0usize;
+        for b in provisional_blobs.values_mut() {
+            if b.entry.kind == BlobKind::Layer && b.entry.uncompressed_size.is_none() {
+                b.entry.uncompressed_size = Some(0);
+                unknown += 1;
+            }
+        }
+        let head = Head::render(source, &provisional_blobs)?;
+        let reservation = HeadReservation::new(&head.json, unknown + images + 1);
+        Ok((head, reservation))
+    }
+
+    /// The head's members as written: pinbundle.json in the reserved room, its signature
+    /// when a key is given, the OCI layout files.
+    fn members(&self, room: &HeadReservation, key: Option<&SigningKey>) -> Result<HeadMembers> {
+        let manifest = room.fill(&self.json)?;
+        let signature = match key {
+            None => None,
+            Some(key) => {
+                let comment = trusted_comment(&self.bm, &manifest);
+                let sig = key
+                    .sign(&manifest, &comment)
+                    .with_context(|| format!("signing {MANIFEST_PATH} with key {}", key.id()))?;
+                let info = SignatureInfo {
+                    key_id: key.id(),
+                    trusted_comment: comment,
+                    verified_by: None,
+                };
+                Some((sig, info))
+            }
+        };
+        Ok(HeadMembers {
+            manifest,
+            signature,
+            index_json: self.index_json.clone(),
+        })
+    }
+}
+
+/// The members at the head of the bundle, in the order written.
+struct HeadMembers {
+    manifest: Vec<u8>,
+    signature: Option<(Vec<u8>, SignatureInfo)>,
+    index_json: Vec<u8>,
+}
+
+impl HeadMembers {
+    fn refs(&self) -> Vec<(&str, &[u8])> {
+        let mut head: Vec<(&str, &[u8])> = vec![(MANIFEST_PATH, &self.manifest)];
+        if let Some((sig, _)) = &self.signature {
+            head.push((SIGNATURE_PATH, sig));
+        }
+        head.push((OCI_LAYOUT_PATH, OCI_LAYOUT));
+        head.push((OCI_INDEX_PATH, &self.index_json));
+        head
+    }
+}
+
 /// Writes the bundle while `fetch_rest` fetches (and measures) the blobs not yet in the
 /// cache. pinbundle.json leads the file but is final only when every layer is measured, so
 /// the head is written first with zeros for the unknown sizes, stored (not compressed) and
@@ -206,72 +293,9 @@ pub(super) fn write(
     } = job;
     // 4. The head: pinbundle.json (provisional: unmeasured sizes are 0, and room is kept
     //    for 20 digits in each number they change), its signature, the OCI layout files.
-    let created_secs = source.created_secs;
-    let oci_layout = OCI_LAYOUT.to_vec();
-    let head_of = |blobs: &BTreeMap<Digest, PlannedBlob>| -> Result<Head> {
-        let (bm, index_json) = source.manifest(blobs)?;
-        let json = serde_json::to_vec_pretty(&bm).context("serialising pinbundle.json")?;
-        // Never write what readers refuse (bundle-format.md, section 7).
-        if json.len() as u64 > crate::bundle::format::MAX_MANIFEST_LEN {
-            bail!(
-                "pinbundle.json would be {} bytes, more than the {} a reader accepts: split the images into several bundles",
-                json.len(),
-                crate::bundle::format::MAX_MANIFEST_LEN
-            );
-        }
-        Ok(Head {
-            bm,
-            json,
-            index_json,
-        })
-    };
-    let mut provisional_blobs = blobs.clone();
-    let mut unknown = 0usize;
-    for b in provisional_blobs.values_mut() {
-        if b.entry.kind == BlobKind::Layer && b.entry.uncompressed_size.is_none() {
-            b.entry.uncompressed_size = Some(0);
-            unknown += 1;
-        }
-    }
-    let provisional = head_of(&provisional_blobs)?;
-    drop(provisional_blobs);
-    // Each unknown layer size, each image's sum and the total may grow from "0" to 20 digits.
-    let reservation = HeadReservation::new(&provisional.json, unknown + images + 1);
-    let sign = |bm: &BundleManifest, bytes: &[u8]| -> Result<Option<(Vec<u8>, SignatureInfo)>> {
-        let Some(key) = &opts.sign_key else {
-            return Ok(None);
-        };
-        let comment = trusted_comment(bm, bytes);
-        let sig = key
-            .sign(bytes, &comment)
-            .with_context(|| format!("signing {MANIFEST_PATH} with key {}", key.id()))?;
-        Ok(Some((
-            sig,
-            SignatureInfo {
-                key_id: key.id(),
-                trusted_comment: comment,
-                verified_by: None,
-            },
-        )))
-    };
-    let provisional_bytes = reservation.fill(&provisional.json)?;
-    let provisional_sig = sign(&provisional.bm, &provisional_bytes)?;
-    let head_members = |manifest: &'_ [u8], sig: Option<&'_ [u8]>, index_json: &'_ [u8]| {
-        let mut head: Vec<(&str, Vec<u8>)> = vec![(MANIFEST_PATH, manifest.to_vec())];
-        if let Some(sig) = sig {
-            head.push((SIGNATURE_PATH, sig.to_vec()));
-        }
-        head.push((OCI_LAYOUT_PATH, oci_layout.clone()));
-        head.push((OCI_INDEX_PATH, index_json.to_vec()));
-        head
-    };
-    let provisional_head = head_members(
-        &provisional_bytes,
-        provisional_sig.as_ref().map(|(s, _)| &s[..]),
-        &provisional.index_json,
-    );
-    let provisional_refs: Vec<(&str, &[u8])> =
-        provisional_head.iter().map(|(p, b)| (*p, &b[..])).collect();
+    let (provisional, room) = Head::provisional(source, blobs, images)?;
+    let key = opts.sign_key.as_ref();
+    let provisional_members = provisional.members(&room, key)?;
 
     // 5. Write (on a thread of its own) while the rest is fetched.
     let out_err = || format!("writing {}", opts.output.display());
@@ -282,10 +306,10 @@ pub(super) fn write(
     let writer_opts = WriterOptions {
         frame_size: opts.frame_size,
         level: opts.level,
-        mtime: created_secs,
+        mtime: source.created_secs,
     };
     let mut out = pending
-        .start(writer_opts, &provisional_refs)
+        .start(writer_opts, &provisional_members.refs())
         .with_context(out_err)?;
     let to_write: Vec<&PlannedBlob> = blobs.values().filter(|b| b.entry.carried).collect();
     let (fetched_sizes, written) = std::thread::scope(|scope| {
@@ -321,21 +345,13 @@ pub(super) fn write(
         (Ok(_), Err(w)) => return Err(w),
     }
     // The final head, in the room the provisional one took.
-    let head = head_of(blobs)?;
+    let head = Head::render(source, blobs)?;
     if head.index_json != provisional.index_json {
         bail!("internal error: index.json changed while the layers were measured");
     }
-    let manifest_bytes = reservation.fill(&head.json)?;
-    let signature = sign(&head.bm, &manifest_bytes)?;
-    let bm = head.bm;
-    let final_head = head_members(
-        &manifest_bytes,
-        signature.as_ref().map(|(s, _)| &s[..]),
-        &head.index_json,
-    );
-    let final_refs: Vec<(&str, &[u8])> = final_head.iter().map(|(p, b)| (*p, &b[..])).collect();
+    let members = head.members(&room, key)?;
     let written = pool.install(|| -> Result<crate::bundle::Written> {
-        out.rewrite_head(&final_refs).with_context(out_err)?;
+        out.rewrite_head(&members.refs()).with_context(out_err)?;
         out.finish().with_context(out_err)
     })?;
     reporter.finish();
@@ -351,10 +367,9 @@ pub(super) fn write(
             .collect(),
         None => Vec::new(),
     };
-
     Ok(Written {
-        bm,
-        signature: signature.map(|(_, info)| info),
+        bm: head.bm,
+        signature: members.signature.map(|(_, info)| info),
         bundle_size,
         volumes,
     })
