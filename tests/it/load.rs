@@ -14,7 +14,7 @@ use crate::util::{ok, pinbundle, run, tempdir, text};
 
 /// Tests that run a `crio` stand-in take this: reload finds CRI-O by scanning /proc, which
 /// must see exactly one.
-static CRIO: Mutex<()> = Mutex::new(());
+pub(crate) static CRIO: Mutex<()> = Mutex::new(());
 
 pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -108,9 +108,9 @@ impl Drop for Store {
 }
 
 /// The `crio` stand-in, listening on a socket in `dir`.
-struct Crio {
+pub(crate) struct Crio {
     child: Child,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     log: PathBuf,
 }
 
@@ -124,7 +124,7 @@ fn crio_binary() -> PathBuf {
 }
 
 impl Crio {
-    fn start(dir: &Path, drop_in_dir: &Path, store: &Store) -> Crio {
+    pub(crate) fn start(dir: &Path, drop_in_dir: &Path, store: &Store) -> Crio {
         let socket = dir.join("crio.sock");
         let log = dir.join("crio.log");
         let child = Command::new(crio_binary())

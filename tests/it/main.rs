@@ -11,6 +11,7 @@ mod rehashed;
 mod reserialise;
 mod rollback;
 mod sign;
+mod snapshot;
 mod text;
 mod util;
 mod volumes;

@@ -249,3 +249,61 @@ pub fn write_members(members: &[(String, Vec<u8>)]) -> Vec<u8> {
     }
     w.finish().unwrap().0
 }
+
+/// Makes command output comparable across runs before it is snapshotted: the given strings
+/// (temp dirs, the registry's address) become placeholders, and each distinct 64-hex digest
+/// becomes `<N>`, numbered in order of first appearance across every text this scrubber sees
+/// (so "the same digest twice" stays visible in a snapshot).
+#[allow(dead_code)]
+pub struct Scrub {
+    replace: Vec<(String, String)>,
+    digests: std::collections::HashMap<String, usize>,
+}
+
+#[allow(dead_code)]
+impl Scrub {
+    pub fn new() -> Scrub {
+        Scrub {
+            replace: Vec::new(),
+            digests: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Replaces `from` with `to` (longest first, so a path inside another is handled).
+    pub fn replace(mut self, from: impl Into<String>, to: &str) -> Scrub {
+        self.replace.push((from.into(), to.to_string()));
+        self.replace
+            .sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
+        self
+    }
+
+    pub fn apply(&mut self, text: &str) -> String {
+        let mut t = text.to_string();
+        for (from, to) in &self.replace {
+            t = t.replace(from.as_str(), to);
+        }
+        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+        let mut out = String::with_capacity(t.len());
+        let mut rest = t.as_str();
+        while let Some(start) = rest.find(hex) {
+            let len = rest[start..]
+                .find(|c| !hex(c))
+                .unwrap_or(rest.len() - start);
+            let before = rest[..start].chars().next_back();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+            let after = rest[start + len..].chars().next();
+            out.push_str(&rest[..start]);
+            let run = &rest[start..start + len];
+            if len == 64 && !word(before) && !word(after) {
+                let n = self.digests.len() + 1;
+                let n = *self.digests.entry(run.to_string()).or_insert(n);
+                out.push_str(&format!("<{n}>"));
+            } else {
+                out.push_str(run);
+            }
+            rest = &rest[start + len..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
