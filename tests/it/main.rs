@@ -1,6 +1,7 @@
 //! pinbundle's integration tests: one binary, modules per command.
 
 mod bundle;
+mod cli;
 mod crash;
 mod create;
 mod delta;
