@@ -287,12 +287,15 @@ fn delta_is_smaller_by_the_shared_layers_and_records_its_base() {
             server::served_name(&m.images[0].name),
             shared[0].0
         );
-        let alone =
-            server::serve_in_thread(delta.clone(), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
+        let alone = server::serve_in_thread(
+            BundleServer::new(delta.clone()),
+            BundleServer::LOOPBACK_EPHEMERAL,
+        )
+        .unwrap();
         assert_eq!(http_get(alone.addr(), &path).0, 404);
         drop(alone);
         let base = one(&r.v1);
-        let with_base = server::serve_server_in_thread(
+        let with_base = server::serve_in_thread(
             BundleServer::new(delta).with_bases(vec![base]),
             BundleServer::LOOPBACK_EPHEMERAL,
         )
