@@ -169,6 +169,28 @@ impl Drop for Crio {
     }
 }
 
+/// `pinbundle load` with the test's paths.
+pub(crate) fn load_command(
+    bundle: &Path,
+    store: &Store,
+    drop_in: &Path,
+    socket: &Path,
+    lock: &Path,
+) -> Command {
+    let mut c = pinbundle();
+    c.arg("load")
+        .arg(bundle)
+        .args(store.args())
+        .arg("--crio-drop-in")
+        .arg(drop_in)
+        .arg("--cri-socket")
+        .arg(socket)
+        .arg("--lock-file")
+        .arg(lock)
+        .args(["--confirm-timeout", "10"]);
+    c
+}
+
 /// Runs `pinbundle load --json` with the test's paths; returns the output and parsed report.
 pub(crate) fn load(
     bundle: &Path,
@@ -178,17 +200,8 @@ pub(crate) fn load(
     lock: &Path,
     extra: &[&str],
 ) -> (Output, Value) {
-    let o = run(pinbundle()
-        .arg("load")
-        .arg(bundle)
-        .args(store.args())
-        .arg("--crio-drop-in")
-        .arg(drop_in)
-        .arg("--cri-socket")
-        .arg(socket)
-        .arg("--lock-file")
-        .arg(lock)
-        .args(["--confirm-timeout", "10", "--json"])
+    let o = run(load_command(bundle, store, drop_in, socket, lock)
+        .arg("--json")
         .args(extra));
     let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
     (o, v)

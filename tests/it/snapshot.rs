@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 
 use crate::create::Env;
-use crate::load::{CRIO, Crio, Store, load};
+use crate::load::{CRIO, Crio, Store, load, load_command};
 use crate::util::{Scrub, ok, pinbundle, run, tempdir, text};
 
 /// The subcommands, as `--help` names them.
@@ -112,17 +112,6 @@ fn outputs_of_create_verify_inspect_diff_and_load() {
     let reload = ["--reload", "signal"];
     let (o, _) = load(&a, &store, &drop_in, &crio.socket, &lock, &reload);
     snap("load_json", &o);
-    let o = run(pinbundle()
-        .arg("load")
-        .arg(&b)
-        .args(store.args())
-        .arg("--crio-drop-in")
-        .arg(&drop_in)
-        .arg("--cri-socket")
-        .arg(&crio.socket)
-        .arg("--lock-file")
-        .arg(&lock)
-        .args(["--confirm-timeout", "10"])
-        .args(reload));
+    let o = run(load_command(&b, &store, &drop_in, &crio.socket, &lock).args(reload));
     snap("load_human", &o);
 }

@@ -1,7 +1,11 @@
 //! Shared helpers for the integration tests.
 
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// The pinbundle binary under test.
 pub fn pinbundle() -> Command {
@@ -209,6 +213,72 @@ pub fn head_for<'a>(blobs: impl Iterator<Item = &'a [u8]>) -> (Vec<u8>, Vec<u8>,
         oci_layout,
         index_json,
     )
+}
+
+/// A raw HTTP/1.1 exchange (`Connection: close`): status, headers, body, and whether the body
+/// was as long as `Content-Length` said.
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub complete: bool,
+}
+
+pub fn http(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    // A server that aborts may reset the connection: keep what arrived.
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        // The server dropped the connection before its response head was flushed.
+        return Reply {
+            status: 0,
+            headers: HashMap::new(),
+            body: Vec::new(),
+            complete: false,
+        };
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let complete = if method == "HEAD" {
+        body.is_empty()
+    } else {
+        headers
+            .get("content-length")
+            .is_none_or(|l| l.parse::<usize>().unwrap() == body.len())
+    };
+    Reply {
+        status,
+        headers,
+        body,
+        complete,
+    }
 }
 
 /// A port nothing listens on (bound once, then released).
