@@ -1392,6 +1392,62 @@ mod tests {
         );
     }
 
+    #[test]
+    fn renders_inspect() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        // The manifest as a bundle holds it: a delta carrying one blob and omitting one layer.
+        let manifest = serde_json::json!({
+            "format": "pinbundle", "formatVersion": 1, "creator": "t", "created": "2024-01-01T00:00:00Z",
+            "base": {"manifest": d('b'), "created": "2023-12-01T00:00:00Z"},
+            "layout": {"ociLayout": d('1'), "indexJson": d('2')},
+            "images": [{
+                "reference": "r/app:v1", "name": "r/app", "tag": "v1", "digest": d('a'),
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "platforms": [{
+                    "os": "linux", "architecture": "arm64", "variant": "v8", "digest": d('c'),
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": d('e'), "layers": [d('f')],
+                }],
+                "blobs": [d('a'), d('c'), d('e'), d('f')], "size": 4096, "uncompressedSize": 8192,
+            }],
+            "blobs": [
+                {"digest": d('e'), "size": 100, "mediaType": "application/json", "kind": "config"},
+                {"digest": d('f'), "size": 2048, "mediaType": "application/octet-stream", "kind": "layer", "carried": false},
+            ],
+            "totals": {"images": 1, "blobs": 2, "size": 2148, "uncompressedSize": 4096},
+        });
+        let r = verify::InspectReport {
+            version: 1,
+            bundle: PathBuf::from("/m/b.pinbundle"),
+            file_size: 5000,
+            frames: 3,
+            members: 4,
+            signature: None,
+            volumes: None,
+            manifest: serde_json::from_value(manifest).unwrap(),
+        };
+        assert_eq!(
+            text(|o| print_inspect(o, &r)),
+            format!(
+                "bundle:  /m/b.pinbundle (4.9 KiB)\n\
+                 format:  pinbundle v1, by t, created 2024-01-01T00:00:00Z\n\
+                 signed:  no\n\
+                 content: 1 images, 2 blobs, 2.1 KiB (4.0 KiB uncompressed)\n\
+                 delta:   of {} (created 2023-12-01T00:00:00Z)\n         \
+                 carries 1 blobs (100 B), omits 1 layers (2.0 KiB): `load` needs them in the store or `--base`\n\
+                 \n\
+                 r/app:v1\n  \
+                 pin:    r/app@{}\n  \
+                 type:   application/vnd.oci.image.index.v1+json\n  \
+                 linux/arm64/v8   {} (1 layers)\n  \
+                 size:   4.0 KiB (8.0 KiB uncompressed)\n",
+                d('b'),
+                d('a'),
+                d('c')
+            )
+        );
+    }
+
     fn load_report() -> load::LoadReport {
         load::LoadReport {
             version: 1,
