@@ -147,9 +147,8 @@ struct CreateArgs {
     /// Blob cache directory. [default: $XDG_CACHE_HOME/pinbundle or ~/.cache/pinbundle]
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
-    /// Parallel downloads and compression threads. [default: number of cores, at least 4]
-    #[arg(long, short = 'j', value_name = "N")]
-    jobs: Option<usize>,
+    #[command(flatten)]
+    jobs: Jobs,
     /// zstd level for what is compressed (JSON, uncompressed layers); gzip and zstd layers
     /// are stored as they are.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
@@ -208,9 +207,8 @@ struct VerifyArgs {
     /// A minisign public key (.pub) trusted to sign bundles; repeatable.
     #[arg(long, value_name = "PUB")]
     trust_key: Vec<PathBuf>,
-    /// Threads to verify with. [default: number of cores]
-    #[arg(long, short = 'j', value_name = "N")]
-    jobs: Option<usize>,
+    #[command(flatten)]
+    jobs: Jobs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -292,9 +290,8 @@ struct LoadArgs {
     /// The lock file that serialises loads.
     #[arg(long, value_name = "FILE", default_value = load::DEFAULT_LOCK)]
     lock_file: PathBuf,
-    /// Threads to verify with. [default: number of cores]
-    #[arg(long, short = 'j', value_name = "N")]
-    jobs: Option<usize>,
+    #[command(flatten)]
+    jobs: Jobs,
     /// A bundle that carries layers this delta bundle leaves out (the layers it omits must be
     /// in containers-storage already, or in one of these); repeatable.
     #[arg(long, value_name = "BUNDLE")]
@@ -302,6 +299,31 @@ struct LoadArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// `--jobs`, the same flag and default for every command that takes it.
+#[derive(Args, Debug, Clone, Copy)]
+struct Jobs {
+    /// Threads to work with: parallel downloads and compression (`create`), verification
+    /// (`verify`, `load`). [default: number of cores; for `create` at least 4]
+    #[arg(long = "jobs", short = 'j', value_name = "N")]
+    n: Option<usize>,
+}
+
+impl Jobs {
+    fn get(self) -> usize {
+        self.at_least(1)
+    }
+
+    /// `--jobs`, or the number of cores but no fewer than `floor`: create's downloads wait on
+    /// the network more than on a core.
+    fn at_least(self, floor: usize) -> usize {
+        self.n.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .max(floor)
+        })
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -316,6 +338,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // `pinbundle inspect … | head -1`: the reader has what it wanted (ripgrep does the same).
+        Err(e)
+            if e.downcast_ref::<Render>()
+                .is_some_and(|r| r.0.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             let mut err = std::io::stderr().lock();
             // Messages quote references, paths and child stderr: one line each, escaped.
@@ -326,6 +355,38 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// A failure to write the command's own output, kept apart from the library's I/O errors so
+/// that only a closed pipe of ours exits quietly. Shown as the I/O error it wraps.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+struct Render(std::io::Error);
+
+/// Runs a renderer on stdout and stderr, then flushes. The locks are taken only here, after
+/// the library's work: progress bars write to stderr meanwhile, from other threads.
+fn render(f: impl FnOnce(&mut dyn Write, &mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    f(&mut out, &mut err)
+        .and_then(|()| out.flush())
+        .and_then(|()| err.flush())
+        .map_err(|e| Render(e).into())
+}
+
+/// `report` as JSON on stdout with `--json`, else as `human` renders it.
+fn show<T: serde::Serialize>(
+    json: bool,
+    report: &T,
+    human: impl FnOnce(&mut dyn Write, &mut dyn Write, &T) -> std::io::Result<()>,
+) -> Result<()> {
+    render(|out, err| {
+        if json {
+            print_json(out, report)
+        } else {
+            human(out, err, report)
+        }
+    })
 }
 
 /// `30`, `30s`, `500ms`, `2m`, `1h`.
@@ -381,7 +442,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Create(a) => cmd_create(a, &*reporter),
         Command::Verify(a) => {
             let opts = verify::VerifyOptions {
-                jobs: a.jobs.unwrap_or(0),
+                jobs: a.jobs.get(),
                 trusted_keys: sign::read_trusted(&a.trust_key, None)?,
             };
             let set_opts = pinbundle::bundle::SetOptions {
@@ -389,11 +450,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 find_siblings: !a.partial,
             };
             let report = verify::verify_paths(&a.bundle, set_opts, &opts, &*reporter)?;
-            if a.json {
-                print_json(&report)?;
-            } else {
-                print_verify(&report)?;
-            }
+            show(a.json, &report, |out, _, r| print_verify(out, r))?;
             Ok(if report.ok {
                 ExitCode::SUCCESS
             } else {
@@ -404,31 +461,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keygen(a) => cmd_keygen(a),
         Command::IndexExport(a) => {
             let identity = delta::export_index(&a.bundle, &a.output)?;
-            eprintln!(
-                "wrote {}: the index of {} ({identity})",
-                shown_path(&a.output),
-                shown_path(&a.bundle)
-            );
+            render(|_, err| {
+                writeln!(
+                    err,
+                    "wrote {}: the index of {} ({identity})",
+                    shown_path(&a.output),
+                    shown_path(&a.bundle)
+                )
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Diff(a) => {
             let open =
                 |p: &Path| delta::Base::open(p).with_context(|| format!("reading {}", p.display()));
             let report = delta::diff(&open(&a.old)?, &open(&a.new)?);
-            if a.json {
-                print_json(&report)?;
-            } else {
-                print_diff(&report)?;
-            }
+            show(a.json, &report, |out, _, r| print_diff(out, r))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect(a) => {
             let report = verify::inspect_paths(&a.bundle)?;
-            if a.json {
-                print_json(&report)?;
-            } else {
-                print_inspect(&report)?;
-            }
+            show(a.json, &report, |out, _, r| print_inspect(out, r))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -488,26 +540,25 @@ fn cmd_keygen(a: KeygenArgs) -> Result<ExitCode> {
         )
     };
     let report = sign::keygen(&a.output, password.as_deref())?;
-    if a.json {
-        print_json(&report)?;
-    } else {
-        let mut err = std::io::stderr().lock();
-        writeln!(
-            err,
-            "key {}: secret key {} ({}), public key {}\ncopy {} to the nodes' {}/ (or pass it with --trust-key)",
-            report.key_id,
-            shown_path(&report.secret_key),
-            if report.encrypted {
-                "password-protected"
-            } else {
-                "NOT encrypted"
-            },
-            shown_path(&report.public_key),
-            shown_path(&report.public_key),
-            sign::DEFAULT_TRUSTED_DIR
-        )?;
-    }
+    show(a.json, &report, |_, err, r| print_keygen(err, r))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_keygen(err: &mut dyn Write, r: &sign::KeygenReport) -> std::io::Result<()> {
+    writeln!(
+        err,
+        "key {}: secret key {} ({}), public key {}\ncopy {} to the nodes' {}/ (or pass it with --trust-key)",
+        r.key_id,
+        shown_path(&r.secret_key),
+        if r.encrypted {
+            "password-protected"
+        } else {
+            "NOT encrypted"
+        },
+        shown_path(&r.public_key),
+        shown_path(&r.public_key),
+        sign::DEFAULT_TRUSTED_DIR
+    )
 }
 
 /// Reads and decrypts the signing key (before any network work, so a wrong password fails
@@ -551,11 +602,6 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         Some(d) => d,
         None => default_cache_dir()?,
     };
-    let jobs = a.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map_or(4, |n| n.get())
-            .max(4)
-    });
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(s) => Some(
             s.trim()
@@ -580,7 +626,7 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         },
         image_timeout: a.image_timeout,
         cache_dir,
-        jobs,
+        jobs: a.jobs.at_least(4),
         level: a.level,
         frame_size: pinbundle::bundle::format::DEFAULT_FRAME_SIZE,
         volume_size: a.volume_size,
@@ -589,52 +635,53 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         base: a.base,
     };
     let report = create::create(&opts, reporter)?;
-    if a.json {
-        print_json(&report)?;
-    } else {
-        let mut err = std::io::stderr().lock();
-        for i in &report.images {
-            writeln!(
-                err,
-                "{}\n    pin {}  [{}]  {}",
-                Shown(&i.reference),
-                Shown(&i.pin),
-                Shown(&i.platforms.join(", ")),
-                human(i.size)
-            )?;
-        }
+    show(a.json, &report, |_, err, r| print_create(err, r))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `create` wrote, on stderr (stdout is for `--json`).
+fn print_create(err: &mut dyn Write, r: &create::CreateReport) -> std::io::Result<()> {
+    for i in &r.images {
         writeln!(
             err,
-            "wrote {}: {} images, {} blobs ({}), file {}; fetched {} blobs ({}), {} from cache, in {:.1}s",
-            shown_path(&report.output),
-            report.images.len(),
-            report.blobs,
-            human(report.size),
-            human(report.bundle_size),
-            report.blobs_fetched,
-            human(report.bytes_fetched),
-            report.blobs_cached,
-            report.seconds
+            "{}\n    pin {}  [{}]  {}",
+            Shown(&i.reference),
+            Shown(&i.pin),
+            Shown(&i.platforms.join(", ")),
+            human(i.size)
         )?;
-        for v in &report.volumes {
-            writeln!(err, "  volume {} ({})", shown_path(&v.path), human(v.size))?;
-        }
-        if let Some(base) = &report.base {
-            writeln!(
-                err,
-                "delta of {} (created {}): {} blobs carried, {} layers ({}) left to the base",
-                base.manifest,
-                Shown(&base.created),
-                report.blobs_carried(),
-                report.blobs_omitted,
-                human(report.bytes_omitted)
-            )?;
-        }
-        if let Some(sig) = &report.signature {
-            writeln!(err, "signed by key {}", sig.key_id)?;
-        }
     }
-    Ok(ExitCode::SUCCESS)
+    writeln!(
+        err,
+        "wrote {}: {} images, {} blobs ({}), file {}; fetched {} blobs ({}), {} from cache, in {:.1}s",
+        shown_path(&r.output),
+        r.images.len(),
+        r.blobs,
+        human(r.size),
+        human(r.bundle_size),
+        r.blobs_fetched,
+        human(r.bytes_fetched),
+        r.blobs_cached,
+        r.seconds
+    )?;
+    for v in &r.volumes {
+        writeln!(err, "  volume {} ({})", shown_path(&v.path), human(v.size))?;
+    }
+    if let Some(base) = &r.base {
+        writeln!(
+            err,
+            "delta of {} (created {}): {} blobs carried, {} layers ({}) left to the base",
+            base.manifest,
+            Shown(&base.created),
+            r.blobs_carried(),
+            r.blobs_omitted,
+            human(r.bytes_omitted)
+        )?;
+    }
+    if let Some(sig) = &r.signature {
+        writeln!(err, "signed by key {}", sig.key_id)?;
+    }
+    Ok(())
 }
 
 fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
@@ -665,7 +712,7 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         pinned_image_set_out: a.pinned_image_set_out,
         dry_run: a.dry_run,
         no_pin: a.no_pin,
-        jobs: a.jobs.unwrap_or(0),
+        jobs: a.jobs.get(),
         platform: a.platform,
         skopeo: load::storage::Skopeo::new(),
         lock: a.lock_file,
@@ -676,11 +723,7 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         bases: a.base,
     };
     let report = load::load(&opts, reporter)?;
-    if a.json {
-        print_json(&report)?;
-    } else {
-        print_load(&report)?;
-    }
+    show(a.json, &report, print_load)?;
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else if report.error.is_some() {
@@ -690,8 +733,12 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
     })
 }
 
-fn print_load(r: &load::LoadReport) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+/// The report on `out`; warnings, the error and what was rolled back on `err`.
+fn print_load(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    r: &load::LoadReport,
+) -> std::io::Result<()> {
     if !r.problems.is_empty() {
         writeln!(
             out,
@@ -699,7 +746,7 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
             shown_path(&r.bundle),
             r.problems.len()
         )?;
-        print_problems(&mut out, &r.problems)?;
+        print_problems(out, &r.problems)?;
         return Ok(());
     }
     for i in &r.images {
@@ -777,14 +824,13 @@ fn print_load(r: &load::LoadReport) -> Result<()> {
             Shown(&c.version)
         )?;
     }
-    drop(out);
     for w in &r.warnings {
-        eprintln!("warning: {}", Shown(w));
+        writeln!(err, "warning: {}", Shown(w))?;
     }
     if let Some(e) = &r.error {
-        eprintln!("error: {}", Shown(e));
+        writeln!(err, "error: {}", Shown(e))?;
         if let Some(rb) = &r.rolled_back {
-            eprintln!("rolled back: {}", Shown(&rb.summary()));
+            writeln!(err, "rolled back: {}", Shown(&rb.summary()))?;
         }
     }
     Ok(())
@@ -799,23 +845,21 @@ fn default_cache_dir() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache").join("pinbundle"))
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    write_json(&mut out, v)?;
-    writeln!(out)?;
-    Ok(())
+fn print_json<T: serde::Serialize>(out: &mut dyn Write, v: &T) -> std::io::Result<()> {
+    write_json(&mut *out, v)?;
+    writeln!(out)
 }
 
 /// `v` as pretty JSON, with the characters [`pinbundle::text::needs_escape`] names written
 /// as `\uXXXX` escapes (serde_json escapes only C0 controls): the value a script parses is
 /// exact, and a terminal shown the document is not driven by it.
-fn write_json<T: serde::Serialize>(out: &mut impl Write, v: &T) -> Result<()> {
+fn write_json<T: serde::Serialize>(out: &mut dyn Write, v: &T) -> std::io::Result<()> {
     let mut ser = serde_json::Serializer::with_formatter(
         out,
         SafeJson(serde_json::ser::PrettyFormatter::new()),
     );
-    v.serialize(&mut ser)?;
-    Ok(())
+    // An I/O error keeps its kind (a closed pipe stays one, see `main`).
+    v.serialize(&mut ser).map_err(std::io::Error::from)
 }
 
 /// serde_json's [`PrettyFormatter`](serde_json::ser::PrettyFormatter) plus the escapes of
@@ -883,8 +927,7 @@ fn shown_path(p: &Path) -> String {
     escape(&p.display().to_string()).into_owned()
 }
 
-fn print_verify(r: &verify::VerifyReport) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+fn print_verify(out: &mut dyn Write, r: &verify::VerifyReport) -> std::io::Result<()> {
     match &r.signature {
         Some(s) => {
             let trust = match &s.verified_by {
@@ -905,7 +948,7 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
         None => writeln!(out, "signature: none")?,
     }
     if let Some(v) = &r.volumes {
-        print_volumes(&mut out, v)?;
+        print_volumes(out, v)?;
     }
     if let Some(b) = &r.base {
         writeln!(
@@ -931,13 +974,13 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
             shown_path(&r.bundle),
             r.problems.len()
         )?;
-        print_problems(&mut out, &r.problems)?;
+        print_problems(out, &r.problems)?;
     }
     Ok(())
 }
 
 /// Which volumes were read and which were not.
-fn print_volumes(out: &mut impl Write, v: &verify::VolumesReport) -> Result<()> {
+fn print_volumes(out: &mut dyn Write, v: &verify::VolumesReport) -> std::io::Result<()> {
     writeln!(
         out,
         "volumes: {} of {} present (set {})",
@@ -967,7 +1010,7 @@ fn print_volumes(out: &mut impl Write, v: &verify::VolumesReport) -> Result<()> 
 }
 
 /// One line per problem, naming the member and the images it breaks.
-fn print_problems(out: &mut impl Write, problems: &[verify::Problem]) -> Result<()> {
+fn print_problems(out: &mut dyn Write, problems: &[verify::Problem]) -> std::io::Result<()> {
     for p in problems {
         write!(
             out,
@@ -983,9 +1026,8 @@ fn print_problems(out: &mut impl Write, problems: &[verify::Problem]) -> Result<
     Ok(())
 }
 
-fn print_inspect(r: &verify::InspectReport) -> Result<()> {
+fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Result<()> {
     let m = &r.manifest;
-    let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "bundle:  {} ({})",
@@ -1010,7 +1052,7 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
         None => writeln!(out, "signed:  no")?,
     }
     if let Some(v) = &r.volumes {
-        print_volumes(&mut out, v)?;
+        print_volumes(out, v)?;
     }
     writeln!(
         out,
@@ -1068,8 +1110,7 @@ fn print_inspect(r: &verify::InspectReport) -> Result<()> {
     Ok(())
 }
 
-fn print_diff(r: &delta::DiffReport) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+fn print_diff(out: &mut dyn Write, r: &delta::DiffReport) -> std::io::Result<()> {
     for (what, side) in [("old", &r.old), ("new", &r.new)] {
         let of = side
             .base
@@ -1217,6 +1258,325 @@ mod tests {
             String::from_utf8(out).unwrap(),
             serde_json::to_string_pretty(&plain).unwrap()
         );
+    }
+
+    fn text(f: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> String {
+        let mut out = Vec::new();
+        f(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    fn problem(member: Option<&str>, images: &[&str], error: &str) -> verify::Problem {
+        verify::Problem {
+            member: member.map(Into::into),
+            digest: None,
+            images: images.iter().map(|i| i.to_string()).collect(),
+            error: error.into(),
+        }
+    }
+
+    fn verify_report(ok: bool) -> verify::VerifyReport {
+        verify::VerifyReport {
+            version: 1,
+            bundle: PathBuf::from("/m/b.pinbundle"),
+            ok,
+            images: 2,
+            members_checked: 9,
+            bytes_checked: 3 << 20,
+            signature: None,
+            volumes: None,
+            base: None,
+            problems: Vec::new(),
+            opened: true,
+        }
+    }
+
+    #[test]
+    fn renders_verify() {
+        let mut r = verify_report(true);
+        r.signature = Some(verify::SignatureInfo {
+            key_id: sign::KeyId([0xab; 8]),
+            trusted_comment: "made\x1b[2J today".into(),
+            verified_by: Some(PathBuf::from("/k/site.pub")),
+        });
+        r.volumes = Some(verify::VolumesReport {
+            set: pinbundle::reference::Digest::of(b"set"),
+            count: 2,
+            present: vec![verify::VolumeFile {
+                index: 1,
+                path: PathBuf::from("/m/b.001"),
+            }],
+            missing: vec![verify::VolumeFile {
+                index: 2,
+                path: PathBuf::from("/m/b.002"),
+            }],
+            incomplete_blobs: vec![pinbundle::reference::Digest::of(b"blob")],
+        });
+        let set = pinbundle::reference::Digest::of(b"set");
+        assert_eq!(
+            text(|o| print_verify(o, &r)),
+            format!(
+                "signature: key ABABABABABABABAB, verified with trusted key /k/site.pub\n  \
+                 trusted comment: made\\x1b[2J today\n\
+                 volumes: 1 of 2 present (set {set})\n    \
+                 1  /m/b.001\n    \
+                 2  missing (expected /m/b.002)\n  \
+                 1 blob(s) continue in missing volumes: their parts here were checked by frame checksums only\n\
+                 /m/b.pinbundle: OK (2 images, 9 members, 3.0 MiB checked)\n"
+            )
+        );
+
+        let mut r = verify_report(false);
+        r.opened = false;
+        r.problems = vec![
+            problem(None, &[], "not a bundle"),
+            problem(Some("blobs/sha256/ab"), &["a:1", "b:2"], "digest\nmismatch"),
+        ];
+        assert_eq!(
+            text(|o| print_verify(o, &r)),
+            "signature: not read (the files could not be opened as a bundle)\n\
+             /m/b.pinbundle: FAILED, 2 problem(s)\n  \
+             file: not a bundle\n  \
+             blobs/sha256/ab: digest\\nmismatch (breaks a:1, b:2)\n"
+        );
+    }
+
+    #[test]
+    fn renders_diff() {
+        use pinbundle::reference::Digest;
+        let (d1, d2) = (Digest::of(b"1"), Digest::of(b"2"));
+        let side = |p: &str, base: Option<BaseRef>| delta::DiffSide {
+            path: PathBuf::from(p),
+            identity: d1.clone(),
+            created: "2024-01-01T00:00:00Z".into(),
+            base,
+            images: 1,
+            blobs: 3,
+            size: 10,
+        };
+        use pinbundle::bundle::format::BaseRef;
+        let change = |status, old: Option<&str>, new: Option<&str>| delta::ImageChange {
+            status,
+            name: "r/app".into(),
+            old_reference: old.map(Into::into),
+            new_reference: new.map(Into::into),
+            old_digest: old.map(|_| d1.clone()),
+            new_digest: new.map(|_| d2.clone()),
+        };
+        let r = delta::DiffReport {
+            version: 1,
+            old: side("/o.pb", None),
+            new: side(
+                "/n.pb",
+                Some(BaseRef {
+                    manifest: d2.clone(),
+                    created: "x".into(),
+                }),
+            ),
+            images: vec![
+                change("changed", Some("r/app:v1"), Some("r/app:v2")),
+                change("added", None, Some("r/new:v1")),
+            ],
+            blobs: delta::BlobDiff {
+                only_new: delta::Count {
+                    blobs: 2,
+                    size: 2048,
+                },
+                shared: delta::Count::default(),
+                only_old: delta::Count { blobs: 1, size: 5 },
+            },
+        };
+        assert_eq!(
+            text(|o| print_diff(o, &r)),
+            format!(
+                "old: /o.pb ({d1}, created 2024-01-01T00:00:00Z)\n\
+                 new: /n.pb ({d1}, created 2024-01-01T00:00:00Z, delta of {d2})\n  \
+                 changed   r/app:v1 → r/app:v2\n            {d1} → {d2}\n  \
+                 added     r/new:v1 {d2}\n\
+                 blobs:\n  \
+                 only in new       2 blobs     2.0 KiB\n  \
+                 shared            0 blobs         0 B\n  \
+                 only in old       1 blobs         5 B\n"
+            )
+        );
+    }
+
+    #[test]
+    fn renders_inspect() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        // The manifest as a bundle holds it: a delta carrying one blob and omitting one layer.
+        let manifest = serde_json::json!({
+            "format": "pinbundle", "formatVersion": 1, "creator": "t", "created": "2024-01-01T00:00:00Z",
+            "base": {"manifest": d('b'), "created": "2023-12-01T00:00:00Z"},
+            "layout": {"ociLayout": d('1'), "indexJson": d('2')},
+            "images": [{
+                "reference": "r/app:v1", "name": "r/app", "tag": "v1", "digest": d('a'),
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "platforms": [{
+                    "os": "linux", "architecture": "arm64", "variant": "v8", "digest": d('c'),
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "config": d('e'), "layers": [d('f')],
+                }],
+                "blobs": [d('a'), d('c'), d('e'), d('f')], "size": 4096, "uncompressedSize": 8192,
+            }],
+            "blobs": [
+                {"digest": d('e'), "size": 100, "mediaType": "application/json", "kind": "config"},
+                {"digest": d('f'), "size": 2048, "mediaType": "application/octet-stream", "kind": "layer", "carried": false},
+            ],
+            "totals": {"images": 1, "blobs": 2, "size": 2148, "uncompressedSize": 4096},
+        });
+        let r = verify::InspectReport {
+            version: 1,
+            bundle: PathBuf::from("/m/b.pinbundle"),
+            file_size: 5000,
+            frames: 3,
+            members: 4,
+            signature: None,
+            volumes: None,
+            manifest: serde_json::from_value(manifest).unwrap(),
+        };
+        assert_eq!(
+            text(|o| print_inspect(o, &r)),
+            format!(
+                "bundle:  /m/b.pinbundle (4.9 KiB)\n\
+                 format:  pinbundle v1, by t, created 2024-01-01T00:00:00Z\n\
+                 signed:  no\n\
+                 content: 1 images, 2 blobs, 2.1 KiB (4.0 KiB uncompressed)\n\
+                 delta:   of {} (created 2023-12-01T00:00:00Z)\n         \
+                 carries 1 blobs (100 B), omits 1 layers (2.0 KiB): `load` needs them in the store or `--base`\n\
+                 \n\
+                 r/app:v1\n  \
+                 pin:    r/app@{}\n  \
+                 type:   application/vnd.oci.image.index.v1+json\n  \
+                 linux/arm64/v8   {} (1 layers)\n  \
+                 size:   4.0 KiB (8.0 KiB uncompressed)\n",
+                d('b'),
+                d('a'),
+                d('c')
+            )
+        );
+    }
+
+    fn load_report() -> load::LoadReport {
+        load::LoadReport {
+            version: 1,
+            bundle: PathBuf::from("/m/b.pinbundle"),
+            dry_run: false,
+            ok: false,
+            problems: Vec::new(),
+            signature: None,
+            images: Vec::new(),
+            pins: None,
+            reload: None,
+            cri: None,
+            delta: None,
+            volumes: None,
+            space: None,
+            error: None,
+            rolled_back: None,
+            warnings: Vec::new(),
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn renders_load() {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut r = load_report();
+        r.problems = vec![problem(Some("pinbundle.json"), &[], "frame 0: bad")];
+        print_load(&mut out, &mut err, &r).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "/m/b.pinbundle: refused (damaged or not signed by a trusted key), nothing was \
+             changed; 1 problem(s):\n  pinbundle.json: frame 0: bad\n"
+        );
+        assert!(err.is_empty());
+
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut r = load_report();
+        r.images = vec![load::run::ImageResult {
+            reference: "r/app:v1".into(),
+            pin: "r/app@sha256:ab".into(),
+            status: "failed",
+            pinned: None,
+            size: 1 << 20,
+            uncompressed_size: 3 << 20,
+            error: Some("skopeo\rsaid no".into()),
+        }];
+        r.warnings = vec!["odd\x07".into()];
+        r.error = Some("importing r/app:v1 failed".into());
+        r.cri = Some(load::run::CriResult {
+            runtime: "cri-o".into(),
+            version: "1.31".into(),
+            confirmed: false,
+            timed_out: true,
+        });
+        print_load(&mut out, &mut err, &r).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "failed                         1.0 MiB  r/app@sha256:ab\n            \
+             skopeo\\rsaid no\n\
+             cri: cri-o 1.31: NOT confirmed (timed out)\n"
+        );
+        assert_eq!(
+            String::from_utf8(err).unwrap(),
+            "warning: odd\\x07\nerror: importing r/app:v1 failed\n"
+        );
+    }
+
+    /// A reader that went away: every write fails as a closed pipe does.
+    struct ClosedPipe;
+
+    impl Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_stays_a_closed_pipe() {
+        // `main` exits quietly on exactly this kind, for JSON and human output alike.
+        let e = print_json(&mut ClosedPipe, &serde_json::json!({"a": 1})).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+        let e = print_verify(&mut ClosedPipe, &verify_report(true)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
+        let e: anyhow::Error = Render(e).into();
+        assert!(e.downcast_ref::<Render>().is_some());
+        let shown: anyhow::Error = Render(std::io::Error::other("disk full")).into();
+        assert_eq!(
+            shown.to_string(),
+            "disk full",
+            "shown as the I/O error itself"
+        );
+    }
+
+    #[test]
+    fn jobs_default_once() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for (cmd, extra) in [
+            ("verify", &[][..]),
+            ("load", &[][..]),
+            ("create", &["-o", "x"][..]),
+        ] {
+            let parse = |more: &[&str]| {
+                let mut args = vec!["pinbundle", cmd, "b"];
+                args.extend(extra);
+                args.extend(more);
+                match Cli::try_parse_from(args).unwrap().command {
+                    Command::Create(a) => a.jobs.at_least(4),
+                    Command::Verify(a) => a.jobs.get(),
+                    Command::Load(a) => a.jobs.get(),
+                    _ => unreachable!(),
+                }
+            };
+            let floor = if cmd == "create" { 4 } else { 1 };
+            assert_eq!(parse(&[]), cores.max(floor), "{cmd}");
+            assert_eq!(parse(&["-j", "3"]), 3, "{cmd}");
+            assert_eq!(parse(&["--jobs", "5"]), 5, "{cmd}");
+        }
     }
 
     #[test]

@@ -435,8 +435,8 @@ fn import_and_pin(
     reporter: &dyn Reporter,
 ) -> Result<bool> {
     if !missing.is_empty() {
-        use crate::registry::server::{BundleServer, serve_server_in_thread};
-        let server = serve_server_in_thread(
+        use crate::registry::server::{BundleServer, serve_in_thread};
+        let server = serve_in_thread(
             BundleServer::new(bundle.clone()).with_bases(bases),
             BundleServer::LOOPBACK_EPHEMERAL,
         )

@@ -7,8 +7,8 @@
 //! `oci:` layouts and Docker v2s2 manifests).
 //!
 //! This module owns routing and response bodies ([`BundleServer::handle`]), which do not depend
-//! on the listener, and a plain-HTTP loopback listener ([`serve`], [`serve_in_thread`]). It does
-//! not run `skopeo` (that is `load::storage`) and logs nothing.
+//! on the listener, and a plain-HTTP loopback listener on a thread of its own
+//! ([`serve_in_thread`]). It does not run `skopeo` (that is `load::storage`) and logs nothing.
 //!
 //! # What is served
 //!
@@ -844,21 +844,13 @@ impl BundleServer {
     }
 }
 
-/// A server accepting connections; stops when dropped or on [`RunningServer::shutdown`].
+/// A server accepting connections on a thread of its own; stops when dropped.
 #[derive(Debug)]
 pub struct RunningServer {
     addr: SocketAddr,
     server: Arc<BundleServer>,
     stop: watch::Sender<bool>,
-    task: Option<Task>,
-}
-
-#[derive(Debug)]
-enum Task {
-    /// Spawned on the caller's runtime by [`serve`].
-    Spawned(tokio::task::JoinHandle<()>),
-    /// Running on its own thread and runtime, from [`serve_in_thread`].
-    Thread(std::thread::JoinHandle<()>),
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningServer {
@@ -871,34 +863,14 @@ impl RunningServer {
     pub fn server(&self) -> &Arc<BundleServer> {
         &self.server
     }
-
-    /// Stops accepting, closes open connections and waits for the accept loop to end.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        match self.task.take() {
-            Some(Task::Spawned(handle)) => {
-                let _ = handle.await;
-            }
-            Some(Task::Thread(handle)) => {
-                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-            }
-            None => {}
-        }
-    }
 }
 
 impl Drop for RunningServer {
-    /// Signals the accept loop to stop. A server from [`serve_in_thread`] is joined here; one
-    /// from [`serve`] is aborted (its tasks end at their next poll), since blocking inside the
-    /// caller's runtime could deadlock — use [`RunningServer::shutdown`] to wait for it.
+    /// Stops accepting, closes open connections and joins the server's thread.
     fn drop(&mut self) {
         let _ = self.stop.send(true);
-        match self.task.take() {
-            Some(Task::Spawned(handle)) => handle.abort(),
-            Some(Task::Thread(handle)) => {
-                let _ = handle.join();
-            }
-            None => {}
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -927,51 +899,18 @@ async fn accept_loop(
     connections.shutdown().await;
 }
 
-fn bind_std(addr: SocketAddr) -> Result<std::net::TcpListener, ServerError> {
-    let bind_err = |source| ServerError::Bind { addr, source };
-    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-    listener.set_nonblocking(true).map_err(bind_err)?;
-    Ok(listener)
-}
-
-/// Serves `bundle` on `addr` (use [`BundleServer::LOOPBACK_EPHEMERAL`] for `load`) from tasks
-/// on the current tokio runtime. Plain HTTP: bind it to loopback only.
-pub async fn serve(bundle: Arc<BundleSet>, addr: SocketAddr) -> Result<RunningServer, ServerError> {
-    let std_listener = bind_std(addr)?;
-    let local = std_listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind { addr, source })?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)
-        .map_err(|source| ServerError::Bind { addr, source })?;
-    let server = Arc::new(BundleServer::new(bundle));
-    let (stop, stop_rx) = watch::channel(false);
-    let handle = tokio::spawn(accept_loop(listener, Arc::clone(&server), stop_rx));
-    Ok(RunningServer {
-        addr: local,
-        server,
-        stop,
-        task: Some(Task::Spawned(handle)),
-    })
-}
-
-/// Like [`serve`], but on a thread of its own with its own runtime, for synchronous callers
-/// (`load` runs `skopeo` as child processes). Dropping the result stops and joins the thread.
+/// Serves `server` on `addr` (use [`BundleServer::LOOPBACK_EPHEMERAL`] for `load`) from a
+/// thread of its own with its own runtime, so synchronous callers (`load` runs `skopeo` as
+/// child processes) need none. Plain HTTP: bind it to loopback only. Dropping the result
+/// stops and joins the thread.
 pub fn serve_in_thread(
-    bundle: Arc<BundleSet>,
-    addr: SocketAddr,
-) -> Result<RunningServer, ServerError> {
-    serve_server_in_thread(BundleServer::new(bundle), addr)
-}
-
-/// Like [`serve_in_thread`], for a server already set up (e.g. [`BundleServer::with_bases`]).
-pub fn serve_server_in_thread(
     server: BundleServer,
     addr: SocketAddr,
 ) -> Result<RunningServer, ServerError> {
-    let std_listener = bind_std(addr)?;
-    let local = std_listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind { addr, source })?;
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let local = std_listener.local_addr().map_err(bind_err)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
@@ -979,13 +918,12 @@ pub fn serve_server_in_thread(
         .map_err(ServerError::Runtime)?;
     let listener = {
         let _guard = runtime.enter();
-        tokio::net::TcpListener::from_std(std_listener)
-            .map_err(|source| ServerError::Bind { addr, source })?
+        tokio::net::TcpListener::from_std(std_listener).map_err(bind_err)?
     };
     let server = Arc::new(server);
     let (stop, stop_rx) = watch::channel(false);
     let thread_server = Arc::clone(&server);
-    let handle = std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("pinbundle-registry".into())
         .spawn(move || {
             runtime.block_on(accept_loop(listener, thread_server, stop_rx));
@@ -997,7 +935,7 @@ pub fn serve_server_in_thread(
         addr: local,
         server,
         stop,
-        task: Some(Task::Thread(handle)),
+        thread: Some(thread),
     })
 }
 

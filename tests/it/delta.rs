@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::create::{Env, inspect_json};
 use crate::load::{Store, is_root, load};
-use crate::util::{members, ok, pinbundle, run, sha256_file, tempdir, text};
+use crate::util::{http, members, ok, pinbundle, run, sha256_file, tempdir, text};
 
 /// Bytes a delta may spend beyond the blobs it carries, compared with the full bundle: its
 /// longer pinbundle.json and seek index.
@@ -112,23 +112,6 @@ fn rewritten(
     edit(&mut manifest, &mut members);
     members[0].1 = serde_json::to_vec_pretty(&manifest).unwrap();
     crate::util::write_members(&members)
-}
-
-/// `GET path` on a plain-HTTP server: the status code and the body.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&resp[..end]).into_owned();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, resp[end + 4..].to_vec())
 }
 
 fn verify_json(bundle: &Path) -> (Option<i32>, Value) {
@@ -287,17 +270,20 @@ fn delta_is_smaller_by_the_shared_layers_and_records_its_base() {
             server::served_name(&m.images[0].name),
             shared[0].0
         );
-        let alone =
-            server::serve_in_thread(delta.clone(), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
-        assert_eq!(http_get(alone.addr(), &path).0, 404);
+        let alone = server::serve_in_thread(
+            BundleServer::new(delta.clone()),
+            BundleServer::LOOPBACK_EPHEMERAL,
+        )
+        .unwrap();
+        assert_eq!(http(alone.addr(), "GET", &path, &[]).status, 404);
         drop(alone);
         let base = one(&r.v1);
-        let with_base = server::serve_server_in_thread(
+        let with_base = server::serve_in_thread(
             BundleServer::new(delta).with_bases(vec![base]),
             BundleServer::LOOPBACK_EPHEMERAL,
         )
         .unwrap();
-        let (status, body) = http_get(with_base.addr(), &path);
+        let crate::util::Reply { status, body, .. } = http(with_base.addr(), "GET", &path, &[]);
         assert_eq!(status, 200);
         assert_eq!(Digest::of(&body).to_string(), shared[0].0);
     }

@@ -14,7 +14,7 @@ use crate::util::{ok, pinbundle, run, tempdir, text};
 
 /// Tests that run a `crio` stand-in take this: reload finds CRI-O by scanning /proc, which
 /// must see exactly one.
-static CRIO: Mutex<()> = Mutex::new(());
+pub(crate) static CRIO: Mutex<()> = Mutex::new(());
 
 pub(crate) fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -108,9 +108,9 @@ impl Drop for Store {
 }
 
 /// The `crio` stand-in, listening on a socket in `dir`.
-struct Crio {
+pub(crate) struct Crio {
     child: Child,
-    socket: PathBuf,
+    pub(crate) socket: PathBuf,
     log: PathBuf,
 }
 
@@ -124,7 +124,7 @@ fn crio_binary() -> PathBuf {
 }
 
 impl Crio {
-    fn start(dir: &Path, drop_in_dir: &Path, store: &Store) -> Crio {
+    pub(crate) fn start(dir: &Path, drop_in_dir: &Path, store: &Store) -> Crio {
         let socket = dir.join("crio.sock");
         let log = dir.join("crio.log");
         let child = Command::new(crio_binary())
@@ -169,6 +169,28 @@ impl Drop for Crio {
     }
 }
 
+/// `pinbundle load` with the test's paths.
+pub(crate) fn load_command(
+    bundle: &Path,
+    store: &Store,
+    drop_in: &Path,
+    socket: &Path,
+    lock: &Path,
+) -> Command {
+    let mut c = pinbundle();
+    c.arg("load")
+        .arg(bundle)
+        .args(store.args())
+        .arg("--crio-drop-in")
+        .arg(drop_in)
+        .arg("--cri-socket")
+        .arg(socket)
+        .arg("--lock-file")
+        .arg(lock)
+        .args(["--confirm-timeout", "10"]);
+    c
+}
+
 /// Runs `pinbundle load --json` with the test's paths; returns the output and parsed report.
 pub(crate) fn load(
     bundle: &Path,
@@ -178,17 +200,8 @@ pub(crate) fn load(
     lock: &Path,
     extra: &[&str],
 ) -> (Output, Value) {
-    let o = run(pinbundle()
-        .arg("load")
-        .arg(bundle)
-        .args(store.args())
-        .arg("--crio-drop-in")
-        .arg(drop_in)
-        .arg("--cri-socket")
-        .arg(socket)
-        .arg("--lock-file")
-        .arg(lock)
-        .args(["--confirm-timeout", "10", "--json"])
+    let o = run(load_command(bundle, store, drop_in, socket, lock)
+        .arg("--json")
         .args(extra));
     let v = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
     (o, v)

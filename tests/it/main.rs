@@ -1,16 +1,21 @@
 //! pinbundle's integration tests: one binary, modules per command.
 
 mod bundle;
+mod cli;
+mod client;
 mod crash;
 mod create;
 mod delta;
 mod hostile;
+mod hostile_registry;
 mod load;
 mod oracle;
 mod rehashed;
 mod reserialise;
 mod rollback;
+mod server;
 mod sign;
+mod snapshot;
 mod text;
 mod util;
 mod volumes;

@@ -1,7 +1,11 @@
 //! Shared helpers for the integration tests.
 
+use std::collections::HashMap;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// The pinbundle binary under test.
 pub fn pinbundle() -> Command {
@@ -211,6 +215,80 @@ pub fn head_for<'a>(blobs: impl Iterator<Item = &'a [u8]>) -> (Vec<u8>, Vec<u8>,
     )
 }
 
+/// A raw HTTP/1.1 exchange (`Connection: close`): status, headers, body, and whether the body
+/// was as long as `Content-Length` said.
+pub struct Reply {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub complete: bool,
+}
+
+pub fn http(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    // A server that aborts may reset the connection: keep what arrived.
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+        }
+    }
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        // The server dropped the connection before its response head was flushed.
+        return Reply {
+            status: 0,
+            headers: HashMap::new(),
+            body: Vec::new(),
+            complete: false,
+        };
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let body = raw[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let complete = if method == "HEAD" {
+        body.is_empty()
+    } else {
+        headers
+            .get("content-length")
+            .is_none_or(|l| l.parse::<usize>().unwrap() == body.len())
+    };
+    Reply {
+        status,
+        headers,
+        body,
+        complete,
+    }
+}
+
+/// A port nothing listens on (bound once, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
 /// Deterministic pseudo-random bytes (xorshift), incompressible.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -248,4 +326,62 @@ pub fn write_members(members: &[(String, Vec<u8>)]) -> Vec<u8> {
             .unwrap();
     }
     w.finish().unwrap().0
+}
+
+/// Makes command output comparable across runs before it is snapshotted: the given strings
+/// (temp dirs, the registry's address) become placeholders, and each distinct 64-hex digest
+/// becomes `<N>`, numbered in order of first appearance across every text this scrubber sees
+/// (so "the same digest twice" stays visible in a snapshot).
+#[allow(dead_code)]
+pub struct Scrub {
+    replace: Vec<(String, String)>,
+    digests: std::collections::HashMap<String, usize>,
+}
+
+#[allow(dead_code)]
+impl Scrub {
+    pub fn new() -> Scrub {
+        Scrub {
+            replace: Vec::new(),
+            digests: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Replaces `from` with `to` (longest first, so a path inside another is handled).
+    pub fn replace(mut self, from: impl Into<String>, to: &str) -> Scrub {
+        self.replace.push((from.into(), to.to_string()));
+        self.replace
+            .sort_by_key(|(f, _)| std::cmp::Reverse(f.len()));
+        self
+    }
+
+    pub fn apply(&mut self, text: &str) -> String {
+        let mut t = text.to_string();
+        for (from, to) in &self.replace {
+            t = t.replace(from.as_str(), to);
+        }
+        let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+        let mut out = String::with_capacity(t.len());
+        let mut rest = t.as_str();
+        while let Some(start) = rest.find(hex) {
+            let len = rest[start..]
+                .find(|c| !hex(c))
+                .unwrap_or(rest.len() - start);
+            let before = rest[..start].chars().next_back();
+            let word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+            let after = rest[start + len..].chars().next();
+            out.push_str(&rest[..start]);
+            let run = &rest[start..start + len];
+            if len == 64 && !word(before) && !word(after) {
+                let n = self.digests.len() + 1;
+                let n = *self.digests.entry(run.to_string()).or_insert(n);
+                out.push_str(&format!("<{n}>"));
+            } else {
+                out.push_str(run);
+            }
+            rest = &rest[start + len..];
+        }
+        out.push_str(rest);
+        out
+    }
 }

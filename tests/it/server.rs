@@ -1,16 +1,12 @@
 //! `registry::server` and `load::storage` against real components: a real `docker-registry`
 //! holding images made offline with podman, a bundle made by `create`, real `skopeo` reading the
 //! served bundle, and real containers-storage stores (vfs and overlay) checked with podman.
-//!
-//! The harness here is private; the shared one in `fixtures/` replaces it once it lands.
 
-use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pinbundle::bundle::format::ImageEntry;
 use pinbundle::bundle::{Bundle, BundleSet};
@@ -21,22 +17,7 @@ use pinbundle::reference::{Digest, PinnedRef};
 use pinbundle::registry::ClientOptions;
 use pinbundle::registry::server::{self, BundleServer, served_name};
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.stdin(Stdio::null()).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use crate::util::{Reply, free_port, http, noise, ok};
 
 /// The shared harness's real `docker-registry`, with its address at hand.
 struct Registry {
@@ -54,19 +35,6 @@ impl Registry {
             host,
         }
     }
-}
-
-/// Deterministic pseudo-random bytes (incompressible, so layers span several frames).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// The bundle built once for all tests, and what it holds.
@@ -124,7 +92,7 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
         );
     }
     let push = |src: &str, dest: &str, extra: &[&str]| {
-        run(Command::new("skopeo")
+        ok(Command::new("skopeo")
             .args(["copy", "-q", "--dest-tls-verify=false"])
             .args(extra)
             .arg(format!("containers-storage:{store}{src}"))
@@ -136,12 +104,13 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
     push("localhost/t:2", "t/multi:arm", &[]);
     // A hand-made index over the two, pushed with curl.
     let get = |repo: &str, tag: &str| -> Vec<u8> {
-        run(Command::new("skopeo").args([
+        ok(Command::new("skopeo").args([
             "inspect",
             "--raw",
             "--tls-verify=false",
             &format!("docker://{}/{repo}:{tag}", registry.host),
         ]))
+        .stdout
     };
     let amd = get("t/multi", "amd");
     let arm = get("t/multi", "arm");
@@ -155,7 +124,7 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
     );
     let index_file = work.path().join("index.json");
     std::fs::write(&index_file, &index).unwrap();
-    run(Command::new("curl").args([
+    ok(Command::new("curl").args([
         "-sf",
         "-X",
         "PUT",
@@ -216,72 +185,6 @@ fn open_bundle(path: &Path) -> Arc<BundleSet> {
     Arc::new(BundleSet::single(Bundle::open(path).expect("open bundle")).expect("one file"))
 }
 
-/// A raw HTTP/1.1 exchange (`Connection: close`): status, headers, body, and whether the body
-/// was as long as `Content-Length` said.
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-    complete: bool,
-}
-
-fn http(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Reply {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in extra {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    // A server that aborts may reset the connection: keep what arrived.
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-        }
-    }
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        // The server dropped the connection before its response head was flushed.
-        return Reply {
-            status: 0,
-            headers: HashMap::new(),
-            body: Vec::new(),
-            complete: false,
-        };
-    };
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let body = raw[split + 4..].to_vec();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let complete = if method == "HEAD" {
-        body.is_empty()
-    } else {
-        headers
-            .get("content-length")
-            .is_none_or(|l| l.parse::<usize>().unwrap() == body.len())
-    };
-    Reply {
-        status,
-        headers,
-        body,
-        complete,
-    }
-}
-
 fn error_code(r: &Reply) -> String {
     let v: serde_json::Value = serde_json::from_slice(&r.body).expect("error JSON");
     v["errors"][0]["code"]
@@ -290,181 +193,179 @@ fn error_code(r: &Reply) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_http_manifests_blobs_ranges_and_errors() {
+#[test]
+fn raw_http_manifests_blobs_ranges_and_errors() {
     let f = fixture();
     let bundle = open_bundle(&f.bundle);
-    let srv = server::serve(Arc::clone(&bundle), BundleServer::LOOPBACK_EPHEMERAL)
-        .await
-        .unwrap();
+    let srv = server::serve_in_thread(
+        BundleServer::new(Arc::clone(&bundle)),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
     let addr = srv.addr();
     assert!(addr.ip().is_loopback() && addr.port() != 0);
-    let result = tokio::task::spawn_blocking(move || {
-        let r = http(addr, "GET", "/v2/", &[]);
-        assert_eq!(r.status, 200);
-        assert_eq!(r.body, b"{}");
-        assert_eq!(r.headers["docker-distribution-api-version"], "registry/2.0");
+    let r = http(addr, "GET", "/v2/", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"{}");
+    assert_eq!(r.headers["docker-distribution-api-version"], "registry/2.0");
 
-        for image in [&f.one, &f.two, &f.multi] {
-            let repo = served_name(&image.name);
-            let original = bundle
-                .read_blob(bundle.blob(&image.digest).unwrap())
-                .unwrap();
-            let media = &bundle
-                .manifest()
-                .blobs
-                .iter()
-                .find(|b| b.digest == image.digest)
-                .unwrap()
-                .media_type;
-            assert_eq!(media, &image.media_type);
-            for reference in [image.digest.to_string(), image.tag.clone().unwrap()] {
-                let r = http(
-                    addr,
-                    "GET",
-                    &format!("/v2/{repo}/manifests/{reference}"),
-                    &[],
-                );
-                assert_eq!(r.status, 200, "{repo} {reference}");
-                assert_eq!(r.body, original);
-                assert_eq!(&r.headers["content-type"], media);
-                assert_eq!(r.headers["docker-content-digest"], image.digest.to_string());
-                assert_eq!(r.headers["content-length"], original.len().to_string());
-            }
+    for image in [&f.one, &f.two, &f.multi] {
+        let repo = served_name(&image.name);
+        let original = bundle
+            .read_blob(bundle.blob(&image.digest).unwrap())
+            .unwrap();
+        let media = &bundle
+            .manifest()
+            .blobs
+            .iter()
+            .find(|b| b.digest == image.digest)
+            .unwrap()
+            .media_type;
+        assert_eq!(media, &image.media_type);
+        for reference in [image.digest.to_string(), image.tag.clone().unwrap()] {
             let r = http(
                 addr,
-                "HEAD",
-                &format!("/v2/{repo}/manifests/{}", image.digest),
+                "GET",
+                &format!("/v2/{repo}/manifests/{reference}"),
                 &[],
             );
-            assert_eq!(r.status, 200);
-            assert!(r.body.is_empty());
-            assert_eq!(r.headers["content-length"], original.len().to_string());
+            assert_eq!(r.status, 200, "{repo} {reference}");
+            assert_eq!(r.body, original);
             assert_eq!(&r.headers["content-type"], media);
+            assert_eq!(r.headers["docker-content-digest"], image.digest.to_string());
+            assert_eq!(r.headers["content-length"], original.len().to_string());
         }
-        // Docker v2s2 keeps its media type.
-        assert_eq!(
-            f.two.media_type,
-            "application/vnd.docker.distribution.manifest.v2+json"
-        );
-
-        // Blobs: the biggest layer of image one (several frames).
-        let repo = served_name(&f.one.name);
-        let layer = f.one.platforms[0].layers[0].clone();
-        let member = bundle.blob(&layer).unwrap().clone();
-        let frames = bundle.part(&member, 0).1.frames;
-        assert!(frames > 3, "layer spans {frames} frames");
-        // A layer is streamed, never read whole (read_blob is for manifests).
-        let mut whole = Vec::new();
-        std::io::Read::read_to_end(&mut bundle.open_blob(&member, 0), &mut whole).unwrap();
-        let path = format!("/v2/{repo}/blobs/{layer}");
-        let r = http(addr, "GET", &path, &[]);
-        assert_eq!(r.status, 200);
-        assert!(r.complete);
-        assert_eq!(Digest::of(&r.body), layer);
-        assert_eq!(r.headers["content-type"], "application/octet-stream");
-        assert_eq!(r.headers["accept-ranges"], "bytes");
-        assert_eq!(r.headers["docker-content-digest"], layer.to_string());
-        assert_eq!(r.headers["content-length"], whole.len().to_string());
-
-        let n = whole.len();
-        let start = 300_000; // inside the second frame
-        let r = http(addr, "GET", &path, &[("Range", &format!("bytes={start}-"))]);
-        assert_eq!(r.status, 206);
-        assert_eq!(r.body, &whole[start..]);
-        assert_eq!(
-            r.headers["content-range"],
-            format!("bytes {start}-{}/{n}", n - 1)
-        );
-        let r = http(addr, "GET", &path, &[("Range", "bytes=262140-262150")]);
-        assert_eq!(r.status, 206);
-        assert_eq!(r.body, &whole[262140..=262150]);
-        assert_eq!(
-            r.headers["content-range"],
-            format!("bytes 262140-262150/{n}")
-        );
-        assert_eq!(r.headers["content-length"], "11");
-        let r = http(addr, "GET", &path, &[("Range", &format!("bytes={n}-"))]);
-        assert_eq!(r.status, 416);
-        assert_eq!(r.headers["content-range"], format!("bytes */{n}"));
-        let r = http(addr, "HEAD", &path, &[]);
-        assert_eq!(r.status, 200);
-        assert!(r.body.is_empty());
-        assert_eq!(r.headers["content-length"], n.to_string());
-
-        // 404s.
-        let r = http(
-            addr,
-            "GET",
-            &format!(
-                "/v2/{}/manifests/{}",
-                served_name(&f.multi.name),
-                f.multi_missing
-            ),
-            &[],
-        );
-        assert_eq!(
-            (r.status, error_code(&r).as_str()),
-            (404, "MANIFEST_UNKNOWN")
-        );
-        let r = http(addr, "GET", &format!("/v2/{repo}/manifests/nope"), &[]);
-        assert_eq!(
-            (r.status, error_code(&r).as_str()),
-            (404, "MANIFEST_UNKNOWN")
-        );
-        let missing = Digest::of(b"not here");
-        let r = http(addr, "GET", &format!("/v2/{repo}/blobs/{missing}"), &[]);
-        assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
-        // A blob of image two (its v2s2 manifest) is not served under image one's
-        // repository...
-        let two_only = f.two.digest.clone();
-        assert!(!f.one.blobs.contains(&two_only));
-        let r = http(addr, "GET", &format!("/v2/{repo}/blobs/{two_only}"), &[]);
-        assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
-        let r = http(
-            addr,
-            "GET",
-            &format!("/v2/{repo}/manifests/{two_only}"),
-            &[],
-        );
-        assert_eq!(
-            (r.status, error_code(&r).as_str()),
-            (404, "MANIFEST_UNKNOWN")
-        );
-        // ...but under its own.
         let r = http(
             addr,
             "HEAD",
-            &format!("/v2/{}/blobs/{two_only}", served_name(&f.two.name)),
+            &format!("/v2/{repo}/manifests/{}", image.digest),
             &[],
         );
         assert_eq!(r.status, 200);
-        let r = http(
-            addr,
-            "GET",
-            &format!("/v2/no/such/manifests/{}", f.one.digest),
-            &[],
-        );
-        assert_eq!((r.status, error_code(&r).as_str()), (404, "NAME_UNKNOWN"));
-        let r = http(addr, "GET", "/v2/_catalog", &[]);
-        assert_eq!(r.status, 404);
-        // Read-only.
-        for (method, p) in [
-            ("POST", format!("/v2/{repo}/blobs/uploads/")),
-            ("PUT", format!("/v2/{repo}/manifests/v2")),
-            ("DELETE", format!("/v2/{repo}/manifests/{}", f.one.digest)),
-        ] {
-            let r = http(addr, method, &p, &[]);
-            assert_eq!(r.status, 405, "{method} {p}");
-            assert_eq!(r.headers["allow"], "GET, HEAD");
-        }
-        let r = http(addr, "GET", &format!("/v2/{repo}/tags/list"), &[]);
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(v["tags"], serde_json::json!(["v1"]));
-    })
-    .await;
+        assert!(r.body.is_empty());
+        assert_eq!(r.headers["content-length"], original.len().to_string());
+        assert_eq!(&r.headers["content-type"], media);
+    }
+    // Docker v2s2 keeps its media type.
+    assert_eq!(
+        f.two.media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+
+    // Blobs: the biggest layer of image one (several frames).
+    let repo = served_name(&f.one.name);
+    let layer = f.one.platforms[0].layers[0].clone();
+    let member = bundle.blob(&layer).unwrap().clone();
+    let frames = bundle.part(&member, 0).1.frames;
+    assert!(frames > 3, "layer spans {frames} frames");
+    // A layer is streamed, never read whole (read_blob is for manifests).
+    let mut whole = Vec::new();
+    std::io::Read::read_to_end(&mut bundle.open_blob(&member, 0), &mut whole).unwrap();
+    let path = format!("/v2/{repo}/blobs/{layer}");
+    let r = http(addr, "GET", &path, &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(Digest::of(&r.body), layer);
+    assert_eq!(r.headers["content-type"], "application/octet-stream");
+    assert_eq!(r.headers["accept-ranges"], "bytes");
+    assert_eq!(r.headers["docker-content-digest"], layer.to_string());
+    assert_eq!(r.headers["content-length"], whole.len().to_string());
+
+    let n = whole.len();
+    let start = 300_000; // inside the second frame
+    let r = http(addr, "GET", &path, &[("Range", &format!("bytes={start}-"))]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &whole[start..]);
+    assert_eq!(
+        r.headers["content-range"],
+        format!("bytes {start}-{}/{n}", n - 1)
+    );
+    let r = http(addr, "GET", &path, &[("Range", "bytes=262140-262150")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &whole[262140..=262150]);
+    assert_eq!(
+        r.headers["content-range"],
+        format!("bytes 262140-262150/{n}")
+    );
+    assert_eq!(r.headers["content-length"], "11");
+    let r = http(addr, "GET", &path, &[("Range", &format!("bytes={n}-"))]);
+    assert_eq!(r.status, 416);
+    assert_eq!(r.headers["content-range"], format!("bytes */{n}"));
+    let r = http(addr, "HEAD", &path, &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(r.headers["content-length"], n.to_string());
+
+    // 404s.
+    let r = http(
+        addr,
+        "GET",
+        &format!(
+            "/v2/{}/manifests/{}",
+            served_name(&f.multi.name),
+            f.multi_missing
+        ),
+        &[],
+    );
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    let r = http(addr, "GET", &format!("/v2/{repo}/manifests/nope"), &[]);
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    let missing = Digest::of(b"not here");
+    let r = http(addr, "GET", &format!("/v2/{repo}/blobs/{missing}"), &[]);
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
+    // A blob of image two (its v2s2 manifest) is not served under image one's
+    // repository...
+    let two_only = f.two.digest.clone();
+    assert!(!f.one.blobs.contains(&two_only));
+    let r = http(addr, "GET", &format!("/v2/{repo}/blobs/{two_only}"), &[]);
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "BLOB_UNKNOWN"));
+    let r = http(
+        addr,
+        "GET",
+        &format!("/v2/{repo}/manifests/{two_only}"),
+        &[],
+    );
+    assert_eq!(
+        (r.status, error_code(&r).as_str()),
+        (404, "MANIFEST_UNKNOWN")
+    );
+    // ...but under its own.
+    let r = http(
+        addr,
+        "HEAD",
+        &format!("/v2/{}/blobs/{two_only}", served_name(&f.two.name)),
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    let r = http(
+        addr,
+        "GET",
+        &format!("/v2/no/such/manifests/{}", f.one.digest),
+        &[],
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (404, "NAME_UNKNOWN"));
+    let r = http(addr, "GET", "/v2/_catalog", &[]);
+    assert_eq!(r.status, 404);
+    // Read-only.
+    for (method, p) in [
+        ("POST", format!("/v2/{repo}/blobs/uploads/")),
+        ("PUT", format!("/v2/{repo}/manifests/v2")),
+        ("DELETE", format!("/v2/{repo}/manifests/{}", f.one.digest)),
+    ] {
+        let r = http(addr, method, &p, &[]);
+        assert_eq!(r.status, 405, "{method} {p}");
+        assert_eq!(r.headers["allow"], "GET, HEAD");
+    }
+    let r = http(addr, "GET", &format!("/v2/{repo}/tags/list"), &[]);
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["tags"], serde_json::json!(["v1"]));
     let stats = srv.server().stats();
-    result.unwrap();
     assert_eq!(stats.version_checks, 1);
     assert_eq!(stats.manifests, 9);
     assert_eq!(stats.blobs, 5);
@@ -473,14 +374,17 @@ async fn raw_http_manifests_blobs_ranges_and_errors() {
     assert_eq!(stats.not_found, 7);
     assert_eq!(stats.method_not_allowed, 3);
     assert_eq!(stats.aborted, 0);
-    srv.shutdown().await;
+    drop(srv);
 }
 
 #[test]
 fn skopeo_reads_the_served_bundle_with_exact_digests() {
     let f = fixture();
-    let srv =
-        server::serve_in_thread(open_bundle(&f.bundle), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
+    let srv = server::serve_in_thread(
+        BundleServer::new(open_bundle(&f.bundle)),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
     let addr = srv.addr();
     let work = tempfile::tempdir().unwrap();
     for image in [&f.one, &f.two, &f.multi] {
@@ -489,10 +393,10 @@ fn skopeo_reads_the_served_bundle_with_exact_digests() {
             served_name(&image.name),
             image.digest
         );
-        let raw =
-            run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &src]));
+        let raw = ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &src]))
+            .stdout;
         assert_eq!(Digest::of(&raw), image.digest);
-        let info = run(Command::new("skopeo").args(["inspect", "--tls-verify=false", &src]));
+        let info = ok(Command::new("skopeo").args(["inspect", "--tls-verify=false", &src])).stdout;
         let v: serde_json::Value = serde_json::from_slice(&info).unwrap();
         assert_eq!(v["Architecture"], "amd64");
         // `dir:` keeps every manifest type as is; `oci:` only OCI ones (field notes).
@@ -510,7 +414,7 @@ fn skopeo_reads_the_served_bundle_with_exact_digests() {
             )
         };
         let digestfile = work.path().join("digest");
-        run(Command::new("skopeo").args([
+        ok(Command::new("skopeo").args([
             "copy",
             "-q",
             "--src-tls-verify=false",
@@ -533,7 +437,8 @@ fn skopeo_reads_the_served_bundle_with_exact_digests() {
     }
     // By tag too.
     let by_tag = format!("docker://{addr}/{}:v1", served_name(&f.two.name));
-    let raw = run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &by_tag]));
+    let raw =
+        ok(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false", &by_tag])).stdout;
     assert_eq!(Digest::of(&raw), f.two.digest);
     let stats = srv.server().stats();
     assert!(stats.blobs >= 6, "{stats:?}");
@@ -557,8 +462,11 @@ fn a_damaged_frame_breaks_the_transfer() {
     bytes[(frame_offset + frame_len / 2) as usize] ^= 0x40;
     std::fs::write(&damaged, bytes).unwrap();
 
-    let srv =
-        server::serve_in_thread(open_bundle(&damaged), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
+    let srv = server::serve_in_thread(
+        BundleServer::new(open_bundle(&damaged)),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
     let repo = served_name(&f.one.name);
     let r = http(srv.addr(), "GET", &format!("/v2/{repo}/blobs/{layer}"), &[]);
     // Either the head went out and the body stops short, or the connection dropped before
@@ -637,8 +545,11 @@ impl Drop for TempStore {
 
 fn import_into(driver: &str) {
     let f = fixture();
-    let srv =
-        server::serve_in_thread(open_bundle(&f.bundle), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
+    let srv = server::serve_in_thread(
+        BundleServer::new(open_bundle(&f.bundle)),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
     let ts = TempStore::new(driver);
     let opts = ImportOptions::default();
     for image in [&f.one, &f.two, &f.multi] {
@@ -792,8 +703,11 @@ fn measure_import_throughput() {
         return;
     };
     let f = build_fixture(mb << 20, "measure");
-    let srv =
-        server::serve_in_thread(open_bundle(&f.bundle), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
+    let srv = server::serve_in_thread(
+        BundleServer::new(open_bundle(&f.bundle)),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
     for driver in ["overlay", "vfs"] {
         let ts = TempStore::new(driver);
         let started = Instant::now();

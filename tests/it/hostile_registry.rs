@@ -752,7 +752,7 @@ fn refused(name: &str, run: &Run, expect: &str, within: Duration, problems: &mut
         run.elapsed.as_secs_f64(),
         run.rss_kib
     );
-    // `HOSTILE_SHOW=1 cargo test --test hostile_registry -- --nocapture` shows the messages.
+    // `HOSTILE_SHOW=1 cargo test --test it hostile_registry -- --nocapture` shows the messages.
     if std::env::var_os("HOSTILE_SHOW").is_some() {
         eprintln!("{text}");
     }

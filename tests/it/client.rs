@@ -1,11 +1,7 @@
 //! `registry::client` against a real `docker-registry` (Debian's distribution 2.8) and, for
 //! failure modes a real registry will not produce (wrong bytes, 503s, cut connections), a
 //! tiny scripted HTTP server.
-//!
-//! The registry helper here is private and minimal; the shared harness in `fixtures/`
-//! replaces it once it lands.
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,12 +12,7 @@ use pinbundle::reference::{Digest, Reference};
 use pinbundle::registry::client::{ClientOptions, Error, OCI_MANIFEST, RegistryClient};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
-}
+use crate::util::{free_port, noise};
 
 /// The shared harness's real `docker-registry` (optionally with htpasswd auth).
 struct Registry {
@@ -130,19 +121,6 @@ struct Image {
     layer_digest: Digest,
 }
 
-/// Deterministic, incompressible-looking test bytes.
-fn layer_bytes(len: usize, seed: u8) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 fn partial_of(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().expect("file name").to_os_string();
     name.push(".partial");
@@ -175,7 +153,7 @@ async fn fetch(
 #[tokio::test]
 async fn manifests_by_tag_and_digest() {
     let registry = Registry::start(None);
-    let image = registry.push("test/app", "v1", &layer_bytes(1000, 1)).await;
+    let image = registry.push("test/app", "v1", &noise(1000, 1)).await;
     let client = RegistryClient::new(registry.options(registry.authfile(None))).expect("client");
 
     let by_tag = client
@@ -236,9 +214,7 @@ async fn manifests_by_tag_and_digest() {
 #[tokio::test]
 async fn blobs_are_fetched_verified_and_resumed() {
     let registry = Registry::start(None);
-    let image = registry
-        .push("test/blob", "v1", &layer_bytes(300_000, 2))
-        .await;
+    let image = registry.push("test/blob", "v1", &noise(300_000, 2)).await;
     let client = RegistryClient::new(registry.options(registry.authfile(None))).expect("client");
     let reference = registry.reference("test/blob:v1");
     let cache = tempfile::tempdir().expect("tempdir");
@@ -283,7 +259,7 @@ async fn blobs_are_fetched_verified_and_resumed() {
     // A full-length corrupt partial, and one longer than the blob.
     for (name, len) in [("full", image.layer.len()), ("long", image.layer.len() + 7)] {
         let dest = cache.path().join(name);
-        std::fs::write(partial_of(&dest), layer_bytes(len, 9)).expect("write partial");
+        std::fs::write(partial_of(&dest), noise(len, 9)).expect("write partial");
         fetch(&client, &reference, &image, &dest)
             .await
             .expect("replace partial");
@@ -323,9 +299,7 @@ async fn blobs_are_fetched_verified_and_resumed() {
 #[tokio::test]
 async fn basic_auth_registry() {
     let registry = Registry::start(Some(("user", "s3cret-pass")));
-    let image = registry
-        .push("private/app", "v1", &layer_bytes(2000, 3))
-        .await;
+    let image = registry.push("private/app", "v1", &noise(2000, 3)).await;
     let reference = registry.reference("private/app:v1");
 
     let anonymous = RegistryClient::new(registry.options(registry.authfile(None))).expect("client");
@@ -542,7 +516,7 @@ fn fake_client(host: &str) -> (RegistryClient, tempfile::TempDir) {
 
 #[tokio::test]
 async fn wrong_bytes_are_never_renamed_into_place() {
-    let blob = layer_bytes(5000, 4);
+    let blob = noise(5000, 4);
     let digest = Digest::of(&blob);
     let fake = fake_server(blob.clone(), vec![Reply::Corrupt]).await;
     let (client, dir) = fake_client(&fake.host);
@@ -563,7 +537,7 @@ async fn wrong_bytes_are_never_renamed_into_place() {
 
 #[tokio::test]
 async fn retries_503_and_resumes_cut_transfers() {
-    let blob = layer_bytes(50_000, 5);
+    let blob = noise(50_000, 5);
     let digest = Digest::of(&blob);
     let script = vec![
         Reply::Unavailable,
@@ -597,7 +571,7 @@ async fn retries_503_and_resumes_cut_transfers() {
 
 #[tokio::test]
 async fn ignored_range_restarts_from_zero() {
-    let blob = layer_bytes(40_000, 6);
+    let blob = noise(40_000, 6);
     let digest = Digest::of(&blob);
     let fake = fake_server(blob.clone(), vec![Reply::Cut(10_000), Reply::IgnoreRange]).await;
     let (client, dir) = fake_client(&fake.host);
@@ -615,7 +589,7 @@ async fn ignored_range_restarts_from_zero() {
 
 #[tokio::test]
 async fn persistent_503_gives_up_with_http_error() {
-    let blob = layer_bytes(100, 7);
+    let blob = noise(100, 7);
     let digest = Digest::of(&blob);
     let fake = fake_server(blob.clone(), vec![Reply::Unavailable; 10]).await;
     let (client, dir) = fake_client(&fake.host);
