@@ -684,4 +684,30 @@ mod tests {
         assert_eq!(d.blobs.only_new, Count { blobs: 1, size: 5 });
         assert_eq!(d.blobs.only_old, Count { blobs: 1, size: 3 });
     }
+
+    #[test]
+    fn diff_json_is_unchanged() {
+        let shared = entry(b"base layer", BlobKind::Layer);
+        let old = base(manifest(
+            &[
+                ("q.io/a", "v1", b"a1"),
+                ("q.io/gone", "v1", b"g"),
+                ("q.io/same", "v1", b"s"),
+            ],
+            vec![shared.clone()],
+        ));
+        let new = base(manifest(
+            &[
+                ("q.io/a", "v2", b"a2"),
+                ("q.io/new", "v1", b"n"),
+                ("q.io/same", "v1", b"s"),
+            ],
+            vec![shared],
+        ));
+        let json = serde_json::to_string(&diff(&old, &new).images).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"status":"unchanged","name":"q.io/same","oldReference":"q.io/same:v1","newReference":"q.io/same:v1","oldDigest":"sha256:043a718774c572bd8a25adbeb1bfcd5c0256ae11cecf9f9c3f925d0e52beaf89","newDigest":"sha256:043a718774c572bd8a25adbeb1bfcd5c0256ae11cecf9f9c3f925d0e52beaf89"},{"status":"changed","name":"q.io/a","oldReference":"q.io/a:v1","newReference":"q.io/a:v2","oldDigest":"sha256:f55ff16f66f43360266b95db6f8fec01d76031054306ae4a4b380598f6cfd114","newDigest":"sha256:2c3a4249d77070058649dbd822dcaf7957586fce428cfb2ca88b94741eda8b07"},{"status":"added","name":"q.io/new","oldReference":null,"newReference":"q.io/new:v1","oldDigest":null,"newDigest":"sha256:1b16b1df538ba12dc3f97edbb85caa7050d46c148134290feba80f8236c83db9"},{"status":"removed","name":"q.io/gone","oldReference":"q.io/gone:v1","newReference":null,"oldDigest":"sha256:cd0aa9856147b6c5b4ff2b7dfee5da20aa38253099ef1b4a64aced233c9afe29","newDigest":null}]"#
+        );
+    }
 }

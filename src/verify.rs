@@ -888,3 +888,46 @@ pub fn inspect_paths(inputs: &[PathBuf]) -> Result<InspectReport, InspectError> 
         manifest: b.manifest().clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_document_is_unchanged() {
+        let d = Digest::of(b"x");
+        let r = VerifyReport {
+            version: JSON_VERSION,
+            bundle: "b".into(),
+            ok: false,
+            images: 1,
+            members_checked: 2,
+            bytes_checked: 3,
+            signature: None,
+            volumes: None,
+            base: Some(BaseRef {
+                manifest: d.clone(),
+                created: "t".into(),
+            }),
+            problems: vec![Problem {
+                member: None,
+                digest: Some(d),
+                images: Vec::new(),
+                error: "e".into(),
+            }],
+            opened: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"bundle":"b","ok":false,"images":1,"members_checked":2,"bytes_checked":3,"signature":null,"volumes":null,"base":{"manifest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","created":"t"},"problems":[{"member":null,"digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":[],"error":"e"}],"opened":true}"#
+        );
+        let mut r = r;
+        r.base = None;
+        r.problems.clear();
+        r.ok = true;
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"bundle":"b","ok":true,"images":1,"members_checked":2,"bytes_checked":3,"signature":null,"volumes":null,"problems":[],"opened":true}"#
+        );
+    }
+}

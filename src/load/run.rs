@@ -585,3 +585,103 @@ fn lock(path: &Path) -> Result<std::fs::File> {
     }
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Digest;
+
+    /// Every field set, so the `--json` document's bytes (names, order, skipped fields) are
+    /// pinned.
+    pub(crate) fn full_report() -> LoadReport {
+        let d = Digest::of(b"x");
+        LoadReport {
+            version: 1,
+            bundle: "b.pinbundle".into(),
+            dry_run: false,
+            ok: false,
+            problems: vec![Problem {
+                member: Some("m".into()),
+                digest: Some(d.clone()),
+                images: vec!["r".into()],
+                error: "e".into(),
+            }],
+            signature: Some(SignatureInfo {
+                key_id: sign::KeyId([1; 8]),
+                trusted_comment: "c".into(),
+                verified_by: Some("k.pub".into()),
+            }),
+            images: vec![ImageResult {
+                reference: "r:1".into(),
+                pin: format!("r@{d}"),
+                status: "rolled-back",
+                pinned: Some(true),
+                size: 1,
+                uncompressed_size: 2,
+                error: Some("x".into()),
+            }],
+            pins: Some(PinsResult {
+                drop_in: "p".into(),
+                changed: true,
+                entries: 3,
+            }),
+            reload: Some("r".into()),
+            cri: Some(CriResult {
+                runtime: "cri-o".into(),
+                version: "1".into(),
+                confirmed: false,
+                timed_out: true,
+            }),
+            delta: Some(delta::LoadPlan {
+                base: None,
+                from_bases: Vec::new(),
+                from_storage: Vec::new(),
+            }),
+            volumes: Some(verify::VolumesReport {
+                set: d.clone(),
+                count: 2,
+                present: Vec::new(),
+                missing: Vec::new(),
+                incomplete_blobs: Vec::new(),
+            }),
+            space: Some(SpaceReport {
+                sizes: super::super::space::Sizes::Declared,
+                unpacked: 4,
+                staged: 5,
+                filesystems: Vec::new(),
+            }),
+            error: Some("err".into()),
+            rolled_back: Some(storage::RolledBack::default()),
+            warnings: vec!["w".into()],
+            seconds: 1.5,
+        }
+    }
+
+    #[test]
+    fn json_document_is_unchanged() {
+        let json = serde_json::to_string(&full_report()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":false,"problems":[{"member":"m","digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":["r"],"error":"e"}],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"rolled-back","pinned":true,"size":1,"uncompressedSize":2,"error":"x"}],"pins":{"dropIn":"p","changed":true,"entries":3},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":false,"timedOut":true},"delta":{"base":null,"fromBases":[],"fromStorage":[]},"volumes":{"set":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","count":2,"present":[],"missing":[],"incompleteBlobs":[]},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"error":"err","rolledBack":{"removed":[],"left":[]},"warnings":["w"],"seconds":1.5}"#
+        );
+        let mut r = full_report();
+        r.problems.clear();
+        r.error = None;
+        r.ok = true;
+        r.delta = None;
+        r.volumes = None;
+        r.rolled_back = None;
+        r.images[0].error = None;
+        r.images[0].status = "loaded";
+        r.cri = Some(CriResult {
+            runtime: "cri-o".into(),
+            version: "1".into(),
+            confirmed: true,
+            timed_out: false,
+        });
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":true,"problems":[],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"loaded","pinned":true,"size":1,"uncompressedSize":2}],"pins":{"dropIn":"p","changed":true,"entries":3},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":true,"timedOut":false},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"error":null,"warnings":["w"],"seconds":1.5}"#
+        );
+    }
+}
