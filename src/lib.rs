@@ -15,6 +15,7 @@
 pub mod bundle;
 pub mod create;
 pub mod delta;
+pub mod error;
 pub mod input;
 pub mod layer;
 pub mod load;

@@ -16,6 +16,7 @@ use crate::bundle::format::{
     BaseRef, BlobKind, BundleManifest, ImageEntry, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH,
 };
 use crate::bundle::{self, BlobLoc, Bundle, BundleSet, SetOptions};
+use crate::error::error_chain;
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
@@ -804,18 +805,6 @@ fn check_totals(manifest: &BundleManifest, problems: &mut Vec<Problem>) {
 /// The sum of `it`, or `None` when it would wrap around.
 fn checked_sum(mut it: impl Iterator<Item = u64>) -> Option<u64> {
     it.try_fold(0u64, u64::checked_add)
-}
-
-/// `error: caused by: …` flattened to one line, for reports.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// What `inspect` shows: read from the footer, seek index and `pinbundle.json` only.

@@ -20,6 +20,7 @@ use crate::bundle::format::{ImageEntry, media};
 use crate::bundle::{BundleSet, SetOptions};
 use crate::create::Platform;
 use crate::delta;
+use crate::error::error_chain;
 use crate::progress::Reporter;
 use crate::reference::PinnedRef;
 use crate::sign;
@@ -182,7 +183,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
                 member: None,
                 digest: None,
                 images: Vec::new(),
-                error: verify::error_chain(&e),
+                error: error_chain(&e),
             });
             return Ok(report);
         }
@@ -335,7 +336,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
                 }
             }
             report.rolled_back = Some(undone);
-            report.error = Some(verify::error_chain(e.as_ref()));
+            report.error = Some(error_chain(e.as_ref()));
             report.seconds = started.elapsed().as_secs_f64();
             return Ok(report);
         }
@@ -364,7 +365,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
             Err(e) => report.warnings.push(format!(
                 "pins written to `{}` but CRI-O could not be reloaded: {}",
                 opts.drop_in.display(),
-                verify::error_chain(&e)
+                error_chain(&e)
             )),
         }
     }
@@ -406,7 +407,7 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
                 report.warnings.push(format!(
                     "could not ask CRI-O at `{}` to confirm: {}",
                     opts.cri_socket.display(),
-                    verify::error_chain(&e)
+                    error_chain(&e)
                 ));
             }
         }
@@ -459,7 +460,7 @@ fn import_and_pin(
                 Ok(ImportOutcome::Imported { .. }) => report.images[i].status = "loaded",
                 Err(e) => {
                     report.images[i].status = "failed";
-                    report.images[i].error = Some(verify::error_chain(&e));
+                    report.images[i].error = Some(error_chain(&e));
                     reporter.finish();
                     return Err(anyhow::Error::new(e).context(format!(
                         "importing {} into containers-storage failed; the drop-in was not changed",
