@@ -390,14 +390,43 @@ pub struct DiffSide {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageChange {
-    /// `added`, `removed`, `changed` (same reference, or same repository, another digest) or
-    /// `unchanged`.
-    pub status: &'static str,
+    pub status: ChangeStatus,
     pub name: String,
     pub old_reference: Option<String>,
     pub new_reference: Option<String>,
     pub old_digest: Option<Digest>,
     pub new_digest: Option<Digest>,
+}
+
+/// How an image differs between two bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeStatus {
+    /// Only in the new bundle.
+    Added,
+    /// Only in the old bundle.
+    Removed,
+    /// The same reference, or the same repository, with another digest.
+    Changed,
+    Unchanged,
+}
+
+impl ChangeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeStatus::Added => "added",
+            ChangeStatus::Removed => "removed",
+            ChangeStatus::Changed => "changed",
+            ChangeStatus::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl std::fmt::Display for ChangeStatus {
+    /// Pads like a string, so renderers can align columns.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A count of blobs and their bytes.
@@ -458,9 +487,9 @@ pub fn diff(old: &Base, new: &Base) -> DiffReport {
         match nm.images.iter().find(|n| n.reference == o.reference) {
             Some(n) => images.push(ImageChange {
                 status: if n.digest == o.digest {
-                    "unchanged"
+                    ChangeStatus::Unchanged
                 } else {
-                    "changed"
+                    ChangeStatus::Changed
                 },
                 name: o.name.clone(),
                 old_reference: Some(o.reference.clone()),
@@ -480,9 +509,9 @@ pub fn diff(old: &Base, new: &Base) -> DiffReport {
         let o = pos.map(|p| &om.images[old_left.remove(p)]);
         images.push(ImageChange {
             status: match o {
-                Some(o) if o.digest == n.digest => "unchanged",
-                Some(_) => "changed",
-                None => "added",
+                Some(o) if o.digest == n.digest => ChangeStatus::Unchanged,
+                Some(_) => ChangeStatus::Changed,
+                None => ChangeStatus::Added,
             },
             name: n.name.clone(),
             old_reference: o.map(|o| o.reference.clone()),
@@ -494,7 +523,7 @@ pub fn diff(old: &Base, new: &Base) -> DiffReport {
     for &i in &old_left {
         let o = &om.images[i];
         images.push(ImageChange {
-            status: "removed",
+            status: ChangeStatus::Removed,
             name: o.name.clone(),
             old_reference: Some(o.reference.clone()),
             new_reference: None,
@@ -670,7 +699,7 @@ mod tests {
         let status: Vec<(&str, &str)> = d
             .images
             .iter()
-            .map(|i| (i.status, i.name.as_str()))
+            .map(|i| (i.status.as_str(), i.name.as_str()))
             .collect();
         assert_eq!(
             status,

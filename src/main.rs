@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use pinbundle::create::{self, CreateOptions, Platform};
 use pinbundle::delta;
 use pinbundle::load;
-use pinbundle::progress::{Reporter, Silent};
+use pinbundle::progress::Reporter;
 use pinbundle::reference::Reference;
 use pinbundle::registry::client::ClientOptions;
 use pinbundle::sign;
@@ -369,9 +369,18 @@ fn parse_volume_size(s: &str) -> std::result::Result<u64, String> {
 
 fn reporter(no_progress: bool) -> Box<dyn Reporter> {
     if no_progress || !std::io::stderr().is_terminal() {
-        Box::new(Silent)
+        Box::new(Quiet)
     } else {
         Box::new(Bars::default())
+    }
+}
+
+/// No progress: only the notices a person must see (e.g. that `load` waits for another).
+struct Quiet;
+
+impl Reporter for Quiet {
+    fn notice(&self, msg: &str) {
+        eprintln!("{}", escape(msg));
     }
 }
 
@@ -380,10 +389,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Create(a) => cmd_create(a, &*reporter),
         Command::Verify(a) => {
-            let opts = verify::VerifyOptions {
-                jobs: a.jobs.unwrap_or(0),
-                trusted_keys: sign::read_trusted(&a.trust_key, None)?,
-            };
+            let opts = verify::VerifyOptions::read(a.jobs.unwrap_or(0), &a.trust_key, None)?;
             let set_opts = pinbundle::bundle::SetOptions {
                 allow_partial: a.partial,
                 find_siblings: !a.partial,
@@ -394,7 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 print_verify(&report)?;
             }
-            Ok(if report.ok {
+            Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -681,7 +687,7 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
     } else {
         print_load(&report)?;
     }
-    Ok(if report.ok {
+    Ok(if report.ok() {
         ExitCode::SUCCESS
     } else if report.error.is_some() {
         ExitCode::from(2)
@@ -915,7 +921,7 @@ fn print_verify(r: &verify::VerifyReport) -> Result<()> {
             Shown(&b.created)
         )?;
     }
-    if r.ok {
+    if r.ok() {
         writeln!(
             out,
             "{}: OK ({} images, {} members, {} checked)",
@@ -1089,7 +1095,7 @@ fn print_diff(r: &delta::DiffReport) -> Result<()> {
             d.as_ref().map_or("-".to_string(), |d| d.to_string())
         };
         match i.status {
-            "changed" => writeln!(
+            delta::ChangeStatus::Changed => writeln!(
                 out,
                 "  changed   {} → {}\n            {} → {}",
                 Shown(i.old_reference.as_deref().unwrap_or("-")),

@@ -38,12 +38,11 @@ pub struct Problem {
     pub error: String,
 }
 
-/// What `verify` found. `ok` is true only when `problems` is empty.
-#[derive(Debug, Clone, Serialize)]
+/// What `verify` found; [`VerifyReport::ok`] when `problems` is empty.
+#[derive(Debug, Clone)]
 pub struct VerifyReport {
     pub version: u32,
     pub bundle: PathBuf,
-    pub ok: bool,
     pub images: usize,
     pub members_checked: usize,
     pub bytes_checked: u64,
@@ -52,12 +51,41 @@ pub struct VerifyReport {
     /// The volume set, `null` for a whole bundle.
     pub volumes: Option<VolumesReport>,
     /// For a delta bundle: its base (the layers it does not carry are the base's).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRef>,
     pub problems: Vec<Problem>,
     /// False when the files could not even be opened as a bundle (footer, seek index,
     /// `pinbundle.json`): then nothing, the signature included, was read.
     pub opened: bool,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// By hand, for the derived `ok`; the fields in the order `verify --json` has always had.
+impl Serialize for VerifyReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("VerifyReport", 11)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("bundle", &self.bundle)?;
+        st.serialize_field("ok", &self.ok())?;
+        st.serialize_field("images", &self.images)?;
+        st.serialize_field("members_checked", &self.members_checked)?;
+        st.serialize_field("bytes_checked", &self.bytes_checked)?;
+        st.serialize_field("signature", &self.signature)?;
+        st.serialize_field("volumes", &self.volumes)?;
+        match &self.base {
+            Some(b) => st.serialize_field("base", b)?,
+            None => st.skip_field("base")?,
+        }
+        st.serialize_field("problems", &self.problems)?;
+        st.serialize_field("opened", &self.opened)?;
+        st.end()
+    }
 }
 
 /// Which volumes of a set were read and which were not.
@@ -132,38 +160,19 @@ pub struct VerifyOptions {
     pub trusted_keys: Vec<TrustedKey>,
 }
 
-/// Verifies the bundle at `path` with `jobs` threads (0: one per core), without a signature
-/// policy.
-pub fn verify(
-    path: &Path,
-    jobs: usize,
-    reporter: &dyn Reporter,
-) -> Result<VerifyReport, bundle::Error> {
-    verify_with(
-        path,
-        &VerifyOptions {
+impl VerifyOptions {
+    /// Options with the trusted keys read from `files` and the `*.pub` files of `dir` (when
+    /// given): how both `verify` and `load` read their signature policy.
+    pub fn read(jobs: usize, files: &[PathBuf], dir: Option<&Path>) -> Result<Self, sign::Error> {
+        Ok(VerifyOptions {
             jobs,
-            trusted_keys: Vec::new(),
-        },
-        reporter,
-    )
+            trusted_keys: sign::read_trusted(files, dir)?,
+        })
+    }
 }
 
-/// Verifies the bundle at `path` (a volume brings its siblings), and its signature against
-/// `opts.trusted_keys`.
-pub fn verify_with(
-    path: &Path,
-    opts: &VerifyOptions,
-    reporter: &dyn Reporter,
-) -> Result<VerifyReport, bundle::Error> {
-    let set_opts = SetOptions {
-        allow_partial: false,
-        find_siblings: true,
-    };
-    verify_paths(&[path.to_path_buf()], set_opts, opts, reporter)
-}
-
-/// Verifies the bundle or volumes that `inputs` name (see [`BundleSet::open`]).
+/// Verifies the bundle or volumes that `inputs` name (see [`BundleSet::open`]), and its
+/// signature against `opts.trusted_keys`. One of the two entry points, with [`verify_open`].
 pub fn verify_paths(
     inputs: &[PathBuf],
     set_opts: SetOptions,
@@ -177,7 +186,6 @@ pub fn verify_paths(
             return Ok(VerifyReport {
                 version: JSON_VERSION,
                 bundle: inputs.first().cloned().unwrap_or_default(),
-                ok: false,
                 images: 0,
                 members_checked: 0,
                 bytes_checked: 0,
@@ -194,29 +202,13 @@ pub fn verify_paths(
             });
         }
     };
-    verify_open_with(&set, opts, reporter)
-}
-
-/// Verifies an already opened bundle, without a signature policy.
-pub fn verify_open(
-    bundle: &BundleSet,
-    jobs: usize,
-    reporter: &dyn Reporter,
-) -> Result<VerifyReport, bundle::Error> {
-    verify_open_with(
-        bundle,
-        &VerifyOptions {
-            jobs,
-            trusted_keys: Vec::new(),
-        },
-        reporter,
-    )
+    verify_open(&set, opts, reporter)
 }
 
 /// Verifies an already opened bundle: first its signature (with trusted keys, a bundle that
 /// is unsigned or not signed by one of them is refused before any blob is read), then every
 /// member.
-pub fn verify_open_with(
+pub fn verify_open(
     bundle: &BundleSet,
     opts: &VerifyOptions,
     reporter: &dyn Reporter,
@@ -229,7 +221,6 @@ pub fn verify_open_with(
             return Ok(VerifyReport {
                 version: JSON_VERSION,
                 bundle: bundle.path().to_path_buf(),
-                ok: false,
                 images: manifest.images.len(),
                 members_checked: 0,
                 bytes_checked: 0,
@@ -382,7 +373,6 @@ fn verify_members(
     Ok(VerifyReport {
         version: JSON_VERSION,
         bundle: bundle.path().to_path_buf(),
-        ok: problems.is_empty(),
         images: manifest.images.len(),
         members_checked: bundle
             .volumes()
@@ -888,7 +878,6 @@ mod tests {
         let r = VerifyReport {
             version: JSON_VERSION,
             bundle: "b".into(),
-            ok: false,
             images: 1,
             members_checked: 2,
             bytes_checked: 3,
@@ -913,7 +902,6 @@ mod tests {
         let mut r = r;
         r.base = None;
         r.problems.clear();
-        r.ok = true;
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
             r#"{"version":1,"bundle":"b","ok":true,"images":1,"members_checked":2,"bytes_checked":3,"signature":null,"volumes":null,"problems":[],"opened":true}"#
