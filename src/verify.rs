@@ -367,7 +367,7 @@ fn verify_members(
     reporter.finish();
     let mut problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
     let broken: BTreeSet<String> = problems.iter().filter_map(|p| p.member.clone()).collect();
-    check_structure(bundle, &users, &broken, &mut problems);
+    problems.extend(check_structure(bundle, &users, &broken));
     check_totals(manifest, &mut problems);
     problems.sort_by(|a, b| (&a.member, &a.error).cmp(&(&b.member, &b.error)));
     Ok(VerifyReport {
@@ -466,31 +466,61 @@ fn image_name_problems(img: &ImageEntry) -> Vec<String> {
     out
 }
 
-/// Cross-checks `pinbundle.json`, the members and the image manifests. Members already found
-/// broken are not parsed again.
-fn check_structure(
-    bundle: &BundleSet,
-    users: &BTreeMap<Digest, Vec<String>>,
-    broken: &BTreeSet<String>,
-    problems: &mut Vec<Problem>,
-) {
-    let manifest = bundle.manifest();
-    let mut problem = |member: Option<String>, digest: Option<Digest>, error: String| {
+/// Problems one check found. Each names the requested references its blob breaks.
+struct Found<'a> {
+    users: &'a BTreeMap<Digest, Vec<String>>,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Found<'a> {
+    fn new(users: &'a BTreeMap<Digest, Vec<String>>) -> Self {
+        Found {
+            users,
+            problems: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, member: Option<String>, digest: Option<Digest>, error: String) {
         let images = digest
             .as_ref()
-            .and_then(|d| users.get(d))
+            .and_then(|d| self.users.get(d))
             .cloned()
             .unwrap_or_default();
-        problems.push(Problem {
+        self.problems.push(Problem {
             member,
             digest,
             images,
             error,
         });
-    };
-    // With volumes missing (a partial check), absent blobs are expected.
-    let partial = !bundle.missing().is_empty();
-    let in_missing_volume = |d: &Digest| partial && bundle.blob(d).is_none();
+    }
+}
+
+/// With volumes missing (a partial check), absent blobs are expected: whether `d` is one.
+fn in_missing_volume(bundle: &BundleSet, d: &Digest) -> bool {
+    !bundle.missing().is_empty() && bundle.blob(d).is_none()
+}
+
+/// Cross-checks `pinbundle.json`, the members and the image manifests, one check at a time.
+/// Members already found broken are not parsed again.
+fn check_structure(
+    bundle: &BundleSet,
+    users: &BTreeMap<Digest, Vec<String>>,
+    broken: &BTreeSet<String>,
+) -> Vec<Problem> {
+    let mut problems = check_layout(bundle, users);
+    problems.extend(check_listed(bundle, users));
+    problems.extend(check_unlisted(bundle, users));
+    for img in &bundle.manifest().images {
+        problems.extend(check_image(bundle, users, broken, img));
+    }
+    problems
+}
+
+/// Every volume's `oci-layout` and `index.json` are the ones `pinbundle.json` names.
+fn check_layout(bundle: &BundleSet, users: &BTreeMap<Digest, Vec<String>>) -> Vec<Problem> {
+    let manifest = bundle.manifest();
+    let mut found = Found::new(users);
+    let mut problem = |m, d, e| found.add(m, d, e);
     let many = bundle.volumes().len() > 1;
     for v in bundle.volumes() {
         for (path, expected) in [
@@ -516,15 +546,15 @@ fn check_structure(
             }
         }
     }
-    let listed: BTreeMap<&Digest, u64> =
-        manifest.blobs.iter().map(|b| (&b.digest, b.size)).collect();
-    // A delta's omitted layers (section 8.2): listed, never members, and only in a delta.
-    let omitted: BTreeMap<&Digest, u64> = manifest
-        .blobs
-        .iter()
-        .filter(|b| !b.carried)
-        .map(|b| (&b.digest, b.size))
-        .collect();
+    found.problems
+}
+
+/// Every blob `pinbundle.json` lists is present with its size, or rightly left to a base.
+fn check_listed(bundle: &BundleSet, users: &BTreeMap<Digest, Vec<String>>) -> Vec<Problem> {
+    let manifest = bundle.manifest();
+    let mut found = Found::new(users);
+    let mut problem = |m, d, e| found.add(m, d, e);
+    let in_missing_volume = |d: &Digest| in_missing_volume(bundle, d);
     for b in manifest.blobs.iter().filter(|b| !b.carried) {
         let error = if manifest.base.is_none() {
             "marked \"carried\": false, but the bundle is not a delta (no base)"
@@ -557,148 +587,191 @@ fn check_structure(
             Some(_) => {}
         }
     }
+    found.problems
+}
+
+/// Every blob present is listed.
+fn check_unlisted(bundle: &BundleSet, users: &BTreeMap<Digest, Vec<String>>) -> Vec<Problem> {
+    let listed: BTreeSet<&Digest> = bundle.manifest().blobs.iter().map(|b| &b.digest).collect();
+    let mut found = Found::new(users);
     for m in bundle.volumes().iter().flat_map(|v| &v.index().members) {
-        if m.path.starts_with("blobs/") && !listed.contains_key(&m.digest) {
-            problem(
+        if m.path.starts_with("blobs/") && !listed.contains(&m.digest) {
+            found.add(
                 Some(m.path.clone()),
                 Some(m.digest.clone()),
                 "present but not listed in pinbundle.json".into(),
             );
         }
     }
-    // Every image's manifests must reference only present blobs of the declared sizes.
-    // Manifests are read whole, so never more than the format's limit for them.
-    let readable = |d: &Digest| -> Result<Vec<u8>, String> {
-        let loc = bundle.blob(d).ok_or("is missing")?;
-        if broken.contains(&d.layout_path()) {
-            return Err("is damaged".into());
+    found.problems
+}
+
+/// A blob read whole to be parsed (a manifest, never more than the format's limit for
+/// them), or why it cannot be.
+fn readable(bundle: &BundleSet, broken: &BTreeSet<String>, d: &Digest) -> Result<Vec<u8>, String> {
+    let loc = bundle.blob(d).ok_or("is missing")?;
+    if broken.contains(&d.layout_path()) {
+        return Err("is damaged".into());
+    }
+    bundle.read_blob(loc).map_err(|e| match e {
+        e @ bundle::Error::TooLarge { .. } => e.to_string(),
+        _ => "is damaged".into(),
+    })
+}
+
+/// One image: its names, and that its manifests reference only present blobs of the declared
+/// sizes.
+fn check_image(
+    bundle: &BundleSet,
+    users: &BTreeMap<Digest, Vec<String>>,
+    broken: &BTreeSet<String>,
+    img: &ImageEntry,
+) -> Vec<Problem> {
+    let mut found = Found::new(users);
+    for error in image_name_problems(img) {
+        found.add(None, Some(img.digest.clone()), error);
+    }
+    let root_what = format!("{} (manifest {})", img.reference, img.digest);
+    let root = match readable(bundle, broken, &img.digest) {
+        Ok(root) => root,
+        Err(_) if in_missing_volume(bundle, &img.digest) => return found.problems,
+        Err(why) => {
+            found.add(
+                Some(img.digest.layout_path()),
+                Some(img.digest.clone()),
+                format!("top-level manifest of {} {why}", img.reference),
+            );
+            return found.problems;
         }
-        bundle.read_blob(loc).map_err(|e| match e {
-            e @ bundle::Error::TooLarge { .. } => e.to_string(),
-            _ => "is damaged".into(),
-        })
     };
-    for img in &manifest.images {
-        for error in image_name_problems(img) {
-            problem(None, Some(img.digest.clone()), error);
-        }
-        let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
-        let root_what = format!("{} (manifest {})", img.reference, img.digest);
-        let root = match readable(&img.digest) {
-            Ok(root) => root,
-            Err(_) if in_missing_volume(&img.digest) => continue,
-            Err(why) => {
-                problem(
+    let instances: Vec<(Digest, Vec<u8>, String)> =
+        match manifest::parse(&root, &img.media_type, &root_what) {
+            Ok(Parsed::Image(_)) => vec![(img.digest.clone(), root, img.media_type.clone())],
+            Ok(Parsed::Index(index)) => platform_manifests(bundle, broken, img, &index, &mut found),
+            Err(e) => {
+                found.add(
                     Some(img.digest.layout_path()),
                     Some(img.digest.clone()),
-                    format!("top-level manifest of {} {why}", img.reference),
+                    e.to_string(),
                 );
-                continue;
+                Vec::new()
             }
         };
-        let instances: Vec<(Digest, Vec<u8>, String)> =
-            match manifest::parse(&root, &img.media_type, &root_what) {
-                Ok(Parsed::Image(_)) => vec![(img.digest.clone(), root, img.media_type.clone())],
-                Ok(Parsed::Index(index)) => {
-                    let listed: BTreeSet<String> = index
-                        .manifests()
-                        .iter()
-                        .map(|d| d.digest().to_string())
-                        .collect();
-                    let mut out = Vec::new();
-                    for p in &img.platforms {
-                        if !listed.contains(&p.digest.to_string()) {
-                            problem(
-                                None,
-                                Some(p.digest.clone()),
-                                format!(
-                                    "{}: platform manifest {} is not in its index",
-                                    img.reference, p.digest
-                                ),
-                            );
-                            continue;
-                        }
-                        match readable(&p.digest) {
-                            Ok(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
-                            Err(_) if in_missing_volume(&p.digest) => {}
-                            Err(why) => problem(
-                                Some(p.digest.layout_path()),
-                                Some(p.digest.clone()),
-                                format!("platform manifest of {} {why}", img.reference),
-                            ),
-                        }
-                    }
-                    out
-                }
-                Err(e) => {
-                    problem(
-                        Some(img.digest.layout_path()),
-                        Some(img.digest.clone()),
+    let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
+    for (digest, bytes, media_type) in instances {
+        let what = format!("{} (manifest {digest})", img.reference);
+        match manifest::parse(&bytes, &media_type, &what) {
+            Ok(Parsed::Image(m)) => {
+                if let Err(e) = manifest::check_image_media_types(&m, &what) {
+                    found.add(
+                        Some(digest.layout_path()),
+                        Some(digest.clone()),
                         e.to_string(),
                     );
-                    Vec::new()
                 }
-            };
-        for (digest, bytes, media_type) in instances {
-            let what = format!("{} (manifest {digest})", img.reference);
-            match manifest::parse(&bytes, &media_type, &what) {
-                Ok(Parsed::Image(m)) => {
-                    if let Err(e) = manifest::check_image_media_types(&m, &what) {
-                        problem(
-                            Some(digest.layout_path()),
-                            Some(digest.clone()),
-                            e.to_string(),
-                        );
-                    }
-                    for d in std::iter::once(m.config()).chain(m.layers().iter()) {
-                        match manifest::digest_of(d, &what) {
-                            Ok(dg) => needed.push((dg, Some(d.size()), what.clone())),
-                            Err(e) => problem(None, None, e.to_string()),
-                        }
+                for d in std::iter::once(m.config()).chain(m.layers().iter()) {
+                    match manifest::digest_of(d, &what) {
+                        Ok(dg) => needed.push((dg, Some(d.size()), what.clone())),
+                        Err(e) => found.add(None, None, e.to_string()),
                     }
                 }
-                Ok(Parsed::Index(_)) => problem(
-                    Some(digest.layout_path()),
-                    Some(digest.clone()),
-                    format!("{what}: nested index where an image manifest was expected"),
-                ),
-                Err(e) => problem(
-                    Some(digest.layout_path()),
-                    Some(digest.clone()),
-                    e.to_string(),
-                ),
             }
+            Ok(Parsed::Index(_)) => found.add(
+                Some(digest.layout_path()),
+                Some(digest.clone()),
+                format!("{what}: nested index where an image manifest was expected"),
+            ),
+            Err(e) => found.add(
+                Some(digest.layout_path()),
+                Some(digest.clone()),
+                e.to_string(),
+            ),
         }
-        for (d, size, what) in needed {
-            match bundle.blob(&d) {
-                None if in_missing_volume(&d) => {}
-                // Checked when loading: on the node or in a base bundle.
-                None if size.is_some() && omitted.get(&d) == size.as_ref() => {}
-                None if omitted.contains_key(&d) => problem(
-                    None,
-                    Some(d.clone()),
-                    format!(
-                        "{what} declares {} bytes for {d}, pinbundle.json says {}",
-                        size.unwrap_or(0),
-                        omitted.get(&d).copied().unwrap_or(0)
-                    ),
+    }
+    check_needed(bundle, needed, &mut found);
+    found.problems
+}
+
+/// The platform manifests of an image whose top-level manifest is `index`: each must be in
+/// it and readable.
+fn platform_manifests(
+    bundle: &BundleSet,
+    broken: &BTreeSet<String>,
+    img: &ImageEntry,
+    index: &oci_spec::image::ImageIndex,
+    found: &mut Found,
+) -> Vec<(Digest, Vec<u8>, String)> {
+    let listed: BTreeSet<String> = index
+        .manifests()
+        .iter()
+        .map(|d| d.digest().to_string())
+        .collect();
+    let mut out = Vec::new();
+    for p in &img.platforms {
+        if !listed.contains(&p.digest.to_string()) {
+            found.add(
+                None,
+                Some(p.digest.clone()),
+                format!(
+                    "{}: platform manifest {} is not in its index",
+                    img.reference, p.digest
                 ),
-                None => problem(
-                    Some(d.layout_path()),
-                    Some(d.clone()),
-                    format!("{what} references a blob missing from the bundle"),
+            );
+            continue;
+        }
+        match readable(bundle, broken, &p.digest) {
+            Ok(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
+            Err(_) if in_missing_volume(bundle, &p.digest) => {}
+            Err(why) => found.add(
+                Some(p.digest.layout_path()),
+                Some(p.digest.clone()),
+                format!("platform manifest of {} {why}", img.reference),
+            ),
+        }
+    }
+    out
+}
+
+/// Every blob an image manifest references (`needed`: digest, declared size, which manifest)
+/// is present with that size, or is a delta's omitted layer of that size.
+fn check_needed(bundle: &BundleSet, needed: Vec<(Digest, Option<u64>, String)>, found: &mut Found) {
+    // A delta's omitted layers (section 8.2): listed, never members, and only in a delta.
+    let omitted: BTreeMap<&Digest, u64> = bundle
+        .manifest()
+        .blobs
+        .iter()
+        .filter(|b| !b.carried)
+        .map(|b| (&b.digest, b.size))
+        .collect();
+    for (d, size, what) in needed {
+        match bundle.blob(&d) {
+            None if in_missing_volume(bundle, &d) => {}
+            // Checked when loading: on the node or in a base bundle.
+            None if size.is_some() && omitted.get(&d) == size.as_ref() => {}
+            None if omitted.contains_key(&d) => found.add(
+                None,
+                Some(d.clone()),
+                format!(
+                    "{what} declares {} bytes for {d}, pinbundle.json says {}",
+                    size.unwrap_or(0),
+                    omitted.get(&d).copied().unwrap_or(0)
                 ),
-                Some(m) if Some(m.size) != size => problem(
-                    Some(d.layout_path()),
-                    Some(d.clone()),
-                    format!(
-                        "{what} declares {} bytes, the bundle has {}",
-                        size.unwrap_or(0),
-                        m.size
-                    ),
+            ),
+            None => found.add(
+                Some(d.layout_path()),
+                Some(d.clone()),
+                format!("{what} references a blob missing from the bundle"),
+            ),
+            Some(m) if Some(m.size) != size => found.add(
+                Some(d.layout_path()),
+                Some(d.clone()),
+                format!(
+                    "{what} declares {} bytes, the bundle has {}",
+                    size.unwrap_or(0),
+                    m.size
                 ),
-                Some(_) => {}
-            }
+            ),
+            Some(_) => {}
         }
     }
 }
