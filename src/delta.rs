@@ -116,6 +116,8 @@ impl Base {
             path: path.to_path_buf(),
             detail,
         };
+        // std::fs deliberately: the typed error names the path; fs-err would repeat it.
+        #[allow(clippy::disallowed_methods)]
         let file = std::fs::File::open(path).map_err(io_err)?;
         // Bounded like the reader bounds `pinbundle.json`: a huge file is refused, not read.
         let mut bytes = Vec::new();
@@ -185,6 +187,8 @@ pub fn export_index(bundle: &Path, out: &Path) -> Result<Digest, Error> {
     tmp.write_all(bytes).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
     // Temporary files are 0600; an index is as public as the bundle it describes.
+    // std::fs deliberately: the typed error names the path; fs-err would repeat it.
+    #[allow(clippy::disallowed_methods)]
     std::fs::set_permissions(
         tmp.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),

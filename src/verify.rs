@@ -368,7 +368,7 @@ fn verify_members(
     let mut problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
     let broken: BTreeSet<String> = problems.iter().filter_map(|p| p.member.clone()).collect();
     problems.extend(check_structure(bundle, &users, &broken));
-    check_totals(manifest, &mut problems);
+    problems.extend(check_totals(manifest));
     problems.sort_by(|a, b| (&a.member, &a.error).cmp(&(&b.member, &b.error)));
     Ok(VerifyReport {
         version: JSON_VERSION,
@@ -779,7 +779,8 @@ fn check_needed(bundle: &BundleSet, needed: Vec<(Digest, Option<u64>, String)>, 
 /// Checks that every size `pinbundle.json` sums up (each image's, the totals) is the sum it
 /// claims, with checked arithmetic: whoever adds these numbers later (the space check,
 /// `inspect`, `diff`) can trust they neither lie nor wrap around.
-fn check_totals(manifest: &BundleManifest, problems: &mut Vec<Problem>) {
+fn check_totals(manifest: &BundleManifest) -> Vec<Problem> {
+    let mut problems = Vec::new();
     let mut problem = |digest: Option<Digest>, images: Vec<String>, error: String| {
         problems.push(Problem {
             member: None,
@@ -863,6 +864,7 @@ fn check_totals(manifest: &BundleManifest, problems: &mut Vec<Problem>) {
             "pinbundle.json's omitted totals are not what its blobs marked \"carried\": false add up to".into(),
         );
     }
+    problems
 }
 
 /// The sum of `it`, or `None` when it would wrap around.

@@ -595,6 +595,8 @@ fn lock(path: &Path, reporter: &dyn Reporter) -> Result<std::fs::File> {
     if let Some(dir) = path.parent() {
         fs_err::create_dir_all(dir)?;
     }
+    // std::fs deliberately: the context names the path; fs-err would repeat it.
+    #[allow(clippy::disallowed_methods)]
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
