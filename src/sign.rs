@@ -207,7 +207,7 @@ fn read_small_with(path: &Path) -> Result<(String, std::fs::Metadata), Error> {
     Ok((text, meta))
 }
 
-/// The first line of a password file (read as [`read_small_with`] reads key files), and its
+/// The first line of a password file (read as `read_small_with` reads key files), and its
 /// mode when group or others may read it.
 pub fn read_password_file(path: &Path) -> Result<(String, Option<u32>), Error> {
     let (text, meta) = read_small_with(path)?;

@@ -1,6 +1,6 @@
-//! The `load` sequence in three phases, each returning a value: **verify** ([`Checked`]) →
-//! **plan** ([`Plan`]: drop-in check, tools, platforms, what is present, delta sources, space)
-//! → **apply** ([`Applied`]: import, pins, reload, confirm). The report is built once from
+//! The `load` sequence in three phases, each returning a value: **verify** (`Checked`) →
+//! **plan** (`Plan`: drop-in check, tools, platforms, what is present, delta sources, space)
+//! → **apply** (`Applied`: import, pins, reload, confirm). The report is built once from
 //! what they returned.
 //!
 //! Nothing on the node changes before the whole bundle is verified, every image's platform is
@@ -62,7 +62,7 @@ pub struct LoadOptions {
     /// Public keys (minisign `.pub` files) trusted to sign bundles, besides those of
     /// `trusted_dir`. When any key is configured, only a bundle signed by one of them loads.
     pub trusted_keys: Vec<PathBuf>,
-    /// A directory whose `*.pub` files are trusted keys ([`sign::DEFAULT_TRUSTED_DIR`]); a
+    /// A directory whose `*.pub` files are trusted keys ([`crate::sign::DEFAULT_TRUSTED_DIR`]); a
     /// missing directory holds none.
     pub trusted_dir: PathBuf,
     /// Bundles that carry layers a delta bundle omits. They need no signature: what is taken
