@@ -116,6 +116,8 @@ impl Base {
             path: path.to_path_buf(),
             detail,
         };
+        // std::fs deliberately: the typed error names the path; fs-err would repeat it.
+        #[allow(clippy::disallowed_methods)]
         let file = std::fs::File::open(path).map_err(io_err)?;
         // Bounded like the reader bounds `pinbundle.json`: a huge file is refused, not read.
         let mut bytes = Vec::new();
@@ -185,6 +187,8 @@ pub fn export_index(bundle: &Path, out: &Path) -> Result<Digest, Error> {
     tmp.write_all(bytes).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
     // Temporary files are 0600; an index is as public as the bundle it describes.
+    // std::fs deliberately: the typed error names the path; fs-err would repeat it.
+    #[allow(clippy::disallowed_methods)]
     std::fs::set_permissions(
         tmp.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o644),
@@ -390,14 +394,43 @@ pub struct DiffSide {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ImageChange {
-    /// `added`, `removed`, `changed` (same reference, or same repository, another digest) or
-    /// `unchanged`.
-    pub status: &'static str,
+    pub status: ChangeStatus,
     pub name: String,
     pub old_reference: Option<String>,
     pub new_reference: Option<String>,
     pub old_digest: Option<Digest>,
     pub new_digest: Option<Digest>,
+}
+
+/// How an image differs between two bundles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeStatus {
+    /// Only in the new bundle.
+    Added,
+    /// Only in the old bundle.
+    Removed,
+    /// The same reference, or the same repository, with another digest.
+    Changed,
+    Unchanged,
+}
+
+impl ChangeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeStatus::Added => "added",
+            ChangeStatus::Removed => "removed",
+            ChangeStatus::Changed => "changed",
+            ChangeStatus::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl std::fmt::Display for ChangeStatus {
+    /// Pads like a string, so renderers can align columns.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// A count of blobs and their bytes.
@@ -458,9 +491,9 @@ pub fn diff(old: &Base, new: &Base) -> DiffReport {
         match nm.images.iter().find(|n| n.reference == o.reference) {
             Some(n) => images.push(ImageChange {
                 status: if n.digest == o.digest {
-                    "unchanged"
+                    ChangeStatus::Unchanged
                 } else {
-                    "changed"
+                    ChangeStatus::Changed
                 },
                 name: o.name.clone(),
                 old_reference: Some(o.reference.clone()),
@@ -480,9 +513,9 @@ pub fn diff(old: &Base, new: &Base) -> DiffReport {
         let o = pos.map(|p| &om.images[old_left.remove(p)]);
         images.push(ImageChange {
             status: match o {
-                Some(o) if o.digest == n.digest => "unchanged",
-                Some(_) => "changed",
-                None => "added",
+                Some(o) if o.digest == n.digest => ChangeStatus::Unchanged,
+                Some(_) => ChangeStatus::Changed,
+                None => ChangeStatus::Added,
             },
             name: n.name.clone(),
             old_reference: o.map(|o| o.reference.clone()),
@@ -494,7 +527,7 @@ pub fn diff(old: &Base, new: &Base) -> DiffReport {
     for &i in &old_left {
         let o = &om.images[i];
         images.push(ImageChange {
-            status: "removed",
+            status: ChangeStatus::Removed,
             name: o.name.clone(),
             old_reference: Some(o.reference.clone()),
             new_reference: None,
@@ -670,7 +703,7 @@ mod tests {
         let status: Vec<(&str, &str)> = d
             .images
             .iter()
-            .map(|i| (i.status, i.name.as_str()))
+            .map(|i| (i.status.as_str(), i.name.as_str()))
             .collect();
         assert_eq!(
             status,
@@ -683,5 +716,31 @@ mod tests {
         assert_eq!(d.blobs.shared, Count { blobs: 1, size: 10 });
         assert_eq!(d.blobs.only_new, Count { blobs: 1, size: 5 });
         assert_eq!(d.blobs.only_old, Count { blobs: 1, size: 3 });
+    }
+
+    #[test]
+    fn diff_json_is_unchanged() {
+        let shared = entry(b"base layer", BlobKind::Layer);
+        let old = base(manifest(
+            &[
+                ("q.io/a", "v1", b"a1"),
+                ("q.io/gone", "v1", b"g"),
+                ("q.io/same", "v1", b"s"),
+            ],
+            vec![shared.clone()],
+        ));
+        let new = base(manifest(
+            &[
+                ("q.io/a", "v2", b"a2"),
+                ("q.io/new", "v1", b"n"),
+                ("q.io/same", "v1", b"s"),
+            ],
+            vec![shared],
+        ));
+        let json = serde_json::to_string(&diff(&old, &new).images).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"status":"unchanged","name":"q.io/same","oldReference":"q.io/same:v1","newReference":"q.io/same:v1","oldDigest":"sha256:043a718774c572bd8a25adbeb1bfcd5c0256ae11cecf9f9c3f925d0e52beaf89","newDigest":"sha256:043a718774c572bd8a25adbeb1bfcd5c0256ae11cecf9f9c3f925d0e52beaf89"},{"status":"changed","name":"q.io/a","oldReference":"q.io/a:v1","newReference":"q.io/a:v2","oldDigest":"sha256:f55ff16f66f43360266b95db6f8fec01d76031054306ae4a4b380598f6cfd114","newDigest":"sha256:2c3a4249d77070058649dbd822dcaf7957586fce428cfb2ca88b94741eda8b07"},{"status":"added","name":"q.io/new","oldReference":null,"newReference":"q.io/new:v1","oldDigest":null,"newDigest":"sha256:1b16b1df538ba12dc3f97edbb85caa7050d46c148134290feba80f8236c83db9"},{"status":"removed","name":"q.io/gone","oldReference":"q.io/gone:v1","newReference":null,"oldDigest":"sha256:cd0aa9856147b6c5b4ff2b7dfee5da20aa38253099ef1b4a64aced233c9afe29","newDigest":null}]"#
+        );
     }
 }

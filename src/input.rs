@@ -28,6 +28,8 @@ impl std::error::Error for NotRegular {}
 /// taking a terminal as the controlling one).
 pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, std::fs::Metadata)> {
     use std::os::unix::fs::FileTypeExt as _;
+    // std::fs deliberately: callers wrap the error in one that names the path.
+    #[allow(clippy::disallowed_methods)]
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
@@ -94,7 +96,7 @@ mod tests {
     fn only_regular_files_within_the_cap() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("f");
-        std::fs::write(&f, b"12345").unwrap();
+        fs_err::write(&f, b"12345").unwrap();
         assert_eq!(read_regular(&f, 5).unwrap(), b"12345");
         let e = read_regular(&f, 4).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
@@ -120,10 +122,10 @@ mod tests {
     fn shared_modes_are_seen() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("k");
-        std::fs::write(&f, b"x").unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        fs_err::write(&f, b"x").unwrap();
+        fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(shared_read_bits(&f.metadata().unwrap()), None);
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        fs_err::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert_eq!(shared_read_bits(&f.metadata().unwrap()), Some(0o640));
     }
 }

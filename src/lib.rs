@@ -20,6 +20,7 @@ pub mod bundle;
 pub mod cache;
 pub mod create;
 pub mod delta;
+pub mod error;
 pub mod input;
 pub mod layer;
 pub mod load;

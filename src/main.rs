@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use pinbundle::create::{self, CreateOptions, Platform};
 use pinbundle::delta;
 use pinbundle::load;
-use pinbundle::progress::{Reporter, Silent};
+use pinbundle::progress::Reporter;
 use pinbundle::reference::Reference;
 use pinbundle::registry::client::ClientOptions;
 use pinbundle::sign;
@@ -430,9 +430,18 @@ fn parse_volume_size(s: &str) -> std::result::Result<u64, String> {
 
 fn reporter(no_progress: bool) -> Box<dyn Reporter> {
     if no_progress || !std::io::stderr().is_terminal() {
-        Box::new(Silent)
+        Box::new(Quiet)
     } else {
         Box::new(Bars::default())
+    }
+}
+
+/// No progress: only the notices a person must see (e.g. that `load` waits for another).
+struct Quiet;
+
+impl Reporter for Quiet {
+    fn notice(&self, msg: &str) {
+        eprintln!("{}", escape(msg));
     }
 }
 
@@ -441,17 +450,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Create(a) => cmd_create(a, &*reporter),
         Command::Verify(a) => {
-            let opts = verify::VerifyOptions {
-                jobs: a.jobs.get(),
-                trusted_keys: sign::read_trusted(&a.trust_key, None)?,
-            };
+            let opts = verify::VerifyOptions::read(a.jobs.get(), &a.trust_key, None)?;
             let set_opts = pinbundle::bundle::SetOptions {
                 allow_partial: a.partial,
                 find_siblings: !a.partial,
             };
             let report = verify::verify_paths(&a.bundle, set_opts, &opts, &*reporter)?;
             show(a.json, &report, |out, _, r| print_verify(out, r))?;
-            Ok(if report.ok {
+            Ok(if report.ok() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -724,7 +730,7 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
     };
     let report = load::load(&opts, reporter)?;
     show(a.json, &report, print_load)?;
-    Ok(if report.ok {
+    Ok(if report.ok() {
         ExitCode::SUCCESS
     } else if report.error.is_some() {
         ExitCode::from(2)
@@ -958,7 +964,7 @@ fn print_verify(out: &mut dyn Write, r: &verify::VerifyReport) -> std::io::Resul
             Shown(&b.created)
         )?;
     }
-    if r.ok {
+    if r.ok() {
         writeln!(
             out,
             "{}: OK ({} images, {} members, {} checked)",
@@ -1088,10 +1094,7 @@ fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Res
             Shown(&i.media_type)
         )?;
         for p in &i.platforms {
-            let plat = match &p.variant {
-                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                None => format!("{}/{}", p.os, p.architecture),
-            };
+            let plat = pinbundle::platform::Platform::from(p).to_string();
             writeln!(
                 out,
                 "  {:<16} {} ({} layers)",
@@ -1130,7 +1133,7 @@ fn print_diff(out: &mut dyn Write, r: &delta::DiffReport) -> std::io::Result<()>
             d.as_ref().map_or("-".to_string(), |d| d.to_string())
         };
         match i.status {
-            "changed" => writeln!(
+            delta::ChangeStatus::Changed => writeln!(
                 out,
                 "  changed   {} → {}\n            {} → {}",
                 Shown(i.old_reference.as_deref().unwrap_or("-")),
@@ -1275,11 +1278,10 @@ mod tests {
         }
     }
 
-    fn verify_report(ok: bool) -> verify::VerifyReport {
+    fn verify_report() -> verify::VerifyReport {
         verify::VerifyReport {
             version: 1,
             bundle: PathBuf::from("/m/b.pinbundle"),
-            ok,
             images: 2,
             members_checked: 9,
             bytes_checked: 3 << 20,
@@ -1293,7 +1295,7 @@ mod tests {
 
     #[test]
     fn renders_verify() {
-        let mut r = verify_report(true);
+        let mut r = verify_report();
         r.signature = Some(verify::SignatureInfo {
             key_id: sign::KeyId([0xab; 8]),
             trusted_comment: "made\x1b[2J today".into(),
@@ -1326,7 +1328,7 @@ mod tests {
             )
         );
 
-        let mut r = verify_report(false);
+        let mut r = verify_report();
         r.opened = false;
         r.problems = vec![
             problem(None, &[], "not a bundle"),
@@ -1355,6 +1357,7 @@ mod tests {
             size: 10,
         };
         use pinbundle::bundle::format::BaseRef;
+        use pinbundle::delta::ChangeStatus;
         let change = |status, old: Option<&str>, new: Option<&str>| delta::ImageChange {
             status,
             name: "r/app".into(),
@@ -1374,8 +1377,8 @@ mod tests {
                 }),
             ),
             images: vec![
-                change("changed", Some("r/app:v1"), Some("r/app:v2")),
-                change("added", None, Some("r/new:v1")),
+                change(ChangeStatus::Changed, Some("r/app:v1"), Some("r/app:v2")),
+                change(ChangeStatus::Added, None, Some("r/new:v1")),
             ],
             blobs: delta::BlobDiff {
                 only_new: delta::Count {
@@ -1458,25 +1461,11 @@ mod tests {
     }
 
     fn load_report() -> load::LoadReport {
-        load::LoadReport {
-            version: 1,
-            bundle: PathBuf::from("/m/b.pinbundle"),
-            dry_run: false,
-            ok: false,
-            problems: Vec::new(),
-            signature: None,
-            images: Vec::new(),
-            pins: None,
-            reload: None,
-            cri: None,
-            delta: None,
-            volumes: None,
-            space: None,
-            error: None,
-            rolled_back: None,
-            warnings: Vec::new(),
-            seconds: 1.0,
-        }
+        let mut r = load::LoadReport::default();
+        r.version = 1;
+        r.bundle = PathBuf::from("/m/b.pinbundle");
+        r.seconds = 1.0;
+        r
     }
 
     #[test]
@@ -1494,10 +1483,10 @@ mod tests {
 
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut r = load_report();
-        r.images = vec![load::run::ImageResult {
+        r.images = vec![load::ImageResult {
             reference: "r/app:v1".into(),
             pin: "r/app@sha256:ab".into(),
-            status: "failed",
+            status: load::ImageStatus::Failed,
             pinned: None,
             size: 1 << 20,
             uncompressed_size: 3 << 20,
@@ -1505,7 +1494,7 @@ mod tests {
         }];
         r.warnings = vec!["odd\x07".into()];
         r.error = Some("importing r/app:v1 failed".into());
-        r.cri = Some(load::run::CriResult {
+        r.cri = Some(load::CriResult {
             runtime: "cri-o".into(),
             version: "1.31".into(),
             confirmed: false,
@@ -1541,7 +1530,7 @@ mod tests {
         // `main` exits quietly on exactly this kind, for JSON and human output alike.
         let e = print_json(&mut ClosedPipe, &serde_json::json!({"a": 1})).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
-        let e = print_verify(&mut ClosedPipe, &verify_report(true)).unwrap_err();
+        let e = print_verify(&mut ClosedPipe, &verify_report()).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
         let e: anyhow::Error = Render(e).into();
         assert!(e.downcast_ref::<Render>().is_some());

@@ -12,6 +12,11 @@ pub trait Reporter: Send + Sync {
     fn finish(&self) {}
     /// A one-line message about a step (e.g. a retry).
     fn message(&self, _msg: &str) {}
+    /// A message a person should see even when no progress is drawn, e.g. that `load` waits
+    /// for another load. Shown like [`Reporter::message`] unless a reporter says otherwise.
+    fn notice(&self, msg: &str) {
+        self.message(msg)
+    }
 }
 
 /// A reporter that shows nothing.

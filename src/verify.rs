@@ -16,6 +16,7 @@ use crate::bundle::format::{
     BaseRef, BlobKind, BundleManifest, ImageEntry, OCI_INDEX_PATH, OCI_LAYOUT_PATH, SIGNATURE_PATH,
 };
 use crate::bundle::{self, BlobLoc, Bundle, BundleSet, SetOptions};
+use crate::error::error_chain;
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
@@ -37,12 +38,11 @@ pub struct Problem {
     pub error: String,
 }
 
-/// What `verify` found. `ok` is true only when `problems` is empty.
-#[derive(Debug, Clone, Serialize)]
+/// What `verify` found; [`VerifyReport::ok`] when `problems` is empty.
+#[derive(Debug, Clone)]
 pub struct VerifyReport {
     pub version: u32,
     pub bundle: PathBuf,
-    pub ok: bool,
     pub images: usize,
     pub members_checked: usize,
     pub bytes_checked: u64,
@@ -51,12 +51,41 @@ pub struct VerifyReport {
     /// The volume set, `null` for a whole bundle.
     pub volumes: Option<VolumesReport>,
     /// For a delta bundle: its base (the layers it does not carry are the base's).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRef>,
     pub problems: Vec<Problem>,
     /// False when the files could not even be opened as a bundle (footer, seek index,
     /// `pinbundle.json`): then nothing, the signature included, was read.
     pub opened: bool,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// By hand, for the derived `ok`; the fields in the order `verify --json` has always had.
+impl Serialize for VerifyReport {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("VerifyReport", 11)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("bundle", &self.bundle)?;
+        st.serialize_field("ok", &self.ok())?;
+        st.serialize_field("images", &self.images)?;
+        st.serialize_field("members_checked", &self.members_checked)?;
+        st.serialize_field("bytes_checked", &self.bytes_checked)?;
+        st.serialize_field("signature", &self.signature)?;
+        st.serialize_field("volumes", &self.volumes)?;
+        match &self.base {
+            Some(b) => st.serialize_field("base", b)?,
+            None => st.skip_field("base")?,
+        }
+        st.serialize_field("problems", &self.problems)?;
+        st.serialize_field("opened", &self.opened)?;
+        st.end()
+    }
 }
 
 /// Which volumes of a set were read and which were not.
@@ -131,38 +160,19 @@ pub struct VerifyOptions {
     pub trusted_keys: Vec<TrustedKey>,
 }
 
-/// Verifies the bundle at `path` with `jobs` threads (0: one per core), without a signature
-/// policy.
-pub fn verify(
-    path: &Path,
-    jobs: usize,
-    reporter: &dyn Reporter,
-) -> Result<VerifyReport, bundle::Error> {
-    verify_with(
-        path,
-        &VerifyOptions {
+impl VerifyOptions {
+    /// Options with the trusted keys read from `files` and the `*.pub` files of `dir` (when
+    /// given): how both `verify` and `load` read their signature policy.
+    pub fn read(jobs: usize, files: &[PathBuf], dir: Option<&Path>) -> Result<Self, sign::Error> {
+        Ok(VerifyOptions {
             jobs,
-            trusted_keys: Vec::new(),
-        },
-        reporter,
-    )
+            trusted_keys: sign::read_trusted(files, dir)?,
+        })
+    }
 }
 
-/// Verifies the bundle at `path` (a volume brings its siblings), and its signature against
-/// `opts.trusted_keys`.
-pub fn verify_with(
-    path: &Path,
-    opts: &VerifyOptions,
-    reporter: &dyn Reporter,
-) -> Result<VerifyReport, bundle::Error> {
-    let set_opts = SetOptions {
-        allow_partial: false,
-        find_siblings: true,
-    };
-    verify_paths(&[path.to_path_buf()], set_opts, opts, reporter)
-}
-
-/// Verifies the bundle or volumes that `inputs` name (see [`BundleSet::open`]).
+/// Verifies the bundle or volumes that `inputs` name (see [`BundleSet::open`]), and its
+/// signature against `opts.trusted_keys`. One of the two entry points, with [`verify_open`].
 pub fn verify_paths(
     inputs: &[PathBuf],
     set_opts: SetOptions,
@@ -176,7 +186,6 @@ pub fn verify_paths(
             return Ok(VerifyReport {
                 version: JSON_VERSION,
                 bundle: inputs.first().cloned().unwrap_or_default(),
-                ok: false,
                 images: 0,
                 members_checked: 0,
                 bytes_checked: 0,
@@ -193,29 +202,13 @@ pub fn verify_paths(
             });
         }
     };
-    verify_open_with(&set, opts, reporter)
-}
-
-/// Verifies an already opened bundle, without a signature policy.
-pub fn verify_open(
-    bundle: &BundleSet,
-    jobs: usize,
-    reporter: &dyn Reporter,
-) -> Result<VerifyReport, bundle::Error> {
-    verify_open_with(
-        bundle,
-        &VerifyOptions {
-            jobs,
-            trusted_keys: Vec::new(),
-        },
-        reporter,
-    )
+    verify_open(&set, opts, reporter)
 }
 
 /// Verifies an already opened bundle: first its signature (with trusted keys, a bundle that
 /// is unsigned or not signed by one of them is refused before any blob is read), then every
 /// member.
-pub fn verify_open_with(
+pub fn verify_open(
     bundle: &BundleSet,
     opts: &VerifyOptions,
     reporter: &dyn Reporter,
@@ -228,7 +221,6 @@ pub fn verify_open_with(
             return Ok(VerifyReport {
                 version: JSON_VERSION,
                 bundle: bundle.path().to_path_buf(),
-                ok: false,
                 images: manifest.images.len(),
                 members_checked: 0,
                 bytes_checked: 0,
@@ -375,13 +367,12 @@ fn verify_members(
     reporter.finish();
     let mut problems = problems.into_inner().unwrap_or_else(|e| e.into_inner());
     let broken: BTreeSet<String> = problems.iter().filter_map(|p| p.member.clone()).collect();
-    check_structure(bundle, &users, &broken, &mut problems);
-    check_totals(manifest, &mut problems);
+    problems.extend(check_structure(bundle, &users, &broken));
+    problems.extend(check_totals(manifest));
     problems.sort_by(|a, b| (&a.member, &a.error).cmp(&(&b.member, &b.error)));
     Ok(VerifyReport {
         version: JSON_VERSION,
         bundle: bundle.path().to_path_buf(),
-        ok: problems.is_empty(),
         images: manifest.images.len(),
         members_checked: bundle
             .volumes()
@@ -475,31 +466,61 @@ fn image_name_problems(img: &ImageEntry) -> Vec<String> {
     out
 }
 
-/// Cross-checks `pinbundle.json`, the members and the image manifests. Members already found
-/// broken are not parsed again.
-fn check_structure(
-    bundle: &BundleSet,
-    users: &BTreeMap<Digest, Vec<String>>,
-    broken: &BTreeSet<String>,
-    problems: &mut Vec<Problem>,
-) {
-    let manifest = bundle.manifest();
-    let mut problem = |member: Option<String>, digest: Option<Digest>, error: String| {
+/// Problems one check found. Each names the requested references its blob breaks.
+struct Found<'a> {
+    users: &'a BTreeMap<Digest, Vec<String>>,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Found<'a> {
+    fn new(users: &'a BTreeMap<Digest, Vec<String>>) -> Self {
+        Found {
+            users,
+            problems: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, member: Option<String>, digest: Option<Digest>, error: String) {
         let images = digest
             .as_ref()
-            .and_then(|d| users.get(d))
+            .and_then(|d| self.users.get(d))
             .cloned()
             .unwrap_or_default();
-        problems.push(Problem {
+        self.problems.push(Problem {
             member,
             digest,
             images,
             error,
         });
-    };
-    // With volumes missing (a partial check), absent blobs are expected.
-    let partial = !bundle.missing().is_empty();
-    let in_missing_volume = |d: &Digest| partial && bundle.blob(d).is_none();
+    }
+}
+
+/// With volumes missing (a partial check), absent blobs are expected: whether `d` is one.
+fn in_missing_volume(bundle: &BundleSet, d: &Digest) -> bool {
+    !bundle.missing().is_empty() && bundle.blob(d).is_none()
+}
+
+/// Cross-checks `pinbundle.json`, the members and the image manifests, one check at a time.
+/// Members already found broken are not parsed again.
+fn check_structure(
+    bundle: &BundleSet,
+    users: &BTreeMap<Digest, Vec<String>>,
+    broken: &BTreeSet<String>,
+) -> Vec<Problem> {
+    let mut problems = check_layout(bundle, users);
+    problems.extend(check_listed(bundle, users));
+    problems.extend(check_unlisted(bundle, users));
+    for img in &bundle.manifest().images {
+        problems.extend(check_image(bundle, users, broken, img));
+    }
+    problems
+}
+
+/// Every volume's `oci-layout` and `index.json` are the ones `pinbundle.json` names.
+fn check_layout(bundle: &BundleSet, users: &BTreeMap<Digest, Vec<String>>) -> Vec<Problem> {
+    let manifest = bundle.manifest();
+    let mut found = Found::new(users);
+    let mut problem = |m, d, e| found.add(m, d, e);
     let many = bundle.volumes().len() > 1;
     for v in bundle.volumes() {
         for (path, expected) in [
@@ -525,15 +546,15 @@ fn check_structure(
             }
         }
     }
-    let listed: BTreeMap<&Digest, u64> =
-        manifest.blobs.iter().map(|b| (&b.digest, b.size)).collect();
-    // A delta's omitted layers (section 8.2): listed, never members, and only in a delta.
-    let omitted: BTreeMap<&Digest, u64> = manifest
-        .blobs
-        .iter()
-        .filter(|b| !b.carried)
-        .map(|b| (&b.digest, b.size))
-        .collect();
+    found.problems
+}
+
+/// Every blob `pinbundle.json` lists is present with its size, or rightly left to a base.
+fn check_listed(bundle: &BundleSet, users: &BTreeMap<Digest, Vec<String>>) -> Vec<Problem> {
+    let manifest = bundle.manifest();
+    let mut found = Found::new(users);
+    let mut problem = |m, d, e| found.add(m, d, e);
+    let in_missing_volume = |d: &Digest| in_missing_volume(bundle, d);
     for b in manifest.blobs.iter().filter(|b| !b.carried) {
         let error = if manifest.base.is_none() {
             "marked \"carried\": false, but the bundle is not a delta (no base)"
@@ -566,148 +587,191 @@ fn check_structure(
             Some(_) => {}
         }
     }
+    found.problems
+}
+
+/// Every blob present is listed.
+fn check_unlisted(bundle: &BundleSet, users: &BTreeMap<Digest, Vec<String>>) -> Vec<Problem> {
+    let listed: BTreeSet<&Digest> = bundle.manifest().blobs.iter().map(|b| &b.digest).collect();
+    let mut found = Found::new(users);
     for m in bundle.volumes().iter().flat_map(|v| &v.index().members) {
-        if m.path.starts_with("blobs/") && !listed.contains_key(&m.digest) {
-            problem(
+        if m.path.starts_with("blobs/") && !listed.contains(&m.digest) {
+            found.add(
                 Some(m.path.clone()),
                 Some(m.digest.clone()),
                 "present but not listed in pinbundle.json".into(),
             );
         }
     }
-    // Every image's manifests must reference only present blobs of the declared sizes.
-    // Manifests are read whole, so never more than the format's limit for them.
-    let readable = |d: &Digest| -> Result<Vec<u8>, String> {
-        let loc = bundle.blob(d).ok_or("is missing")?;
-        if broken.contains(&d.layout_path()) {
-            return Err("is damaged".into());
+    found.problems
+}
+
+/// A blob read whole to be parsed (a manifest, never more than the format's limit for
+/// them), or why it cannot be.
+fn readable(bundle: &BundleSet, broken: &BTreeSet<String>, d: &Digest) -> Result<Vec<u8>, String> {
+    let loc = bundle.blob(d).ok_or("is missing")?;
+    if broken.contains(&d.layout_path()) {
+        return Err("is damaged".into());
+    }
+    bundle.read_blob(loc).map_err(|e| match e {
+        e @ bundle::Error::TooLarge { .. } => e.to_string(),
+        _ => "is damaged".into(),
+    })
+}
+
+/// One image: its names, and that its manifests reference only present blobs of the declared
+/// sizes.
+fn check_image(
+    bundle: &BundleSet,
+    users: &BTreeMap<Digest, Vec<String>>,
+    broken: &BTreeSet<String>,
+    img: &ImageEntry,
+) -> Vec<Problem> {
+    let mut found = Found::new(users);
+    for error in image_name_problems(img) {
+        found.add(None, Some(img.digest.clone()), error);
+    }
+    let root_what = format!("{} (manifest {})", img.reference, img.digest);
+    let root = match readable(bundle, broken, &img.digest) {
+        Ok(root) => root,
+        Err(_) if in_missing_volume(bundle, &img.digest) => return found.problems,
+        Err(why) => {
+            found.add(
+                Some(img.digest.layout_path()),
+                Some(img.digest.clone()),
+                format!("top-level manifest of {} {why}", img.reference),
+            );
+            return found.problems;
         }
-        bundle.read_blob(loc).map_err(|e| match e {
-            e @ bundle::Error::TooLarge { .. } => e.to_string(),
-            _ => "is damaged".into(),
-        })
     };
-    for img in &manifest.images {
-        for error in image_name_problems(img) {
-            problem(None, Some(img.digest.clone()), error);
-        }
-        let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
-        let root_what = format!("{} (manifest {})", img.reference, img.digest);
-        let root = match readable(&img.digest) {
-            Ok(root) => root,
-            Err(_) if in_missing_volume(&img.digest) => continue,
-            Err(why) => {
-                problem(
+    let instances: Vec<(Digest, Vec<u8>, String)> =
+        match manifest::parse(&root, &img.media_type, &root_what) {
+            Ok(Parsed::Image(_)) => vec![(img.digest.clone(), root, img.media_type.clone())],
+            Ok(Parsed::Index(index)) => platform_manifests(bundle, broken, img, &index, &mut found),
+            Err(e) => {
+                found.add(
                     Some(img.digest.layout_path()),
                     Some(img.digest.clone()),
-                    format!("top-level manifest of {} {why}", img.reference),
+                    e.to_string(),
                 );
-                continue;
+                Vec::new()
             }
         };
-        let instances: Vec<(Digest, Vec<u8>, String)> =
-            match manifest::parse(&root, &img.media_type, &root_what) {
-                Ok(Parsed::Image(_)) => vec![(img.digest.clone(), root, img.media_type.clone())],
-                Ok(Parsed::Index(index)) => {
-                    let listed: BTreeSet<String> = index
-                        .manifests()
-                        .iter()
-                        .map(|d| d.digest().to_string())
-                        .collect();
-                    let mut out = Vec::new();
-                    for p in &img.platforms {
-                        if !listed.contains(&p.digest.to_string()) {
-                            problem(
-                                None,
-                                Some(p.digest.clone()),
-                                format!(
-                                    "{}: platform manifest {} is not in its index",
-                                    img.reference, p.digest
-                                ),
-                            );
-                            continue;
-                        }
-                        match readable(&p.digest) {
-                            Ok(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
-                            Err(_) if in_missing_volume(&p.digest) => {}
-                            Err(why) => problem(
-                                Some(p.digest.layout_path()),
-                                Some(p.digest.clone()),
-                                format!("platform manifest of {} {why}", img.reference),
-                            ),
-                        }
-                    }
-                    out
-                }
-                Err(e) => {
-                    problem(
-                        Some(img.digest.layout_path()),
-                        Some(img.digest.clone()),
+    let mut needed: Vec<(Digest, Option<u64>, String)> = Vec::new();
+    for (digest, bytes, media_type) in instances {
+        let what = format!("{} (manifest {digest})", img.reference);
+        match manifest::parse(&bytes, &media_type, &what) {
+            Ok(Parsed::Image(m)) => {
+                if let Err(e) = manifest::check_image_media_types(&m, &what) {
+                    found.add(
+                        Some(digest.layout_path()),
+                        Some(digest.clone()),
                         e.to_string(),
                     );
-                    Vec::new()
                 }
-            };
-        for (digest, bytes, media_type) in instances {
-            let what = format!("{} (manifest {digest})", img.reference);
-            match manifest::parse(&bytes, &media_type, &what) {
-                Ok(Parsed::Image(m)) => {
-                    if let Err(e) = manifest::check_image_media_types(&m, &what) {
-                        problem(
-                            Some(digest.layout_path()),
-                            Some(digest.clone()),
-                            e.to_string(),
-                        );
-                    }
-                    for d in std::iter::once(m.config()).chain(m.layers().iter()) {
-                        match manifest::digest_of(d, &what) {
-                            Ok(dg) => needed.push((dg, Some(d.size()), what.clone())),
-                            Err(e) => problem(None, None, e.to_string()),
-                        }
+                for d in std::iter::once(m.config()).chain(m.layers().iter()) {
+                    match manifest::digest_of(d, &what) {
+                        Ok(dg) => needed.push((dg, Some(d.size()), what.clone())),
+                        Err(e) => found.add(None, None, e.to_string()),
                     }
                 }
-                Ok(Parsed::Index(_)) => problem(
-                    Some(digest.layout_path()),
-                    Some(digest.clone()),
-                    format!("{what}: nested index where an image manifest was expected"),
-                ),
-                Err(e) => problem(
-                    Some(digest.layout_path()),
-                    Some(digest.clone()),
-                    e.to_string(),
-                ),
             }
+            Ok(Parsed::Index(_)) => found.add(
+                Some(digest.layout_path()),
+                Some(digest.clone()),
+                format!("{what}: nested index where an image manifest was expected"),
+            ),
+            Err(e) => found.add(
+                Some(digest.layout_path()),
+                Some(digest.clone()),
+                e.to_string(),
+            ),
         }
-        for (d, size, what) in needed {
-            match bundle.blob(&d) {
-                None if in_missing_volume(&d) => {}
-                // Checked when loading: on the node or in a base bundle.
-                None if size.is_some() && omitted.get(&d) == size.as_ref() => {}
-                None if omitted.contains_key(&d) => problem(
-                    None,
-                    Some(d.clone()),
-                    format!(
-                        "{what} declares {} bytes for {d}, pinbundle.json says {}",
-                        size.unwrap_or(0),
-                        omitted.get(&d).copied().unwrap_or(0)
-                    ),
+    }
+    check_needed(bundle, needed, &mut found);
+    found.problems
+}
+
+/// The platform manifests of an image whose top-level manifest is `index`: each must be in
+/// it and readable.
+fn platform_manifests(
+    bundle: &BundleSet,
+    broken: &BTreeSet<String>,
+    img: &ImageEntry,
+    index: &oci_spec::image::ImageIndex,
+    found: &mut Found,
+) -> Vec<(Digest, Vec<u8>, String)> {
+    let listed: BTreeSet<String> = index
+        .manifests()
+        .iter()
+        .map(|d| d.digest().to_string())
+        .collect();
+    let mut out = Vec::new();
+    for p in &img.platforms {
+        if !listed.contains(&p.digest.to_string()) {
+            found.add(
+                None,
+                Some(p.digest.clone()),
+                format!(
+                    "{}: platform manifest {} is not in its index",
+                    img.reference, p.digest
                 ),
-                None => problem(
-                    Some(d.layout_path()),
-                    Some(d.clone()),
-                    format!("{what} references a blob missing from the bundle"),
+            );
+            continue;
+        }
+        match readable(bundle, broken, &p.digest) {
+            Ok(b) => out.push((p.digest.clone(), b, p.media_type.clone())),
+            Err(_) if in_missing_volume(bundle, &p.digest) => {}
+            Err(why) => found.add(
+                Some(p.digest.layout_path()),
+                Some(p.digest.clone()),
+                format!("platform manifest of {} {why}", img.reference),
+            ),
+        }
+    }
+    out
+}
+
+/// Every blob an image manifest references (`needed`: digest, declared size, which manifest)
+/// is present with that size, or is a delta's omitted layer of that size.
+fn check_needed(bundle: &BundleSet, needed: Vec<(Digest, Option<u64>, String)>, found: &mut Found) {
+    // A delta's omitted layers (section 8.2): listed, never members, and only in a delta.
+    let omitted: BTreeMap<&Digest, u64> = bundle
+        .manifest()
+        .blobs
+        .iter()
+        .filter(|b| !b.carried)
+        .map(|b| (&b.digest, b.size))
+        .collect();
+    for (d, size, what) in needed {
+        match bundle.blob(&d) {
+            None if in_missing_volume(bundle, &d) => {}
+            // Checked when loading: on the node or in a base bundle.
+            None if size.is_some() && omitted.get(&d) == size.as_ref() => {}
+            None if omitted.contains_key(&d) => found.add(
+                None,
+                Some(d.clone()),
+                format!(
+                    "{what} declares {} bytes for {d}, pinbundle.json says {}",
+                    size.unwrap_or(0),
+                    omitted.get(&d).copied().unwrap_or(0)
                 ),
-                Some(m) if Some(m.size) != size => problem(
-                    Some(d.layout_path()),
-                    Some(d.clone()),
-                    format!(
-                        "{what} declares {} bytes, the bundle has {}",
-                        size.unwrap_or(0),
-                        m.size
-                    ),
+            ),
+            None => found.add(
+                Some(d.layout_path()),
+                Some(d.clone()),
+                format!("{what} references a blob missing from the bundle"),
+            ),
+            Some(m) if Some(m.size) != size => found.add(
+                Some(d.layout_path()),
+                Some(d.clone()),
+                format!(
+                    "{what} declares {} bytes, the bundle has {}",
+                    size.unwrap_or(0),
+                    m.size
                 ),
-                Some(_) => {}
-            }
+            ),
+            Some(_) => {}
         }
     }
 }
@@ -715,7 +779,8 @@ fn check_structure(
 /// Checks that every size `pinbundle.json` sums up (each image's, the totals) is the sum it
 /// claims, with checked arithmetic: whoever adds these numbers later (the space check,
 /// `inspect`, `diff`) can trust they neither lie nor wrap around.
-fn check_totals(manifest: &BundleManifest, problems: &mut Vec<Problem>) {
+fn check_totals(manifest: &BundleManifest) -> Vec<Problem> {
+    let mut problems = Vec::new();
     let mut problem = |digest: Option<Digest>, images: Vec<String>, error: String| {
         problems.push(Problem {
             member: None,
@@ -799,23 +864,12 @@ fn check_totals(manifest: &BundleManifest, problems: &mut Vec<Problem>) {
             "pinbundle.json's omitted totals are not what its blobs marked \"carried\": false add up to".into(),
         );
     }
+    problems
 }
 
 /// The sum of `it`, or `None` when it would wrap around.
 fn checked_sum(mut it: impl Iterator<Item = u64>) -> Option<u64> {
     it.try_fold(0u64, u64::checked_add)
-}
-
-/// `error: caused by: …` flattened to one line, for reports.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// What `inspect` shows: read from the footer, seek index and `pinbundle.json` only.
@@ -887,4 +941,45 @@ pub fn inspect_paths(inputs: &[PathBuf]) -> Result<InspectReport, InspectError> 
         volumes: VolumesReport::of(&b),
         manifest: b.manifest().clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_document_is_unchanged() {
+        let d = Digest::of(b"x");
+        let r = VerifyReport {
+            version: JSON_VERSION,
+            bundle: "b".into(),
+            images: 1,
+            members_checked: 2,
+            bytes_checked: 3,
+            signature: None,
+            volumes: None,
+            base: Some(BaseRef {
+                manifest: d.clone(),
+                created: "t".into(),
+            }),
+            problems: vec![Problem {
+                member: None,
+                digest: Some(d),
+                images: Vec::new(),
+                error: "e".into(),
+            }],
+            opened: true,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"bundle":"b","ok":false,"images":1,"members_checked":2,"bytes_checked":3,"signature":null,"volumes":null,"base":{"manifest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","created":"t"},"problems":[{"member":null,"digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":[],"error":"e"}],"opened":true}"#
+        );
+        let mut r = r;
+        r.base = None;
+        r.problems.clear();
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"bundle":"b","ok":true,"images":1,"members_checked":2,"bytes_checked":3,"signature":null,"volumes":null,"problems":[],"opened":true}"#
+        );
+    }
 }

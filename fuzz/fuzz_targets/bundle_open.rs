@@ -12,6 +12,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(b) = Bundle::open(f.path())
         && let Ok(set) = BundleSet::single(b)
     {
-        let _ = pinbundle::verify::verify_open(&set, 1, &Silent);
+        let opts = pinbundle::verify::VerifyOptions {
+            jobs: 1,
+            trusted_keys: Vec::new(),
+        };
+        let _ = pinbundle::verify::verify_open(&set, &opts, &Silent);
     }
 });

@@ -33,7 +33,7 @@ use pinbundle::bundle::{BundleSet, Compression, SetOptions, Output, WriterOption
 use pinbundle::progress::Silent;
 use pinbundle::reference::Digest;
 use pinbundle::sign::TrustedKey;
-use pinbundle::verify::{VerifyOptions, verify_open_with};
+use pinbundle::verify::{VerifyOptions, verify_open};
 use reserialise::{
     BLOCK, Decoded, Frame, retarget_header, skippable_frame, stored_frame, tar_entry, zstd_frame,
 };
@@ -665,7 +665,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let t = Instant::now();
     let ok = match BundleSet::open(&paths, SetOptions::default()) {
-        Ok(set) => verify_open_with(&set, &opts, &Silent).is_ok_and(|r| r.ok),
+        Ok(set) => verify_open(&set, &opts, &Silent).is_ok_and(|r| r.ok()),
         Err(_) => false,
     };
     assert!(

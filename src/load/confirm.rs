@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::cri::{CriClient, CriError};
+use crate::error::error_chain;
 use crate::reference::PinnedRef;
 
 /// What CRI-O said about one of our images, at the last poll.
@@ -185,17 +186,6 @@ pub async fn confirm(
         timed_out,
         elapsed: start.elapsed(),
     })
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

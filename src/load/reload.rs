@@ -207,7 +207,7 @@ pub fn find_crio(proc_root: &Path) -> Result<Vec<i32>, ReloadError> {
             continue;
         };
         // Processes come and go: an unreadable comm is simply skipped.
-        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm"))
+        if let Ok(comm) = fs_err::read_to_string(entry.path().join("comm"))
             && comm.trim_end_matches('\n') == CRIO_COMM
         {
             pids.push(pid);

@@ -1,5 +1,7 @@
-//! The `load` sequence: verify → drop-in check → plan → delta check → space check → import →
-//! pins → reload → confirm.
+//! The `load` sequence in three phases, each returning a value: **verify** (`Checked`) →
+//! **plan** (`Plan`: drop-in check, tools, platforms, what is present, delta sources, space)
+//! → **apply** (`Applied`: import, pins, reload, confirm). The report is built once from
+//! what they returned.
 //!
 //! Nothing on the node changes before the whole bundle is verified, every image's platform is
 //! known to be carried, every layer a delta omits is known to be in the store or in a `--base`
@@ -10,19 +12,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use anyhow::{Context, Result};
 
+use super::report::{CriResult, ImageResult, ImageStatus, LoadReport, PinsResult};
 use super::space::{SpaceCheck, SpaceReport};
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
-use super::{confirm, pins, reload};
-use crate::bundle::format::{ImageEntry, media};
+use super::{confirm, pins, plan, reload};
+use crate::bundle::format::{BundleManifest, ImageEntry};
 use crate::bundle::{BundleSet, SetOptions};
 use crate::delta;
+use crate::error::error_chain;
 use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::reference::PinnedRef;
-use crate::sign;
 use crate::verify::{self, Problem, SignatureInfo, VerifyOptions};
 
 /// CRI-O's default drop-in for pins, the file MCO also writes.
@@ -60,7 +62,7 @@ pub struct LoadOptions {
     /// Public keys (minisign `.pub` files) trusted to sign bundles, besides those of
     /// `trusted_dir`. When any key is configured, only a bundle signed by one of them loads.
     pub trusted_keys: Vec<PathBuf>,
-    /// A directory whose `*.pub` files are trusted keys ([`sign::DEFAULT_TRUSTED_DIR`]); a
+    /// A directory whose `*.pub` files are trusted keys ([`crate::sign::DEFAULT_TRUSTED_DIR`]); a
     /// missing directory holds none.
     pub trusted_dir: PathBuf,
     /// Bundles that carry layers a delta bundle omits. They need no signature: what is taken
@@ -68,107 +70,62 @@ pub struct LoadOptions {
     pub bases: Vec<PathBuf>,
 }
 
-/// The `--json` document of `load`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LoadReport {
-    pub version: u32,
-    pub bundle: PathBuf,
-    pub dry_run: bool,
-    /// True when every image is in the store, pinned (unless `--no-pin`) and, where the CRI
-    /// was asked, confirmed present and pinned.
-    pub ok: bool,
-    /// What verification found; empty when the bundle is intact (and, with trusted keys,
-    /// signed by one of them).
-    pub problems: Vec<Problem>,
-    /// The bundle's signature, `null` when unsigned.
-    pub signature: Option<SignatureInfo>,
-    pub images: Vec<ImageResult>,
-    pub pins: Option<PinsResult>,
-    pub reload: Option<String>,
-    pub cri: Option<CriResult>,
-    /// For a delta bundle: where the layers it omits come from.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub delta: Option<delta::LoadPlan>,
-    /// The volumes read, when the bundle is a volume set.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub volumes: Option<verify::VolumesReport>,
-    /// What the space check decided from (`null` when nothing was missing to check).
-    pub space: Option<SpaceReport>,
-    /// Why the load failed after it began to import (`ok` is then false and the exit code
-    /// that of an operational error); `null` otherwise.
-    pub error: Option<String>,
-    /// After such a failure: the images this run added and removed again, and anything that
-    /// could not be undone.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rolled_back: Option<storage::RolledBack>,
-    pub warnings: Vec<String>,
-    pub seconds: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageResult {
-    pub reference: String,
-    /// `name@digest`: the storage name given and the pin written.
-    pub pin: String,
-    /// `loaded`, `present` (already there), `would-load` (dry run), `failed`, `not-loaded`,
-    /// `rolled-back` (loaded, then removed again when a later import failed).
-    pub status: &'static str,
-    /// Whether CRI-O reported it pinned (`null` when it was not asked).
-    pub pinned: Option<bool>,
-    pub size: u64,
-    pub uncompressed_size: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PinsResult {
-    pub drop_in: PathBuf,
-    pub changed: bool,
-    pub entries: usize,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CriResult {
-    pub runtime: String,
-    pub version: String,
-    pub confirmed: bool,
-    pub timed_out: bool,
-}
-
 /// Runs `load`. `Err` is an operational failure before anything changed; a failure after
 /// the first import is a report with `error` set, after the images this run added were
-/// removed again (`rolled_back`); a damaged bundle or an unconfirmed pin is a report with
-/// `ok: false`.
+/// removed again (`rolled_back`); a damaged bundle or an unconfirmed pin is a report that is
+/// not [`LoadReport::ok`].
 pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     let started = Instant::now();
+    let mut report = run(opts, reporter)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn run(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     // A trust configuration that cannot be read stops everything: loading without the policy
     // an administrator set up would be worse than not loading.
-    let trusted_keys = sign::read_trusted(&opts.trusted_keys, Some(&opts.trusted_dir))
+    let verify_opts = VerifyOptions::read(opts.jobs, &opts.trusted_keys, Some(&opts.trusted_dir))
         .context("reading the trusted signing keys")?;
-    let mut report = LoadReport {
-        version: 1,
-        bundle: opts.bundle.first().cloned().unwrap_or_default(),
-        dry_run: opts.dry_run,
-        ok: false,
-        problems: Vec::new(),
-        signature: None,
-        images: Vec::new(),
-        pins: None,
-        reload: None,
-        cri: None,
-        delta: None,
-        volumes: None,
-        space: None,
-        error: None,
-        rolled_back: None,
-        warnings: Vec::new(),
-        seconds: 0.0,
+    let checked = check(opts, &verify_opts, reporter)?;
+    let Some(bundle) = checked
+        .bundle
+        .clone()
+        .filter(|_| checked.problems.is_empty())
+    else {
+        return Ok(report(opts, checked, None, None));
     };
+    // The inputs are open and verified: only now wait for another load, whose changes the
+    // checks below must see.
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(lock(&opts.lock, reporter)?)
+    };
+    let plan = make_plan(opts, &bundle, &checked, reporter)?;
+    if opts.dry_run {
+        return Ok(report(opts, checked, Some(plan), None));
+    }
+    let applied = apply(opts, &bundle, &plan, reporter)?;
+    Ok(report(opts, checked, Some(plan), Some(applied)))
+}
+
+/// What the verify phase found. `problems` empty means the bundle is intact (and, with trusted
+/// keys, signed by one of them); `bundle` is `None` when it could not even be opened.
+struct Checked {
+    bundle: Option<Arc<BundleSet>>,
+    problems: Vec<Problem>,
+    signature: Option<SignatureInfo>,
+    volumes: Option<verify::VolumesReport>,
+    images: Vec<ImageResult>,
+}
+
+/// Phase 1: opens and verifies everything (with trusted keys, the signature first) before
+/// anything is touched.
+fn check(
+    opts: &LoadOptions,
+    verify_opts: &VerifyOptions,
+    reporter: &dyn Reporter,
+) -> Result<Checked> {
     let set_opts = SetOptions {
         allow_partial: false,
         find_siblings: true,
@@ -176,345 +133,123 @@ pub fn load(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     let bundle = match BundleSet::open(&opts.bundle, set_opts) {
         Ok(b) => Arc::new(b),
         Err(e @ crate::bundle::Error::Io { .. }) => return Err(e.into()),
+        // Damage found while opening: a finding like any other.
         Err(e) => {
-            // Damage found while opening: a finding like any other.
-            report.problems.push(Problem {
-                member: None,
-                digest: None,
+            return Ok(Checked {
+                bundle: None,
+                problems: vec![Problem {
+                    member: None,
+                    digest: None,
+                    images: Vec::new(),
+                    error: error_chain(&e),
+                }],
+                signature: None,
+                volumes: None,
                 images: Vec::new(),
-                error: verify::error_chain(&e),
             });
-            return Ok(report);
         }
     };
-    let manifest = bundle.manifest().clone();
-    report.volumes = verify::VolumesReport::of(&bundle);
-    report.images = manifest.images.iter().map(image_result).collect();
-
-    // 1. Verify everything (with trusted keys, the signature first) before touching anything.
+    let volumes = verify::VolumesReport::of(&bundle);
+    let images = bundle.manifest().images.iter().map(image_result).collect();
     reporter.message(&format!("verifying {}", bundle.path().display()));
-    let verified = verify::verify_open_with(
-        &bundle,
-        &VerifyOptions {
-            jobs: opts.jobs,
-            trusted_keys,
-        },
-        reporter,
-    )?;
-    report.signature = verified.signature.clone();
-    if !verified.ok {
-        report.problems = verified.problems;
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-    // The inputs are open and verified: only now wait for another load, whose changes the
-    // checks below must see.
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(lock(&opts.lock)?)
-    };
+    let verified = verify::verify_open(&bundle, verify_opts, reporter)?;
+    Ok(Checked {
+        bundle: Some(bundle),
+        problems: verified.problems,
+        signature: verified.signature,
+        volumes,
+        images,
+    })
+}
 
-    // 2. The drop-in dir must be one CRI-O can reload and our file one we can merge into:
-    //    refuse now, before anything is looked up or imported, rather than after.
+/// What the plan phase decided; nothing on the node has changed yet.
+struct Plan {
+    /// The pins, one per image, in the manifest's order.
+    refs: Vec<PinnedRef>,
+    /// Indexes (into the manifest's images) of the images to import.
+    missing: Vec<usize>,
+    /// Each image's status before importing.
+    statuses: Vec<ImageStatus>,
+    /// The `--base` bundles that serve a delta's omitted layers.
+    bases: Vec<Arc<BundleSet>>,
+    delta: Option<delta::LoadPlan>,
+    space: SpaceReport,
+    warnings: Vec<String>,
+}
+
+/// Phase 2: checks the drop-in, the tools and platforms, finds what is present, where a
+/// delta's omitted layers come from, and whether the rest fits.
+fn make_plan(
+    opts: &LoadOptions,
+    bundle: &Arc<BundleSet>,
+    checked: &Checked,
+    reporter: &dyn Reporter,
+) -> Result<Plan> {
+    let manifest = bundle.manifest();
+    // The drop-in dir must be one CRI-O can reload and our file one we can merge into:
+    // refuse now, before anything is looked up or imported, rather than after.
     let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
     if !opts.no_pin {
         pins::scan_dir(&opts.drop_in)?.check()?;
         pins::check_update(&opts.drop_in, &refs)?;
     }
-
-    // 3. Plan: tools, platforms, what is already present.
     opts.skopeo
         .version()
         .context("`load` imports with skopeo (Debian/RHEL package `skopeo`)")?;
     let platform = opts.platform.clone().unwrap_or_else(storage::host_platform);
-    for img in &manifest.images {
-        if media::is_index(&img.media_type)
-            && !img.platforms.iter().any(|p| {
-                p.os == platform.os
-                    && p.architecture == platform.architecture
-                    && (platform.variant.is_none() || platform.variant == p.variant)
-            })
-        {
-            let carried: Vec<String> = img
-                .platforms
-                .iter()
-                .map(|p| format!("{}/{}", p.os, p.architecture))
-                .collect();
-            bail!(
-                "{} carries no {platform} image (it has {}); re-create the bundle with `--platform {platform}` or pass `--platform`",
-                img.reference,
-                carried.join(", ")
-            );
-        }
-    }
-    let mut missing: Vec<usize> = Vec::new();
-    for (i, img) in manifest.images.iter().enumerate() {
-        let pin = pin_of(img);
-        let present = opts
-            .store
-            .record_named(&pin)
-            .with_context(|| format!("reading the store for {pin}"))?
-            .is_some_and(|r| {
-                img.tag.is_none()
-                    || r.names
-                        .iter()
-                        .any(|n| *n == format!("{}:{}", img.name, img.tag.as_deref().unwrap_or("")))
-            });
-        if present {
-            report.images[i].status = "present";
-        } else {
-            report.images[i].status = if opts.dry_run {
-                "would-load"
-            } else {
-                "not-loaded"
-            };
-            missing.push(i);
-        }
-    }
+    plan::check_platforms(manifest, &platform)?;
+    let records = refs
+        .iter()
+        .map(|pin| {
+            opts.store
+                .record_named(pin)
+                .with_context(|| format!("reading the store for {pin}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (statuses, missing) = plan::missing(manifest, &records, opts.dry_run);
 
-    // 4. A delta: every layer it omits must already be in the store or in a `--base` bundle.
-    let bases = plan_delta(opts, &manifest, &missing, &mut report)?;
-    let reused = report
-        .delta
+    // A delta: every layer it omits must already be in the store or in a `--base` bundle.
+    let mut warnings = Vec::new();
+    let (bases, delta) = plan_delta(opts, manifest, &missing, &mut warnings)?;
+    let reused = delta
         .as_ref()
         .map(delta::LoadPlan::reused)
         .unwrap_or_default();
 
-    // 5. Space, from the signed sizes or, for a bundle no trusted key signed, measured ones.
-    let mut sources: Vec<&BundleSet> = vec![&bundle];
+    // Space, from the signed sizes or, for a bundle no trusted key signed, measured ones.
+    let mut sources: Vec<&BundleSet> = vec![bundle];
     sources.extend(bases.iter().map(|b| &**b));
     let space = SpaceCheck {
         store: &opts.store,
         tmpdir: opts.tmpdir.as_deref(),
         sources,
-        trusted: verified
+        trusted: checked
             .signature
             .as_ref()
             .is_some_and(|s| s.verified_by.is_some()),
         jobs: opts.jobs,
     }
-    .run(&manifest, &missing, &reused, reporter)?;
-    report.space = Some(space);
-    if opts.dry_run {
-        report.ok = true;
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-
-    // 6. Import through a registry on loopback serving the bundle as it is (and a delta's
-    //    omitted layers from its bases); 7. pins, for images now present. From the first
-    //    import until the drop-in is written, a failure removes again what this run added.
-    let before = if missing.is_empty() {
-        Vec::new()
-    } else {
-        opts.store
-            .images()
-            .context("reading the store's image list before importing")?
-    };
-    let changed = match import_and_pin(
-        opts,
-        &bundle,
+    .run(manifest, &missing, &reused, reporter)?;
+    Ok(Plan {
+        refs,
+        missing,
+        statuses,
         bases,
-        &manifest,
-        &missing,
-        &refs,
-        &mut report,
-        reporter,
-    ) {
-        Ok(changed) => changed,
-        Err(e) if missing.is_empty() => return Err(e),
-        Err(e) => {
-            // The report says what failed and what was undone; the caller exits as for an
-            // operational error.
-            reporter.message("the load failed: removing the images it added");
-            let undone = storage::roll_back(&opts.store, &opts.skopeo, &before);
-            for img in report.images.iter_mut().filter(|i| i.status == "loaded") {
-                if undone.removed.iter().any(|r| r.names.contains(&img.pin)) {
-                    img.status = "rolled-back";
-                }
-            }
-            report.rolled_back = Some(undone);
-            report.error = Some(verify::error_chain(e.as_ref()));
-            report.seconds = started.elapsed().as_secs_f64();
-            return Ok(report);
-        }
-    };
-    if opts.no_pin {
-        report.ok = true;
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(report);
-    }
-
-    // 8. Reload, only when the pins changed.
-    if changed {
-        match reload::reload(opts.reload, &opts.reload_env) {
-            Ok(reload::ReloadOutcome::Systemd) => {
-                report.reload = Some("systemctl reload crio".into())
-            }
-            Ok(reload::ReloadOutcome::Signalled { pid }) => {
-                report.reload = Some(format!("SIGHUP to crio (pid {pid})"))
-            }
-            Ok(reload::ReloadOutcome::Skipped { command }) => {
-                report.warnings.push(format!(
-                    "CRI-O was not reloaded; run `{command}` to apply the pins"
-                ));
-                report.reload = Some(format!("skipped: run `{command}`"));
-            }
-            Err(e) => report.warnings.push(format!(
-                "pins written to `{}` but CRI-O could not be reloaded: {}",
-                opts.drop_in.display(),
-                verify::error_chain(&e)
-            )),
-        }
-    }
-
-    // 9. Confirm over the CRI.
-    let mut confirmed = true;
-    if opts.cri_socket.exists() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let result = runtime.block_on(confirm::confirm(
-            &opts.cri_socket,
-            &refs,
-            opts.confirm_timeout,
-            Duration::from_millis(250),
-        ));
-        match result {
-            Ok(c) => {
-                if let Some(advice) = c.version_advice() {
-                    report.warnings.push(advice);
-                }
-                for (i, f) in c.images.iter().enumerate() {
-                    report.images[i].pinned = Some(f.pinned);
-                    if !f.present {
-                        report.images[i].error = Some("CRI-O does not see this image".into());
-                    }
-                }
-                confirmed = c.is_ok();
-                report.cri = Some(CriResult {
-                    runtime: c.runtime_name.clone(),
-                    version: c.runtime_version.clone(),
-                    confirmed,
-                    timed_out: c.timed_out,
-                });
-            }
-            Err(e) => {
-                confirmed = false;
-                report.warnings.push(format!(
-                    "could not ask CRI-O at `{}` to confirm: {}",
-                    opts.cri_socket.display(),
-                    verify::error_chain(&e)
-                ));
-            }
-        }
-    } else {
-        report.warnings.push(format!(
-            "no CRI socket at `{}`: pins written but not confirmed",
-            opts.cri_socket.display()
-        ));
-    }
-    report.ok = confirmed;
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
-}
-
-/// Steps 6 and 7 of [`load`]: imports the images `missing` and writes the pins (unless
-/// `--no-pin`). Returns whether the drop-in changed.
-#[allow(clippy::too_many_arguments)]
-fn import_and_pin(
-    opts: &LoadOptions,
-    bundle: &Arc<BundleSet>,
-    bases: Vec<Arc<BundleSet>>,
-    manifest: &crate::bundle::format::BundleManifest,
-    missing: &[usize],
-    refs: &[PinnedRef],
-    report: &mut LoadReport,
-    reporter: &dyn Reporter,
-) -> Result<bool> {
-    if !missing.is_empty() {
-        use crate::registry::server::{BundleServer, serve_in_thread};
-        let server = serve_in_thread(
-            BundleServer::new(bundle.clone()).with_bases(bases),
-            BundleServer::LOOPBACK_EPHEMERAL,
-        )
-        .context("starting the loopback registry that serves the bundle")?;
-        let import_opts = ImportOptions {
-            skopeo: opts.skopeo.clone(),
-            platform: opts.platform.clone(),
-            policy: None,
-            tmpdir: opts.tmpdir.clone(),
-        };
-        let total = missing
-            .iter()
-            .map(|&i| manifest.images[i].size)
-            .fold(0u64, u64::saturating_add);
-        reporter.start(&format!("importing {} images", missing.len()), total);
-        for &i in missing {
-            let img = &manifest.images[i];
-            match storage::import(server.addr(), img, &opts.store, &import_opts) {
-                Ok(ImportOutcome::AlreadyPresent) => report.images[i].status = "present",
-                Ok(ImportOutcome::Imported { .. }) => report.images[i].status = "loaded",
-                Err(e) => {
-                    report.images[i].status = "failed";
-                    report.images[i].error = Some(verify::error_chain(&e));
-                    reporter.finish();
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "importing {} into containers-storage failed; the drop-in was not changed",
-                        img.reference
-                    )));
-                }
-            }
-            reporter.advance(img.size);
-        }
-        reporter.finish();
-    }
-    if let Some(out) = &opts.pinned_image_set_out {
-        let name = pinned_image_set_name(bundle);
-        let yaml = pins::pinned_image_set_manifest(&name, "worker", refs)?;
-        fs_err::write(out, yaml)?;
-    }
-    if opts.no_pin {
-        return Ok(false);
-    }
-    let mco = pins::detect_mco(&opts.root);
-    if !mco.is_empty() {
-        report.warnings.push(pins::mco_warning(&opts.drop_in, &mco));
-    }
-    // Checked again: the files may have changed meanwhile.
-    let scan = pins::scan_dir(&opts.drop_in)?;
-    scan.check()?;
-    for f in &scan.overriding {
-        report.warnings.push(format!(
-            "`{}` is read after `{}` and also sets pinned_images: CRI-O uses its list, not ours",
-            f.display(),
-            opts.drop_in.display()
-        ));
-    }
-    let merged = pins::update(&opts.drop_in, refs)?;
-    report
-        .warnings
-        .extend(merged.warnings.iter().map(|w| w.to_string()));
-    let changed = merged.content.is_some();
-    report.pins = Some(PinsResult {
-        drop_in: opts.drop_in.clone(),
-        changed,
-        entries: merged.entries.len(),
-    });
-    Ok(changed)
+        delta,
+        space,
+        warnings,
+    })
 }
 
 /// Opens the `--base` bundles and, for a delta, finds where each layer it omits comes from
-/// for the images to import (`report.delta`); refuses when some are nowhere. Returns the
-/// bases for the server.
+/// for the images to import; refuses when some are nowhere. Returns the bases for the server
+/// (none when the bundle is not a delta) and the plan.
 fn plan_delta(
     opts: &LoadOptions,
-    manifest: &crate::bundle::format::BundleManifest,
+    manifest: &BundleManifest,
     missing: &[usize],
-    report: &mut LoadReport,
-) -> Result<Vec<Arc<BundleSet>>> {
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<Arc<BundleSet>>, Option<delta::LoadPlan>)> {
     let mut bases = Vec::new();
     for p in &opts.bases {
         let base =
@@ -523,18 +258,297 @@ fn plan_delta(
     }
     if manifest.base.is_none() {
         if !bases.is_empty() {
-            report
-                .warnings
-                .push("the bundle is not a delta: `--base` was not needed".into());
+            warnings.push("the bundle is not a delta: `--base` was not needed".into());
         }
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let in_store = opts
         .store
         .layer_digests()
         .context("reading the store's layers")?;
-    report.delta = Some(delta::plan_load(manifest, missing, &bases, &in_store)?);
-    Ok(bases)
+    let plan = delta::plan_load(manifest, missing, &bases, &in_store)?;
+    Ok((bases, Some(plan)))
+}
+
+/// What the apply phase did.
+#[derive(Default)]
+struct Applied {
+    images: Vec<ImageResult>,
+    pins: Option<PinsResult>,
+    reload: Option<String>,
+    cri: Option<CriResult>,
+    cri_unreachable: bool,
+    error: Option<String>,
+    rolled_back: Option<storage::RolledBack>,
+    warnings: Vec<String>,
+}
+
+/// Phase 3: imports through a registry on loopback serving the bundle as it is (and a delta's
+/// omitted layers from its bases), writes the pins for images now present, reloads CRI-O
+/// and asks it to confirm. From the first import until the drop-in is written, a failure
+/// removes again what this run added.
+fn apply(
+    opts: &LoadOptions,
+    bundle: &Arc<BundleSet>,
+    plan: &Plan,
+    reporter: &dyn Reporter,
+) -> Result<Applied> {
+    let mut applied = Applied {
+        images: with_statuses(&bundle.manifest().images, &plan.statuses),
+        ..Applied::default()
+    };
+    let before = if plan.missing.is_empty() {
+        Vec::new()
+    } else {
+        opts.store
+            .images()
+            .context("reading the store's image list before importing")?
+    };
+    let changed = match import_and_pin(opts, bundle, plan, &mut applied, reporter) {
+        Ok(changed) => changed,
+        Err(e) if plan.missing.is_empty() => return Err(e),
+        Err(e) => {
+            // The report says what failed and what was undone; the caller exits as for an
+            // operational error.
+            reporter.message("the load failed: removing the images it added");
+            let undone = storage::roll_back(&opts.store, &opts.skopeo, &before);
+            for img in applied
+                .images
+                .iter_mut()
+                .filter(|i| i.status == ImageStatus::Loaded)
+            {
+                if undone.removed.iter().any(|r| r.names.contains(&img.pin)) {
+                    img.status = ImageStatus::RolledBack;
+                }
+            }
+            applied.rolled_back = Some(undone);
+            applied.error = Some(error_chain(e.as_ref()));
+            return Ok(applied);
+        }
+    };
+    if opts.no_pin {
+        return Ok(applied);
+    }
+    // Reload only when the pins changed.
+    if changed {
+        reload_crio(opts, &mut applied);
+    }
+    confirm_pins(opts, &plan.refs, &mut applied)?;
+    Ok(applied)
+}
+
+/// Imports the images `plan.missing` and writes the pins (unless `--no-pin`). Returns whether
+/// the drop-in changed.
+fn import_and_pin(
+    opts: &LoadOptions,
+    bundle: &Arc<BundleSet>,
+    plan: &Plan,
+    applied: &mut Applied,
+    reporter: &dyn Reporter,
+) -> Result<bool> {
+    if !plan.missing.is_empty() {
+        import(opts, bundle, plan, applied, reporter)?;
+    }
+    if let Some(out) = &opts.pinned_image_set_out {
+        let name = pinned_image_set_name(bundle);
+        let yaml = pins::pinned_image_set_manifest(&name, "worker", &plan.refs)?;
+        fs_err::write(out, yaml)?;
+    }
+    if opts.no_pin {
+        return Ok(false);
+    }
+    let mco = pins::detect_mco(&opts.root);
+    if !mco.is_empty() {
+        applied
+            .warnings
+            .push(pins::mco_warning(&opts.drop_in, &mco));
+    }
+    // Checked again: the files may have changed meanwhile.
+    let scan = pins::scan_dir(&opts.drop_in)?;
+    scan.check()?;
+    for f in &scan.overriding {
+        applied.warnings.push(format!(
+            "`{}` is read after `{}` and also sets pinned_images: CRI-O uses its list, not ours",
+            f.display(),
+            opts.drop_in.display()
+        ));
+    }
+    let merged = pins::update(&opts.drop_in, &plan.refs)?;
+    applied
+        .warnings
+        .extend(merged.warnings.iter().map(|w| w.to_string()));
+    let changed = merged.content.is_some();
+    applied.pins = Some(PinsResult {
+        drop_in: opts.drop_in.clone(),
+        changed,
+        entries: merged.entries.len(),
+    });
+    Ok(changed)
+}
+
+/// Imports the images `plan.missing`, one at a time, through a loopback registry serving
+/// the bundle (and its bases); stops at the first failure.
+fn import(
+    opts: &LoadOptions,
+    bundle: &Arc<BundleSet>,
+    plan: &Plan,
+    applied: &mut Applied,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    use crate::registry::server::{BundleServer, serve_in_thread};
+    let manifest = bundle.manifest();
+    let server = serve_in_thread(
+        BundleServer::new(bundle.clone()).with_bases(plan.bases.clone()),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .context("starting the loopback registry that serves the bundle")?;
+    let import_opts = ImportOptions {
+        skopeo: opts.skopeo.clone(),
+        platform: opts.platform.clone(),
+        policy: None,
+        tmpdir: opts.tmpdir.clone(),
+    };
+    let total = plan
+        .missing
+        .iter()
+        .map(|&i| manifest.images[i].size)
+        .fold(0u64, u64::saturating_add);
+    reporter.start(&format!("importing {} images", plan.missing.len()), total);
+    for &i in &plan.missing {
+        let img = &manifest.images[i];
+        let result = &mut applied.images[i];
+        match storage::import(server.addr(), img, &opts.store, &import_opts) {
+            Ok(ImportOutcome::AlreadyPresent) => result.status = ImageStatus::Present,
+            Ok(ImportOutcome::Imported { .. }) => result.status = ImageStatus::Loaded,
+            Err(e) => {
+                result.status = ImageStatus::Failed;
+                result.error = Some(error_chain(&e));
+                reporter.finish();
+                return Err(anyhow::Error::new(e).context(format!(
+                    "importing {} into containers-storage failed; the drop-in was not changed",
+                    img.reference
+                )));
+            }
+        }
+        reporter.advance(img.size);
+    }
+    reporter.finish();
+    Ok(())
+}
+
+/// Signals CRI-O to read the new pins; a failure is a warning (the pins are written).
+fn reload_crio(opts: &LoadOptions, applied: &mut Applied) {
+    match reload::reload(opts.reload, &opts.reload_env) {
+        Ok(reload::ReloadOutcome::Systemd) => applied.reload = Some("systemctl reload crio".into()),
+        Ok(reload::ReloadOutcome::Signalled { pid }) => {
+            applied.reload = Some(format!("SIGHUP to crio (pid {pid})"))
+        }
+        Ok(reload::ReloadOutcome::Skipped { command }) => {
+            applied.warnings.push(format!(
+                "CRI-O was not reloaded; run `{command}` to apply the pins"
+            ));
+            applied.reload = Some(format!("skipped: run `{command}`"));
+        }
+        Err(e) => applied.warnings.push(format!(
+            "pins written to `{}` but CRI-O could not be reloaded: {}",
+            opts.drop_in.display(),
+            error_chain(&e)
+        )),
+    }
+}
+
+/// Asks CRI-O over the CRI whether every image is present and pinned.
+fn confirm_pins(opts: &LoadOptions, refs: &[PinnedRef], applied: &mut Applied) -> Result<()> {
+    if !opts.cri_socket.exists() {
+        applied.warnings.push(format!(
+            "no CRI socket at `{}`: pins written but not confirmed",
+            opts.cri_socket.display()
+        ));
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let result = runtime.block_on(confirm::confirm(
+        &opts.cri_socket,
+        refs,
+        opts.confirm_timeout,
+        Duration::from_millis(250),
+    ));
+    match result {
+        Ok(c) => {
+            if let Some(advice) = c.version_advice() {
+                applied.warnings.push(advice);
+            }
+            for (img, f) in applied.images.iter_mut().zip(&c.images) {
+                img.pinned = Some(f.pinned);
+                if !f.present {
+                    img.error = Some("CRI-O does not see this image".into());
+                }
+            }
+            applied.cri = Some(CriResult {
+                runtime: c.runtime_name.clone(),
+                version: c.runtime_version.clone(),
+                confirmed: c.is_ok(),
+                timed_out: c.timed_out,
+            });
+        }
+        Err(e) => {
+            applied.cri_unreachable = true;
+            applied.warnings.push(format!(
+                "could not ask CRI-O at `{}` to confirm: {}",
+                opts.cri_socket.display(),
+                error_chain(&e)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The report, built once from what the phases returned (`plan` and `applied` are `None`
+/// when the load stopped before them). `seconds` is set by [`load`].
+fn report(
+    opts: &LoadOptions,
+    checked: Checked,
+    plan: Option<Plan>,
+    applied: Option<Applied>,
+) -> LoadReport {
+    let mut images = checked.images;
+    let mut warnings = Vec::new();
+    let (mut delta, mut space) = (None, None);
+    if let Some(p) = plan {
+        for (img, status) in images.iter_mut().zip(&p.statuses) {
+            img.status = *status;
+        }
+        warnings.extend(p.warnings);
+        delta = p.delta;
+        space = Some(p.space);
+    }
+    let mut a = applied.unwrap_or_default();
+    if !a.images.is_empty() {
+        images = std::mem::take(&mut a.images);
+    }
+    warnings.append(&mut a.warnings);
+    LoadReport {
+        version: 1,
+        bundle: opts.bundle.first().cloned().unwrap_or_default(),
+        dry_run: opts.dry_run,
+        problems: checked.problems,
+        signature: checked.signature,
+        images,
+        pins: a.pins,
+        reload: a.reload,
+        cri: a.cri,
+        delta,
+        volumes: checked.volumes,
+        space,
+        error: a.error,
+        rolled_back: a.rolled_back,
+        warnings,
+        seconds: 0.0,
+        cri_unreachable: a.cri_unreachable,
+    }
 }
 
 fn pin_of(img: &ImageEntry) -> PinnedRef {
@@ -548,12 +562,24 @@ fn image_result(img: &ImageEntry) -> ImageResult {
     ImageResult {
         reference: img.reference.clone(),
         pin: pin_of(img).to_string(),
-        status: "not-loaded",
+        status: ImageStatus::NotLoaded,
         pinned: None,
         size: img.size,
         uncompressed_size: img.uncompressed_size,
         error: None,
     }
+}
+
+/// The images' results with the plan's statuses.
+fn with_statuses(images: &[ImageEntry], statuses: &[ImageStatus]) -> Vec<ImageResult> {
+    images
+        .iter()
+        .zip(statuses)
+        .map(|(img, &status)| ImageResult {
+            status,
+            ..image_result(img)
+        })
+        .collect()
 }
 
 /// A Kubernetes name for the PinnedImageSet: `pinbundle-` and the first 12 hex digits of the
@@ -564,11 +590,13 @@ fn pinned_image_set_name(bundle: &BundleSet) -> String {
 }
 
 /// Takes the load lock, waiting (and saying so) while another load holds it.
-fn lock(path: &Path) -> Result<std::fs::File> {
+fn lock(path: &Path, reporter: &dyn Reporter) -> Result<std::fs::File> {
     use rustix::fs::{FlockOperation, flock};
     if let Some(dir) = path.parent() {
         fs_err::create_dir_all(dir)?;
     }
+    // std::fs deliberately: the context names the path; fs-err would repeat it.
+    #[allow(clippy::disallowed_methods)]
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -576,10 +604,10 @@ fn lock(path: &Path) -> Result<std::fs::File> {
         .open(path)
         .with_context(|| format!("opening the load lock {}", path.display()))?;
     if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
-        eprintln!(
+        reporter.notice(&format!(
             "pinbundle: another load holds {}; waiting for it",
             path.display()
-        );
+        ));
         flock(&f, FlockOperation::LockExclusive)
             .with_context(|| format!("locking {}", path.display()))?;
     }

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::storage::Store;
 use crate::bundle::BundleSet;
-use crate::bundle::format::{BlobKind, BundleManifest, media};
+use crate::bundle::format::{BlobEntry, BlobKind, BundleManifest, media};
 use crate::layer::{self, Measured};
 use crate::progress::Reporter;
 use crate::reference::Digest;
@@ -116,15 +116,7 @@ impl SpaceCheck<'_> {
         reused: &BTreeSet<Digest>,
         reporter: &dyn Reporter,
     ) -> Result<SpaceReport, SpaceError> {
-        let blobs: BTreeMap<_, _> = manifest.blobs.iter().map(|b| (&b.digest, b)).collect();
-        let needed: Vec<_> = missing
-            .iter()
-            .flat_map(|&i| manifest.images[i].blobs.iter())
-            .filter(|d| !reused.contains(*d))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .filter_map(|d| blobs.get(d).copied())
-            .collect();
+        let needed = needed_blobs(manifest, missing, reused);
         let sizes = if self.trusted {
             Sizes::Declared
         } else {
@@ -139,18 +131,7 @@ impl SpaceCheck<'_> {
                 .collect();
             self.measure(&layers, reporter)?
         };
-        let (mut unpacked, mut staged) = (0u64, 0u64);
-        for b in &needed {
-            let n = match b.kind {
-                BlobKind::Layer => measured
-                    .get(&b.digest)
-                    .copied()
-                    .unwrap_or(b.uncompressed_size.unwrap_or(b.size)),
-                _ => b.size,
-            };
-            staged = staged.checked_add(b.size).ok_or(SpaceError::Overflow)?;
-            unpacked = unpacked.checked_add(n).ok_or(SpaceError::Overflow)?;
-        }
+        let (unpacked, staged) = totals(&needed, &measured)?;
         let mut report = SpaceReport {
             sizes,
             unpacked,
@@ -160,39 +141,9 @@ impl SpaceCheck<'_> {
         if unpacked == 0 {
             return Ok(report);
         }
-        let margin = |n: u64| {
-            n.checked_add(n / 100 * SPACE_MARGIN_PERCENT)
-                .and_then(|n| n.checked_add(SPACE_MARGIN_FIXED))
-                .ok_or(SpaceError::Overflow)
-        };
-        let store_dir = existing_ancestor(&graphroot(self.store));
-        let tmp_dir = existing_ancestor(&big_files_tmpdir(self.tmpdir));
-        let mut per_fs: BTreeMap<u64, FsSpace> = BTreeMap::new();
-        for (dir, need) in [(store_dir, margin(unpacked)?), (tmp_dir, margin(staged)?)] {
-            let st = rustix::fs::statvfs(&dir).map_err(|e| SpaceError::Statvfs {
-                dir: dir.clone(),
-                source: e.into(),
-            })?;
-            let free = st.f_bavail.saturating_mul(st.f_frsize);
-            let e = per_fs.entry(st.f_fsid).or_insert(FsSpace {
-                path: dir,
-                needed: 0,
-                free,
-            });
-            e.needed = e.needed.checked_add(need).ok_or(SpaceError::Overflow)?;
-        }
-        report.filesystems = per_fs.into_values().collect();
-        for fs in &report.filesystems {
-            if fs.needed > fs.free {
-                return Err(SpaceError::NotEnough {
-                    dir: fs.path.clone(),
-                    needed: fs.needed,
-                    unpacked,
-                    staged,
-                    free: fs.free,
-                });
-            }
-        }
+        let store = free_space(existing_ancestor(&graphroot(self.store)))?;
+        let tmp = free_space(existing_ancestor(&big_files_tmpdir(self.tmpdir)))?;
+        report.filesystems = fit(unpacked, staged, store, tmp)?;
         Ok(report)
     }
 
@@ -260,6 +211,95 @@ impl SpaceCheck<'_> {
     }
 }
 
+/// The blobs of the images `missing` to import (each once), leaving out `reused` layers.
+fn needed_blobs<'m>(
+    manifest: &'m BundleManifest,
+    missing: &[usize],
+    reused: &BTreeSet<Digest>,
+) -> Vec<&'m BlobEntry> {
+    let blobs: BTreeMap<_, _> = manifest.blobs.iter().map(|b| (&b.digest, b)).collect();
+    missing
+        .iter()
+        .flat_map(|&i| manifest.images[i].blobs.iter())
+        .filter(|d| !reused.contains(*d))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|d| blobs.get(d).copied())
+        .collect()
+}
+
+/// The unpacked bytes the store needs (a layer's measured size, else its declared one) and
+/// the compressed bytes skopeo stages, for `needed`.
+fn totals(
+    needed: &[&BlobEntry],
+    measured: &BTreeMap<Digest, u64>,
+) -> Result<(u64, u64), SpaceError> {
+    let (mut unpacked, mut staged) = (0u64, 0u64);
+    for b in needed {
+        let n = match b.kind {
+            BlobKind::Layer => measured
+                .get(&b.digest)
+                .copied()
+                .unwrap_or(b.uncompressed_size.unwrap_or(b.size)),
+            _ => b.size,
+        };
+        staged = staged.checked_add(b.size).ok_or(SpaceError::Overflow)?;
+        unpacked = unpacked.checked_add(n).ok_or(SpaceError::Overflow)?;
+    }
+    Ok((unpacked, staged))
+}
+
+/// A filesystem's free space, as `statvfs` says: its id, so two directories on one
+/// filesystem share it.
+struct Free {
+    path: PathBuf,
+    fsid: u64,
+    free: u64,
+}
+
+fn free_space(dir: PathBuf) -> Result<Free, SpaceError> {
+    let st = rustix::fs::statvfs(&dir).map_err(|e| SpaceError::Statvfs {
+        dir: dir.clone(),
+        source: e.into(),
+    })?;
+    Ok(Free {
+        path: dir,
+        fsid: st.f_fsid,
+        free: st.f_bavail.saturating_mul(st.f_frsize),
+    })
+}
+
+/// Decides whether `unpacked` bytes fit in the store's filesystem and `staged` in the temp
+/// dir's (both, with a margin, when they are one): what each filesystem needs and has, or
+/// [`SpaceError::NotEnough`] for the first that is short.
+fn fit(unpacked: u64, staged: u64, store: Free, tmp: Free) -> Result<Vec<FsSpace>, SpaceError> {
+    let margin = |n: u64| {
+        n.checked_add(n / 100 * SPACE_MARGIN_PERCENT)
+            .and_then(|n| n.checked_add(SPACE_MARGIN_FIXED))
+            .ok_or(SpaceError::Overflow)
+    };
+    let mut per_fs: BTreeMap<u64, FsSpace> = BTreeMap::new();
+    for (fs, need) in [(store, margin(unpacked)?), (tmp, margin(staged)?)] {
+        let e = per_fs.entry(fs.fsid).or_insert(FsSpace {
+            path: fs.path,
+            needed: 0,
+            free: fs.free,
+        });
+        e.needed = e.needed.checked_add(need).ok_or(SpaceError::Overflow)?;
+    }
+    let filesystems: Vec<FsSpace> = per_fs.into_values().collect();
+    if let Some(fs) = filesystems.iter().find(|fs| fs.needed > fs.free) {
+        return Err(SpaceError::NotEnough {
+            dir: fs.path.clone(),
+            needed: fs.needed,
+            unpacked,
+            staged,
+            free: fs.free,
+        });
+    }
+    Ok(filesystems)
+}
+
 /// The graph root skopeo will write to; the default when storage.conf cannot be read (the
 /// import then fails with that error, which names the file).
 fn graphroot(store: &Store) -> PathBuf {
@@ -290,4 +330,114 @@ fn existing_ancestor(p: &Path) -> PathBuf {
         }
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::format::{ImageEntry, LayoutDigests, Totals};
+
+    fn blob(data: &[u8], kind: BlobKind, unpacked: Option<u64>) -> BlobEntry {
+        BlobEntry {
+            digest: Digest::of(data),
+            size: data.len() as u64,
+            media_type: media::OCI_LAYER_GZIP.into(),
+            kind,
+            uncompressed_size: unpacked,
+            carried: true,
+        }
+    }
+
+    fn manifest(images: Vec<Vec<Digest>>, blobs: Vec<BlobEntry>) -> BundleManifest {
+        BundleManifest {
+            format: crate::bundle::format::FORMAT_NAME.into(),
+            format_version: crate::bundle::format::FORMAT_VERSION,
+            creator: "t".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            base: None,
+            layout: LayoutDigests {
+                oci_layout: Digest::of(b""),
+                index_json: Digest::of(b""),
+            },
+            images: images
+                .into_iter()
+                .enumerate()
+                .map(|(i, blobs)| ImageEntry {
+                    reference: format!("q.io/a:{i}"),
+                    name: "q.io/a".into(),
+                    tag: Some(i.to_string()),
+                    digest: Digest::of(i.to_string().as_bytes()),
+                    media_type: media::OCI_MANIFEST.into(),
+                    platforms: Vec::new(),
+                    blobs,
+                    size: 0,
+                    uncompressed_size: 0,
+                })
+                .collect(),
+            blobs,
+            totals: Totals {
+                images: 0,
+                blobs: 0,
+                size: 0,
+                uncompressed_size: 0,
+                omitted_blobs: None,
+                omitted_size: None,
+            },
+        }
+    }
+
+    #[test]
+    fn needed_counts_shared_blobs_once_and_skips_reused_layers() {
+        let (a, b, c) = (
+            blob(b"aaaa", BlobKind::Layer, Some(40)),
+            blob(b"bb", BlobKind::Layer, Some(20)),
+            blob(b"c", BlobKind::Config, None),
+        );
+        let m = manifest(
+            vec![
+                vec![a.digest.clone(), c.digest.clone()],
+                vec![a.digest.clone(), b.digest.clone()],
+            ],
+            vec![a.clone(), b.clone(), c.clone()],
+        );
+        let needed = needed_blobs(&m, &[0, 1], &BTreeSet::new());
+        assert_eq!(needed.len(), 3);
+        assert_eq!(totals(&needed, &BTreeMap::new()).unwrap(), (61, 7));
+        // A measured size wins over the declared one.
+        let measured = [(a.digest.clone(), 50)].into();
+        assert_eq!(totals(&needed, &measured).unwrap(), (71, 7));
+        let reused = [a.digest.clone()].into();
+        let needed = needed_blobs(&m, &[1], &reused);
+        assert_eq!(totals(&needed, &BTreeMap::new()).unwrap(), (20, 2));
+        assert!(needed_blobs(&m, &[], &BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn fit_adds_up_one_filesystem_and_names_the_short_one() {
+        let fs = |fsid, free| Free {
+            path: PathBuf::from(format!("/fs{fsid}")),
+            fsid,
+            free,
+        };
+        let need = |n: u64| n + n / 100 * SPACE_MARGIN_PERCENT + SPACE_MARGIN_FIXED;
+        // Two filesystems: each needs its own share.
+        let two = fit(1000, 100, fs(1, u64::MAX), fs(2, u64::MAX)).unwrap();
+        assert_eq!(
+            two.iter().map(|f| f.needed).collect::<Vec<_>>(),
+            [need(1000), need(100)]
+        );
+        // One: both shares, on it.
+        let one = fit(1000, 100, fs(1, u64::MAX), fs(1, u64::MAX)).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].needed, need(1000) + need(100));
+        let err = fit(1000, 100, fs(1, need(1000)), fs(2, need(100) - 1)).unwrap_err();
+        let SpaceError::NotEnough { dir, .. } = err else {
+            panic!("{err}")
+        };
+        assert_eq!(dir, PathBuf::from("/fs2"));
+        assert!(matches!(
+            fit(u64::MAX, 0, fs(1, u64::MAX), fs(2, u64::MAX)),
+            Err(SpaceError::Overflow)
+        ));
+    }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bundle::format::{ImageEntry, PlatformEntry, media};
+use crate::bundle::format::{ImageEntry, media};
 use crate::platform::Platform;
 use crate::reference::{Digest, PinnedRef};
 use crate::registry::server::served_name;
@@ -596,13 +596,6 @@ pub fn host_platform() -> Platform {
     }
 }
 
-/// Whether a carried platform is `wanted` (no variant in `wanted` accepts any variant).
-fn platform_matches(wanted: &Platform, p: &PlatformEntry) -> bool {
-    wanted.os == p.os
-        && wanted.architecture == p.architecture
-        && (wanted.variant.is_none() || wanted.variant == p.variant)
-}
-
 /// Options of [`import`].
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
@@ -723,17 +716,14 @@ fn accepted_digests(
     let found: Vec<Digest> = image
         .platforms
         .iter()
-        .filter(|p| platform_matches(&wanted, p))
+        .filter(|p| wanted.matches_entry(p))
         .map(|p| p.digest.clone())
         .collect();
     if found.is_empty() {
         let available = image
             .platforms
             .iter()
-            .map(|p| match &p.variant {
-                Some(v) => format!("{}/{}/{v}", p.os, p.architecture),
-                None => format!("{}/{}", p.os, p.architecture),
-            })
+            .map(|p| Platform::from(p).to_string())
             .collect::<Vec<_>>()
             .join(", ");
         return Err(StorageError::PlatformMissing {

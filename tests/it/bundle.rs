@@ -82,8 +82,16 @@ fn write_bundle(path: &Path, blobs: &[Blob], frame_size: usize) {
 }
 
 fn verify_ok(path: &Path) -> bool {
-    match pinbundle::verify::verify(path, 2, &Silent) {
-        Ok(r) => r.ok,
+    let set_opts = pinbundle::bundle::SetOptions {
+        allow_partial: false,
+        find_siblings: true,
+    };
+    let opts = pinbundle::verify::VerifyOptions {
+        jobs: 2,
+        trusted_keys: Vec::new(),
+    };
+    match pinbundle::verify::verify_paths(&[path.to_path_buf()], set_opts, &opts, &Silent) {
+        Ok(r) => r.ok(),
         Err(_) => false,
     }
 }

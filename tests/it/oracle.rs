@@ -277,7 +277,7 @@ fn stock_tools_see_exactly_the_members_of_random_bundles_and_sets() {
             &pinbundle::verify::VerifyOptions { jobs: 1, ..Default::default() },
             &pinbundle::progress::Silent,
         ).unwrap();
-        prop_assert!(report.ok, "pinbundle refuses its own output: {:?}", report.problems);
+        prop_assert!(report.ok(), "pinbundle refuses its own output: {:?}", report.problems);
         let r = check(&files);
         prop_assert!(r.is_ok(), "{} files: {}", files.len(), r.unwrap_err());
     });

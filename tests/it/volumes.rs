@@ -120,7 +120,7 @@ fn volumes_respect_their_size_and_rejoin_every_blob() {
                 &pinbundle::progress::Silent,
             )
             .unwrap();
-            assert!(r.ok, "{}: {:?}", p.display(), r.problems);
+            assert!(r.ok(), "{}: {:?}", p.display(), r.problems);
         }
         assert!(split >= 3, "only {split} parts");
         // Together, in reverse order, every blob reads back whole.
@@ -453,7 +453,7 @@ fn set_ok(paths: &[PathBuf]) -> bool {
         &Default::default(),
         &pinbundle::progress::Silent,
     );
-    matches!(r, Ok(r) if r.ok)
+    matches!(r, Ok(r) if r.ok())
 }
 
 #[test]

@@ -1,0 +1,173 @@
+//! The decisions of `load`'s plan phase, kept pure so they can be tested without a store, a
+//! registry or CRI-O: which images the bundle can serve for this platform, which are already
+//! in the store and which must be imported. The facts they decide from (the store's records,
+//! its layers, free space) are gathered by [`super::run`].
+
+use anyhow::{Result, bail};
+
+use super::report::ImageStatus;
+use super::storage::ImageRecord;
+use crate::bundle::format::{BundleManifest, ImageEntry, media};
+use crate::platform::Platform;
+
+/// Refuses when an image is an index that carries no manifest for `platform` (a variant is
+/// only compared when `platform` names one).
+pub fn check_platforms(manifest: &BundleManifest, platform: &Platform) -> Result<()> {
+    for img in &manifest.images {
+        if media::is_index(&img.media_type)
+            && !img.platforms.iter().any(|p| platform.matches_entry(p))
+        {
+            let carried: Vec<String> = img
+                .platforms
+                .iter()
+                .map(|p| crate::platform::shown(&p.os, &p.architecture, None).to_string())
+                .collect();
+            bail!(
+                "{} carries no {platform} image (it has {}); re-create the bundle with `--platform {platform}` or pass `--platform`",
+                img.reference,
+                carried.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether `record` (the store's image named `name@digest`, if any) is `img` as the bundle
+/// would leave it: with a tag, the store must also carry the `name:tag` name.
+pub fn is_present(img: &ImageEntry, record: Option<&ImageRecord>) -> bool {
+    record.is_some_and(|r| match &img.tag {
+        None => true,
+        Some(tag) => r.names.iter().any(|n| *n == format!("{}:{tag}", img.name)),
+    })
+}
+
+/// Which images are to be imported: each image's status before importing (`present`, else
+/// `would-load` in a dry run or `not-loaded`), and the indexes of those not present.
+/// `records[i]` is the store's record for image `i`.
+pub fn missing(
+    manifest: &BundleManifest,
+    records: &[Option<ImageRecord>],
+    dry_run: bool,
+) -> (Vec<ImageStatus>, Vec<usize>) {
+    let mut statuses = Vec::with_capacity(manifest.images.len());
+    let mut missing = Vec::new();
+    for (i, (img, record)) in manifest.images.iter().zip(records).enumerate() {
+        if is_present(img, record.as_ref()) {
+            statuses.push(ImageStatus::Present);
+        } else {
+            statuses.push(if dry_run {
+                ImageStatus::WouldLoad
+            } else {
+                ImageStatus::NotLoaded
+            });
+            missing.push(i);
+        }
+    }
+    (statuses, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::format::{LayoutDigests, PlatformEntry, Totals};
+    use crate::reference::Digest;
+
+    fn image(name: &str, tag: Option<&str>, media_type: &str) -> ImageEntry {
+        ImageEntry {
+            reference: format!("{name}:{}", tag.unwrap_or("x")),
+            name: name.into(),
+            tag: tag.map(str::to_string),
+            digest: Digest::of(name.as_bytes()),
+            media_type: media_type.into(),
+            platforms: Vec::new(),
+            blobs: Vec::new(),
+            size: 0,
+            uncompressed_size: 0,
+        }
+    }
+
+    fn manifest(images: Vec<ImageEntry>) -> BundleManifest {
+        BundleManifest {
+            format: crate::bundle::format::FORMAT_NAME.into(),
+            format_version: crate::bundle::format::FORMAT_VERSION,
+            creator: "t".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            base: None,
+            layout: LayoutDigests {
+                oci_layout: Digest::of(b""),
+                index_json: Digest::of(b""),
+            },
+            images,
+            blobs: Vec::new(),
+            totals: Totals {
+                images: 0,
+                blobs: 0,
+                size: 0,
+                uncompressed_size: 0,
+                omitted_blobs: None,
+                omitted_size: None,
+            },
+        }
+    }
+
+    fn record(names: &[&str]) -> Option<ImageRecord> {
+        Some(ImageRecord {
+            id: "0".into(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            digests: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn present_needs_the_tag_name_too() {
+        let img = image("q.io/a", Some("v1"), media::OCI_MANIFEST);
+        let pin = format!("q.io/a@{}", img.digest);
+        assert!(!is_present(&img, None));
+        assert!(!is_present(&img, record(&[&pin]).as_ref()));
+        assert!(is_present(&img, record(&[&pin, "q.io/a:v1"]).as_ref()));
+        let untagged = image("q.io/b", None, media::OCI_MANIFEST);
+        assert!(is_present(&untagged, record(&[]).as_ref()));
+    }
+
+    #[test]
+    fn missing_images_and_their_statuses() {
+        let m = manifest(vec![
+            image("q.io/a", Some("v1"), media::OCI_MANIFEST),
+            image("q.io/b", None, media::OCI_MANIFEST),
+        ]);
+        let records = [None, record(&[])];
+        let (statuses, missing) = super::missing(&m, &records, false);
+        assert_eq!(statuses, [ImageStatus::NotLoaded, ImageStatus::Present]);
+        assert_eq!(missing, [0]);
+        let (statuses, _) = super::missing(&m, &records, true);
+        assert_eq!(statuses[0], ImageStatus::WouldLoad);
+    }
+
+    #[test]
+    fn an_index_must_carry_the_platform() {
+        let mut img = image("q.io/a", Some("v1"), media::OCI_INDEX);
+        img.platforms.push(PlatformEntry {
+            os: "linux".into(),
+            architecture: "arm64".into(),
+            variant: Some("v8".into()),
+            digest: Digest::of(b"m"),
+            media_type: media::OCI_MANIFEST.into(),
+            config: Digest::of(b"c"),
+            layers: Vec::new(),
+        });
+        let m = manifest(vec![img]);
+        let p = |s: &str| s.parse::<Platform>().unwrap();
+        assert!(check_platforms(&m, &p("linux/arm64")).is_ok());
+        assert!(check_platforms(&m, &p("linux/arm64/v8")).is_ok());
+        let err = check_platforms(&m, &p("linux/amd64"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("carries no linux/amd64 image (it has linux/arm64)"),
+            "{err}"
+        );
+        // A single-platform image is not checked here: skopeo takes what it is.
+        let m = manifest(vec![image("q.io/b", None, media::OCI_MANIFEST)]);
+        assert!(check_platforms(&m, &p("linux/amd64")).is_ok());
+    }
+}

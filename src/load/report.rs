@@ -1,0 +1,298 @@
+//! What `load` reports (`load --json`), built once from what its phases returned.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
+
+use super::space::SpaceReport;
+use super::storage;
+use crate::delta;
+use crate::verify::{self, Problem, SignatureInfo};
+
+/// The `--json` document of `load`.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub version: u32,
+    pub bundle: PathBuf,
+    pub dry_run: bool,
+    /// What verification found; empty when the bundle is intact (and, with trusted keys,
+    /// signed by one of them).
+    pub problems: Vec<Problem>,
+    /// The bundle's signature, `null` when unsigned.
+    pub signature: Option<SignatureInfo>,
+    pub images: Vec<ImageResult>,
+    pub pins: Option<PinsResult>,
+    pub reload: Option<String>,
+    pub cri: Option<CriResult>,
+    /// For a delta bundle: where the layers it omits come from.
+    pub delta: Option<delta::LoadPlan>,
+    /// The volumes read, when the bundle is a volume set.
+    pub volumes: Option<verify::VolumesReport>,
+    /// What the space check decided from (`null` when nothing was missing to check).
+    pub space: Option<SpaceReport>,
+    /// Why the load failed after it began to import ([`LoadReport::ok`] is then false and the
+    /// exit code that of an operational error); `null` otherwise.
+    pub error: Option<String>,
+    /// After such a failure: the images this run added and removed again, and anything that
+    /// could not be undone.
+    pub rolled_back: Option<storage::RolledBack>,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+    /// Whether asking CRI-O to confirm failed outright (then `cri` is `null`): not shown
+    /// itself, but it makes the load not ok.
+    pub(super) cri_unreachable: bool,
+}
+
+impl LoadReport {
+    /// True when every image is in the store, pinned (unless `--no-pin`) and, where the CRI
+    /// was asked, confirmed present and pinned.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+            && self.error.is_none()
+            && !self.cri_unreachable
+            && self.cri.as_ref().is_none_or(|c| c.confirmed)
+    }
+}
+
+/// By hand, for the derived `ok`; the fields in the order `load --json` has always had.
+impl Serialize for LoadReport {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("LoadReport", 17)?;
+        st.serialize_field("version", &self.version)?;
+        st.serialize_field("bundle", &self.bundle)?;
+        st.serialize_field("dryRun", &self.dry_run)?;
+        st.serialize_field("ok", &self.ok())?;
+        st.serialize_field("problems", &self.problems)?;
+        st.serialize_field("signature", &self.signature)?;
+        st.serialize_field("images", &self.images)?;
+        st.serialize_field("pins", &self.pins)?;
+        st.serialize_field("reload", &self.reload)?;
+        st.serialize_field("cri", &self.cri)?;
+        match &self.delta {
+            Some(d) => st.serialize_field("delta", d)?,
+            None => st.skip_field("delta")?,
+        }
+        match &self.volumes {
+            Some(v) => st.serialize_field("volumes", v)?,
+            None => st.skip_field("volumes")?,
+        }
+        st.serialize_field("space", &self.space)?;
+        st.serialize_field("error", &self.error)?;
+        match &self.rolled_back {
+            Some(r) => st.serialize_field("rolledBack", r)?,
+            None => st.skip_field("rolledBack")?,
+        }
+        st.serialize_field("warnings", &self.warnings)?;
+        st.serialize_field("seconds", &self.seconds)?;
+        st.end()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageResult {
+    pub reference: String,
+    /// `name@digest`: the storage name given and the pin written.
+    pub pin: String,
+    pub status: ImageStatus,
+    /// Whether CRI-O reported it pinned (`null` when it was not asked).
+    pub pinned: Option<bool>,
+    pub size: u64,
+    pub uncompressed_size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What `load` did with one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageStatus {
+    /// Imported by this run.
+    Loaded,
+    /// Already in the store.
+    Present,
+    /// A dry run would import it.
+    WouldLoad,
+    /// Its import failed.
+    Failed,
+    /// Not imported (the load stopped before it).
+    NotLoaded,
+    /// Loaded, then removed again when a later import failed.
+    RolledBack,
+}
+
+impl ImageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImageStatus::Loaded => "loaded",
+            ImageStatus::Present => "present",
+            ImageStatus::WouldLoad => "would-load",
+            ImageStatus::Failed => "failed",
+            ImageStatus::NotLoaded => "not-loaded",
+            ImageStatus::RolledBack => "rolled-back",
+        }
+    }
+}
+
+impl fmt::Display for ImageStatus {
+    /// Pads like a string, so renderers can align columns.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinsResult {
+    pub drop_in: PathBuf,
+    pub changed: bool,
+    pub entries: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CriResult {
+    pub runtime: String,
+    pub version: String,
+    pub confirmed: bool,
+    pub timed_out: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Digest;
+    use crate::sign;
+
+    /// Every field set, so the `--json` document's bytes (names, order, skipped fields) are
+    /// pinned.
+    fn full_report() -> LoadReport {
+        let d = Digest::of(b"x");
+        LoadReport {
+            version: 1,
+            bundle: "b.pinbundle".into(),
+            dry_run: false,
+            problems: vec![Problem {
+                member: Some("m".into()),
+                digest: Some(d.clone()),
+                images: vec!["r".into()],
+                error: "e".into(),
+            }],
+            signature: Some(SignatureInfo {
+                key_id: sign::KeyId([1; 8]),
+                trusted_comment: "c".into(),
+                verified_by: Some("k.pub".into()),
+            }),
+            images: vec![ImageResult {
+                reference: "r:1".into(),
+                pin: format!("r@{d}"),
+                status: ImageStatus::RolledBack,
+                pinned: Some(true),
+                size: 1,
+                uncompressed_size: 2,
+                error: Some("x".into()),
+            }],
+            pins: Some(PinsResult {
+                drop_in: "p".into(),
+                changed: true,
+                entries: 3,
+            }),
+            reload: Some("r".into()),
+            cri: Some(CriResult {
+                runtime: "cri-o".into(),
+                version: "1".into(),
+                confirmed: false,
+                timed_out: true,
+            }),
+            delta: Some(delta::LoadPlan {
+                base: None,
+                from_bases: Vec::new(),
+                from_storage: Vec::new(),
+            }),
+            volumes: Some(verify::VolumesReport {
+                set: d.clone(),
+                count: 2,
+                present: Vec::new(),
+                missing: Vec::new(),
+                incomplete_blobs: Vec::new(),
+            }),
+            space: Some(SpaceReport {
+                sizes: super::super::space::Sizes::Declared,
+                unpacked: 4,
+                staged: 5,
+                filesystems: Vec::new(),
+            }),
+            error: Some("err".into()),
+            rolled_back: Some(storage::RolledBack::default()),
+            warnings: vec!["w".into()],
+            seconds: 1.5,
+            cri_unreachable: false,
+        }
+    }
+
+    #[test]
+    fn json_document_is_unchanged() {
+        let r = full_report();
+        assert!(!r.ok());
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":false,"problems":[{"member":"m","digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":["r"],"error":"e"}],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"rolled-back","pinned":true,"size":1,"uncompressedSize":2,"error":"x"}],"pins":{"dropIn":"p","changed":true,"entries":3},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":false,"timedOut":true},"delta":{"base":null,"fromBases":[],"fromStorage":[]},"volumes":{"set":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","count":2,"present":[],"missing":[],"incompleteBlobs":[]},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"error":"err","rolledBack":{"removed":[],"left":[]},"warnings":["w"],"seconds":1.5}"#
+        );
+        let mut r = full_report();
+        r.problems.clear();
+        r.error = None;
+        r.delta = None;
+        r.volumes = None;
+        r.rolled_back = None;
+        r.images[0].error = None;
+        r.images[0].status = ImageStatus::Loaded;
+        r.cri = Some(CriResult {
+            runtime: "cri-o".into(),
+            version: "1".into(),
+            confirmed: true,
+            timed_out: false,
+        });
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":true,"problems":[],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"loaded","pinned":true,"size":1,"uncompressedSize":2}],"pins":{"dropIn":"p","changed":true,"entries":3},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":true,"timedOut":false},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"error":null,"warnings":["w"],"seconds":1.5}"#
+        );
+    }
+
+    #[test]
+    fn ok_is_derived_from_what_happened() {
+        let mut r = full_report();
+        r.problems.clear();
+        r.error = None;
+        // CRI-O answered: its answer decides.
+        assert!(!r.ok());
+        r.cri.as_mut().unwrap().confirmed = true;
+        assert!(r.ok());
+        // CRI-O could not be asked at all.
+        r.cri = None;
+        r.cri_unreachable = true;
+        assert!(!r.ok());
+        // No socket (or --no-pin, or a dry run): nothing to confirm.
+        r.cri_unreachable = false;
+        assert!(r.ok());
+        r.error = Some("import failed".into());
+        assert!(!r.ok());
+    }
+
+    #[test]
+    fn statuses_read_as_before() {
+        for (s, text) in [
+            (ImageStatus::Loaded, "loaded"),
+            (ImageStatus::Present, "present"),
+            (ImageStatus::WouldLoad, "would-load"),
+            (ImageStatus::Failed, "failed"),
+            (ImageStatus::NotLoaded, "not-loaded"),
+            (ImageStatus::RolledBack, "rolled-back"),
+        ] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{text}\""));
+            assert_eq!(format!("{s:<12}|"), format!("{text:<12}|"));
+        }
+    }
+}
