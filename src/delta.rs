@@ -32,6 +32,8 @@ pub const DIFF_JSON_VERSION: u32 = 1;
 pub enum Error {
     #[error(transparent)]
     Bundle(#[from] bundle::Error),
+    #[error(transparent)]
+    Write(#[from] crate::atomic::Error),
     #[error("cannot read {}", path.display())]
     Io {
         path: PathBuf,
@@ -162,39 +164,15 @@ impl Base {
     }
 }
 
-/// Writes the exact bytes of `bundle`'s `pinbundle.json` to `out` (temporary file, then
-/// rename), and returns the identity they share.
+/// Writes the exact bytes of `bundle`'s `pinbundle.json` to `out` (staged, then renamed), and
+/// returns the identity they share.
 pub fn export_index(bundle: &Path, out: &Path) -> Result<Digest, Error> {
     let b = Bundle::open(bundle)?;
     let bytes = b.manifest_bytes();
-    let io_err = |source| Error::Io {
-        path: out.to_path_buf(),
-        source,
-    };
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(&dir)
-        .map_err(io_err)?;
-    tmp.write_all(bytes).map_err(io_err)?;
-    tmp.as_file().sync_all().map_err(io_err)?;
-    // Temporary files are 0600; an index is as public as the bundle it describes.
-    // std::fs deliberately: the typed error names the path; fs-err would repeat it.
-    #[allow(clippy::disallowed_methods)]
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .map_err(io_err)?;
-    tmp.persist(out).map_err(|e| io_err(e.error))?;
+    // An index is as public as the bundle it describes (Stage's default mode, 0644).
+    let (staged, mut file) = crate::atomic::Stage::new(out).create()?;
+    file.write_all(bytes).map_err(|e| staged.write_error(e))?;
+    staged.commit(file)?;
     Ok(Digest::of(bytes))
 }
 

@@ -15,6 +15,9 @@
 //! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
 //!   signals CRI-O or writes under `/etc`.
 
+// The library reports through `progress::Reporter` and returns reports; only the CLI prints.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
+
 pub mod atomic;
 pub mod bundle;
 pub mod cache;

@@ -1,5 +1,8 @@
 //! pinbundle's integration tests: one binary, modules per command.
 
+// Test code: a failing std::fs call panics with the path in the test's own message.
+#![allow(clippy::disallowed_methods)]
+
 mod bundle;
 mod cli;
 mod client;
