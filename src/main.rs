@@ -1296,7 +1296,7 @@ mod tests {
     #[test]
     fn renders_verify() {
         let mut r = verify_report();
-        r.signature = Some(verify::SignatureInfo {
+        r.signature = Some(pinbundle::sign::SignatureInfo {
             key_id: sign::KeyId([0xab; 8]),
             trusted_comment: "made\x1b[2J today".into(),
             verified_by: Some(PathBuf::from("/k/site.pub")),

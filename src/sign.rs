@@ -115,6 +115,19 @@ impl serde::Serialize for KeyId {
     }
 }
 
+/// Who signed a bundle.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureInfo {
+    /// The signer's key id, as minisign shows it.
+    pub key_id: KeyId,
+    /// The signed comment (creation time, image count, manifest digest).
+    pub trusted_comment: String,
+    /// The trusted public key file that verified the signature; `null` when no trusted key
+    /// was given (the signature was then only checked to be well-formed) or it failed.
+    pub verified_by: Option<PathBuf>,
+}
+
 fn key_id(bytes: &[u8]) -> KeyId {
     let mut id = [0u8; 8];
     id.copy_from_slice(&bytes[..8]);

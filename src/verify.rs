@@ -20,7 +20,7 @@ use crate::error::error_chain;
 use crate::manifest::{self, Parsed};
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
-use crate::sign::{self, KeyId, TrustedKey};
+use crate::sign::{self, SignatureInfo, TrustedKey};
 use crate::text::Shown;
 
 /// The version of the `--json` documents of `verify` and `inspect`.
@@ -135,19 +135,6 @@ impl VolumesReport {
             incomplete_blobs: set.incomplete().to_vec(),
         })
     }
-}
-
-/// Who signed a bundle.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SignatureInfo {
-    /// The signer's key id, as minisign shows it.
-    pub key_id: KeyId,
-    /// The signed comment (creation time, image count, manifest digest).
-    pub trusted_comment: String,
-    /// The trusted public key file that verified the signature; `null` when no trusted key
-    /// was given (the signature was then only checked to be well-formed) or it failed.
-    pub verified_by: Option<PathBuf>,
 }
 
 /// How to verify.

@@ -36,8 +36,8 @@ use crate::cache::BlobCache;
 use crate::progress::Reporter;
 use crate::reference::{Digest, Reference};
 use crate::registry::client::{ClientOptions, RegistryClient};
+use crate::sign::SignatureInfo;
 use crate::sign::SigningKey;
-use crate::verify::SignatureInfo;
 
 /// The platform type of [`CreateOptions::platforms`] (it lives in [`crate::platform`]).
 pub use crate::platform::Platform;

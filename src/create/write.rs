@@ -24,8 +24,8 @@ use crate::bundle::{Compression, HeadReservation, Output, PendingOutput, WriterO
 use crate::cache::BlobCache;
 use crate::progress::Reporter;
 use crate::reference::Digest;
+use crate::sign::SignatureInfo;
 use crate::sign::SigningKey;
-use crate::verify::SignatureInfo;
 
 /// `pinbundle.json` as rendered, with what it was rendered from.
 struct Head {

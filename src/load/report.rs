@@ -9,7 +9,8 @@ use serde::ser::{SerializeStruct, Serializer};
 use super::space::SpaceReport;
 use super::storage;
 use crate::delta;
-use crate::verify::{self, Problem, SignatureInfo};
+use crate::sign::SignatureInfo;
+use crate::verify::{self, Problem};
 
 /// The `--json` document of `load`.
 #[derive(Debug, Clone, Default)]

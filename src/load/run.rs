@@ -25,7 +25,8 @@ use crate::error::error_chain;
 use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::reference::PinnedRef;
-use crate::verify::{self, Problem, SignatureInfo, VerifyOptions};
+use crate::sign::SignatureInfo;
+use crate::verify::{self, Problem, VerifyOptions};
 
 /// CRI-O's default drop-in for pins, the file MCO also writes.
 pub const DEFAULT_DROP_IN: &str = "/etc/crio/crio.conf.d/50-pinned-images";
