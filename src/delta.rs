@@ -540,7 +540,7 @@ pub fn diff(old: &Base, new: &Base) -> DiffReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::format::{ImageEntry, LayoutDigests, Totals};
+    use crate::bundle::format::ImageEntry;
 
     fn entry(data: &[u8], kind: BlobKind) -> BlobEntry {
         BlobEntry {
@@ -554,40 +554,24 @@ mod tests {
     }
 
     fn manifest(images: &[(&str, &str, &[u8])], blobs: Vec<BlobEntry>) -> BundleManifest {
-        BundleManifest {
-            format: FORMAT_NAME.into(),
-            format_version: FORMAT_VERSION,
-            creator: "t".into(),
-            created: "2026-01-01T00:00:00Z".into(),
-            base: None,
-            layout: LayoutDigests {
-                oci_layout: Digest::of(b""),
-                index_json: Digest::of(b""),
-            },
-            images: images
-                .iter()
-                .map(|(name, tag, top)| ImageEntry {
-                    reference: format!("{name}:{tag}"),
-                    name: name.to_string(),
-                    tag: Some(tag.to_string()),
-                    digest: Digest::of(top),
-                    media_type: "x".into(),
-                    platforms: Vec::new(),
-                    blobs: blobs.iter().map(|b| b.digest.clone()).collect(),
-                    size: 0,
-                    uncompressed_size: 0,
-                })
-                .collect(),
-            totals: Totals {
-                images: images.len(),
-                blobs: blobs.len(),
+        let entries = images
+            .iter()
+            .map(|(name, tag, top)| ImageEntry {
+                reference: format!("{name}:{tag}"),
+                name: name.to_string(),
+                tag: Some(tag.to_string()),
+                digest: Digest::of(top),
+                media_type: "x".into(),
+                platforms: Vec::new(),
+                blobs: blobs.iter().map(|b| b.digest.clone()).collect(),
                 size: 0,
                 uncompressed_size: 0,
-                omitted_blobs: None,
-                omitted_size: None,
-            },
-            blobs,
-        }
+            })
+            .collect();
+        let mut m = BundleManifest::for_test(entries, blobs);
+        m.totals.images = images.len();
+        m.totals.blobs = m.blobs.len();
+        m
     }
 
     fn base(m: BundleManifest) -> Base {

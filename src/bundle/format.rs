@@ -211,6 +211,47 @@ pub struct BundleManifest {
     pub totals: Totals,
 }
 
+impl BundleManifest {
+    /// No images, no blobs, zero totals: what a reader holds before `pinbundle.json` is read.
+    pub(crate) fn empty() -> BundleManifest {
+        BundleManifest {
+            format: String::new(),
+            format_version: 0,
+            creator: String::new(),
+            created: String::new(),
+            base: None,
+            layout: LayoutDigests {
+                oci_layout: Digest::of(b""),
+                index_json: Digest::of(b""),
+            },
+            images: Vec::new(),
+            blobs: Vec::new(),
+            totals: Totals {
+                images: 0,
+                blobs: 0,
+                size: 0,
+                uncompressed_size: 0,
+                omitted_blobs: None,
+                omitted_size: None,
+            },
+        }
+    }
+
+    /// A manifest of these images and blobs for unit tests (totals left at zero).
+    #[cfg(test)]
+    pub(crate) fn for_test(images: Vec<ImageEntry>, blobs: Vec<BlobEntry>) -> BundleManifest {
+        BundleManifest {
+            format: FORMAT_NAME.into(),
+            format_version: FORMAT_VERSION,
+            creator: "t".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            images,
+            blobs,
+            ..BundleManifest::empty()
+        }
+    }
+}
+
 /// The base of a delta bundle (bundle-format.md, section 8.2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

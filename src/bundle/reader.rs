@@ -182,7 +182,7 @@ impl Bundle {
             index,
             by_path,
             head: Arc::new(Head {
-                manifest: empty_manifest(),
+                manifest: BundleManifest::empty(),
                 bytes: Vec::new(),
             }),
         })
@@ -569,30 +569,6 @@ impl Bundle {
                 source: e,
             },
         }
-    }
-}
-
-fn empty_manifest() -> BundleManifest {
-    BundleManifest {
-        format: String::new(),
-        format_version: 0,
-        creator: String::new(),
-        created: String::new(),
-        base: None,
-        layout: super::format::LayoutDigests {
-            oci_layout: Digest::of(b""),
-            index_json: Digest::of(b""),
-        },
-        images: Vec::new(),
-        blobs: Vec::new(),
-        totals: super::format::Totals {
-            images: 0,
-            blobs: 0,
-            size: 0,
-            uncompressed_size: 0,
-            omitted_blobs: None,
-            omitted_size: None,
-        },
     }
 }
 

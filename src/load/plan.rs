@@ -69,7 +69,7 @@ pub fn missing(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::format::{LayoutDigests, PlatformEntry, Totals};
+    use crate::bundle::format::PlatformEntry;
     use crate::reference::Digest;
 
     fn image(name: &str, tag: Option<&str>, media_type: &str) -> ImageEntry {
@@ -87,27 +87,7 @@ mod tests {
     }
 
     fn manifest(images: Vec<ImageEntry>) -> BundleManifest {
-        BundleManifest {
-            format: crate::bundle::format::FORMAT_NAME.into(),
-            format_version: crate::bundle::format::FORMAT_VERSION,
-            creator: "t".into(),
-            created: "2026-01-01T00:00:00Z".into(),
-            base: None,
-            layout: LayoutDigests {
-                oci_layout: Digest::of(b""),
-                index_json: Digest::of(b""),
-            },
-            images,
-            blobs: Vec::new(),
-            totals: Totals {
-                images: 0,
-                blobs: 0,
-                size: 0,
-                uncompressed_size: 0,
-                omitted_blobs: None,
-                omitted_size: None,
-            },
-        }
+        BundleManifest::for_test(images, Vec::new())
     }
 
     fn record(names: &[&str]) -> Option<ImageRecord> {

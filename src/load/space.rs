@@ -335,7 +335,7 @@ fn existing_ancestor(p: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::format::{ImageEntry, LayoutDigests, Totals};
+    use crate::bundle::format::ImageEntry;
 
     fn blob(data: &[u8], kind: BlobKind, unpacked: Option<u64>) -> BlobEntry {
         BlobEntry {
@@ -349,41 +349,22 @@ mod tests {
     }
 
     fn manifest(images: Vec<Vec<Digest>>, blobs: Vec<BlobEntry>) -> BundleManifest {
-        BundleManifest {
-            format: crate::bundle::format::FORMAT_NAME.into(),
-            format_version: crate::bundle::format::FORMAT_VERSION,
-            creator: "t".into(),
-            created: "2026-01-01T00:00:00Z".into(),
-            base: None,
-            layout: LayoutDigests {
-                oci_layout: Digest::of(b""),
-                index_json: Digest::of(b""),
-            },
-            images: images
-                .into_iter()
-                .enumerate()
-                .map(|(i, blobs)| ImageEntry {
-                    reference: format!("q.io/a:{i}"),
-                    name: "q.io/a".into(),
-                    tag: Some(i.to_string()),
-                    digest: Digest::of(i.to_string().as_bytes()),
-                    media_type: media::OCI_MANIFEST.into(),
-                    platforms: Vec::new(),
-                    blobs,
-                    size: 0,
-                    uncompressed_size: 0,
-                })
-                .collect(),
-            blobs,
-            totals: Totals {
-                images: 0,
-                blobs: 0,
+        let images = images
+            .into_iter()
+            .enumerate()
+            .map(|(i, blobs)| ImageEntry {
+                reference: format!("q.io/a:{i}"),
+                name: "q.io/a".into(),
+                tag: Some(i.to_string()),
+                digest: Digest::of(i.to_string().as_bytes()),
+                media_type: media::OCI_MANIFEST.into(),
+                platforms: Vec::new(),
+                blobs,
                 size: 0,
                 uncompressed_size: 0,
-                omitted_blobs: None,
-                omitted_size: None,
-            },
-        }
+            })
+            .collect();
+        BundleManifest::for_test(images, blobs)
     }
 
     #[test]
