@@ -1,15 +1,27 @@
 //! Confirm over the CRI that every loaded image is present and pinned.
 //!
 //! Owns the polling loop and the CRI-O version advice. A reload request returns before CRI-O
-//! has re-read its configuration, so the only proof is CRI-O's own answer: `ImageStatus`
-//! for each `name@sha256:…` with `pinned: true` (CRI-O computes `pinned` at query time from
-//! the image's storage names). Findings are data ([`ConfirmReport`]); `Err` only means the
-//! CRI could not be asked at all.
+//! has re-read its configuration, so the only proof is CRI-O's own answer (CRI-O computes
+//! `pinned` at query time from the image's storage names). Findings are data
+//! ([`ConfirmReport`]); `Err` only means the CRI could not be asked at all.
+//!
+//! # Decisions
+//! - `ImageStatus` for each `name@sha256:…` decides whether the image is *present* (it is the
+//!   lookup kubelet makes) and gives its ID.
+//! - *Pinned* is `ImageStatus.pinned`, or else the `pinned` of the `ListImages` entry with that
+//!   ID (or, failing an ID, that lists the reference among its repo digests or tags). CRI-O
+//!   fills `ImageStatus.pinned` only from 1.29.7 / 1.30.6 / 1.31.0 (cri-o #8362, backports
+//!   #8325, #8556), always `false` before, while `ListImages` has reported it since 1.28.
+//!   Where both report it they are computed from the same storage names at the same moment,
+//!   so taking either `true` never contradicts CRI-O; and it does not hang on the version
+//!   string, which vendor builds (`1.29.6-3.rhaos4.16…`) may carry with or without the
+//!   backport. `ListImages` is asked only while some present image still reads unpinned, so
+//!   on fixed releases it costs nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::cri::{CriClient, CriError};
+use super::cri::{CriClient, CriError, proto};
 use crate::error::error_chain;
 use crate::reference::PinnedRef;
 
@@ -19,8 +31,10 @@ pub struct ImageFinding {
     pub reference: PinnedRef,
     /// `ImageStatus` returned an image.
     pub present: bool,
-    /// That image reported `pinned: true`.
+    /// CRI-O reported the image `pinned: true` ([`ImageFinding::pinned_by`] says where).
     pub pinned: bool,
+    /// Which call reported `pinned: true`; `None` while not pinned.
+    pub pinned_by: Option<PinnedBy>,
     /// The image ID CRI-O reported, when present.
     pub id: Option<String>,
     /// The last `ImageStatus` error for this image, if the last poll failed.
@@ -31,6 +45,14 @@ impl ImageFinding {
     pub fn is_ok(&self) -> bool {
         self.present && self.pinned
     }
+}
+
+/// The CRI call that reported an image pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinnedBy {
+    ImageStatus,
+    /// `ListImages`, for releases whose `ImageStatus` lacks `pinned`.
+    ListImages,
 }
 
 /// A CRI-O release whose reload mishandles `pinned_images`.
@@ -79,6 +101,19 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// The known `pinned_images` reload problem of this runtime version, if any.
+///
+/// | CRI-O | reload of `pinned_images` | `ImageStatus.pinned` |
+/// |---|---|---|
+/// | < 1.28 | no `pinned_images` at all | — |
+/// | 1.28.0 – 1.29.3 | never applies new pins (restart needed) | always false |
+/// | 1.29.4 – 1.29.6 | unpins unchanged entries (cri-o #8202) | always false |
+/// | 1.29.7 + | correct | reported |
+/// | 1.30.0 – 1.30.2 | unpins unchanged entries (cri-o #8202) | always false |
+/// | 1.30.3 – 1.30.5 | correct | always false |
+/// | 1.30.6 + , 1.31.0 + | correct | reported |
+///
+/// `ListImages` reports `pinned` from 1.28 on, so confirmation works on every release that
+/// has pins (see the module's Decisions); [`image_status_reports_pinned`] has the last column.
 pub fn version_issue(runtime_name: &str, runtime_version: &str) -> Option<VersionIssue> {
     if !runtime_name.eq_ignore_ascii_case("cri-o") {
         return Some(VersionIssue::Unknown);
@@ -97,12 +132,30 @@ pub fn version_issue(runtime_name: &str, runtime_version: &str) -> Option<Versio
     }
 }
 
+/// Whether `ImageStatus` of this runtime version fills `pinned` (the last column of
+/// [`version_issue`]'s table); `None` when the runtime is not CRI-O or the version unparsable.
+pub fn image_status_reports_pinned(runtime_name: &str, runtime_version: &str) -> Option<bool> {
+    if !runtime_name.eq_ignore_ascii_case("cri-o") {
+        return None;
+    }
+    Some(match parse_version(runtime_version)? {
+        (0, _, _) => false,
+        (1, minor, _) if minor < 29 => false,
+        (1, 29, p) => p >= 7,
+        (1, 30, p) => p >= 6,
+        _ => true,
+    })
+}
+
 /// The outcome of [`confirm`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfirmReport {
     pub runtime_name: String,
     pub runtime_version: String,
     pub runtime_api_version: String,
+    /// Whether this version's `ImageStatus` fills `pinned` ([`image_status_reports_pinned`]);
+    /// informational: confirmation asks `ListImages` whenever `ImageStatus` says unpinned.
+    pub image_status_pinned: Option<bool>,
     /// A known problem of this runtime version, with [`VersionIssue::advice`] to print.
     pub version_issue: Option<VersionIssue>,
     /// One entry per requested reference, in request order.
@@ -125,50 +178,62 @@ impl ConfirmReport {
     }
 }
 
-/// Poll `ImageStatus` for each of `refs` (as `name@sha256:…`) every `interval` until all are
-/// present and pinned, or `timeout` has passed; report the runtime's name and version.
+/// Why [`confirm`] could not ask CRI-O at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfirmError {
+    /// The socket exists but nothing answered `Version` in time (a hung or starting daemon,
+    /// or a stale socket file someone else holds open).
+    #[error("CRI-O at `{}` did not answer within {} s", socket.display(), waited.as_secs())]
+    NoAnswer { socket: PathBuf, waited: Duration },
+    #[error(transparent)]
+    Cri(#[from] CriError),
+}
+
+/// Poll CRI-O every `interval` until each of `refs` (as `name@sha256:…`) is present and
+/// pinned, or `timeout` has passed; report the runtime's name and version. Presence comes
+/// from `ImageStatus`, pinning from `ImageStatus` or `ListImages` (module Decisions).
 ///
 /// # Errors
-/// Only when the CRI cannot be reached or `Version` fails; per-image call failures are
-/// recorded in the findings and retried.
+/// Only when the CRI cannot be reached, does not answer `Version` within one call timeout
+/// ([`ConfirmError::NoAnswer`]) or `Version` fails; per-image call failures are recorded in
+/// the findings and retried.
 pub async fn confirm(
     socket: &Path,
     refs: &[PinnedRef],
     timeout: Duration,
     interval: Duration,
-) -> Result<ConfirmReport, CriError> {
+) -> Result<ConfirmReport, ConfirmError> {
     let start = Instant::now();
     let call_timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let mut client = CriClient::connect(socket, call_timeout).await?;
-    let version = client.version().await?;
+    // One deadline for connecting and the first answer: "did not answer within N s" is true.
+    let first = async {
+        let mut client = CriClient::connect(socket, call_timeout).await?;
+        let version = client.version().await?;
+        Ok::<_, CriError>((client, version))
+    };
+    let no_answer = || ConfirmError::NoAnswer {
+        socket: socket.to_path_buf(),
+        waited: call_timeout,
+    };
+    let (mut client, version) = match tokio::time::timeout(call_timeout, first).await {
+        Err(_) => return Err(no_answer()),
+        Ok(Err(e)) if e.is_timeout() => return Err(no_answer()),
+        Ok(r) => r?,
+    };
     let mut images: Vec<ImageFinding> = refs
         .iter()
         .map(|r| ImageFinding {
             reference: r.clone(),
             present: false,
             pinned: false,
+            pinned_by: None,
             id: None,
             error: None,
         })
         .collect();
     let timed_out = loop {
-        for finding in images.iter_mut().filter(|f| !f.is_ok()) {
-            match client.image_status(&finding.reference.to_string()).await {
-                Ok(Some(img)) => {
-                    finding.present = true;
-                    finding.pinned = img.pinned;
-                    finding.id = Some(img.id);
-                    finding.error = None;
-                }
-                Ok(None) => {
-                    finding.present = false;
-                    finding.pinned = false;
-                    finding.id = None;
-                    finding.error = None;
-                }
-                Err(e) => finding.error = Some(error_chain(&e)),
-            }
-        }
+        poll_once(&mut client, &mut images).await;
         if images.iter().all(ImageFinding::is_ok) {
             break false;
         }
@@ -179,12 +244,78 @@ pub async fn confirm(
     };
     Ok(ConfirmReport {
         version_issue: version_issue(&version.runtime_name, &version.runtime_version),
+        image_status_pinned: image_status_reports_pinned(
+            &version.runtime_name,
+            &version.runtime_version,
+        ),
         runtime_name: version.runtime_name,
         runtime_version: version.runtime_version,
         runtime_api_version: version.runtime_api_version,
         images,
         timed_out,
         elapsed: start.elapsed(),
+    })
+}
+
+/// One round: `ImageStatus` for every image not yet confirmed, then one `ListImages` for
+/// those present but not reported pinned.
+async fn poll_once(client: &mut CriClient, images: &mut [ImageFinding]) {
+    for finding in images.iter_mut().filter(|f| !f.is_ok()) {
+        match client.image_status(&finding.reference.to_string()).await {
+            Ok(Some(img)) => {
+                finding.present = true;
+                finding.pinned = img.pinned;
+                finding.pinned_by = img.pinned.then_some(PinnedBy::ImageStatus);
+                finding.id = Some(img.id);
+                finding.error = None;
+            }
+            Ok(None) => {
+                finding.present = false;
+                finding.pinned = false;
+                finding.pinned_by = None;
+                finding.id = None;
+                finding.error = None;
+            }
+            Err(e) => finding.error = Some(error_chain(&e)),
+        }
+    }
+    if !images.iter().any(|f| f.present && !f.pinned) {
+        return;
+    }
+    let listed = match client.list_images().await {
+        Ok(l) => l,
+        Err(e) => {
+            let e = error_chain(&e);
+            for f in images.iter_mut().filter(|f| f.present && !f.pinned) {
+                f.error = Some(e.clone());
+            }
+            return;
+        }
+    };
+    for f in images.iter_mut().filter(|f| f.present && !f.pinned) {
+        if listed_entry(&listed, f).is_some_and(|i| i.pinned) {
+            f.pinned = true;
+            f.pinned_by = Some(PinnedBy::ListImages);
+        }
+    }
+}
+
+/// The `ListImages` entry for a finding: the one with the ID `ImageStatus` gave, else one
+/// listing the reference among its repo digests or tags (a storage name belongs to one image
+/// only, so either finds the same image).
+fn listed_entry<'a>(listed: &'a [proto::Image], f: &ImageFinding) -> Option<&'a proto::Image> {
+    let bare = |s: &str| s.strip_prefix("sha256:").unwrap_or(s).to_ascii_lowercase();
+    let by_id =
+        f.id.as_deref()
+            .and_then(|id| listed.iter().find(|i| bare(&i.id) == bare(id)));
+    let wanted = f.reference.to_string();
+    by_id.or_else(|| {
+        listed.iter().find(|i| {
+            i.repo_digests
+                .iter()
+                .chain(&i.repo_tags)
+                .any(|n| n.eq_ignore_ascii_case(&wanted))
+        })
     })
 }
 
@@ -219,5 +350,61 @@ mod tests {
                 .advice("cri-o", "1.30.1")
                 .contains("restart CRI-O")
         );
+    }
+
+    #[test]
+    fn image_status_pinned_from_1_29_7_1_30_6_1_31_0() {
+        let f = |v| image_status_reports_pinned("cri-o", v);
+        for v in [
+            "1.28.4",
+            "1.29.0",
+            "1.29.6",
+            "1.30.0",
+            "1.30.5",
+            "v1.30.5-1.el9",
+        ] {
+            assert_eq!(f(v), Some(false), "{v}");
+        }
+        for v in ["1.29.7", "1.30.6", "1.31.0", "1.36.3", "2.0.0"] {
+            assert_eq!(f(v), Some(true), "{v}");
+        }
+        // Reload-correct but still without the field: the gap the old table missed.
+        assert_eq!(version_issue("cri-o", "1.30.5"), None);
+        assert_eq!(f("garbage"), None);
+        assert_eq!(image_status_reports_pinned("containerd", "1.7.0"), None);
+    }
+
+    #[test]
+    fn listed_entry_by_id_then_by_name() {
+        let digest = format!("sha256:{}", "d".repeat(64));
+        let reference: PinnedRef = PinnedRef {
+            name: "quay.io/a/b".into(),
+            digest: digest.parse().unwrap(),
+        };
+        let image = |id: &str, names: &[&str], pinned| proto::Image {
+            id: id.into(),
+            repo_tags: vec![],
+            repo_digests: names.iter().map(|n| n.to_string()).collect(),
+            size: 1,
+            pinned,
+        };
+        let listed = [
+            image("1111", &["quay.io/x/y@sha256:00"], false),
+            image("2222", &[&format!("quay.io/a/b@{digest}")], true),
+        ];
+        let mut f = ImageFinding {
+            reference,
+            present: true,
+            pinned: false,
+            pinned_by: None,
+            id: Some("sha256:1111".into()),
+            error: None,
+        };
+        assert_eq!(listed_entry(&listed, &f).unwrap().id, "1111");
+        f.id = Some("3333".into());
+        assert_eq!(listed_entry(&listed, &f).unwrap().id, "2222");
+        f.id = None;
+        assert_eq!(listed_entry(&listed, &f).unwrap().id, "2222");
+        assert!(listed_entry(&listed[..1], &f).is_none());
     }
 }

@@ -128,6 +128,31 @@ pub enum CriError {
     },
 }
 
+impl CriError {
+    /// The runtime did not answer in time (as opposed to refusing or answering with an error).
+    pub fn is_timeout(&self) -> bool {
+        use std::error::Error as _;
+        // tonic's own deadlines: the endpoint's request timeout (a `Cancelled` status caused
+        // by `TimeoutExpired`) and its connect timeout (tower's `Elapsed`).
+        let caused_by_timeout = |mut cause: Option<&(dyn std::error::Error + 'static)>| {
+            while let Some(c) = cause {
+                if c.is::<tonic::TimeoutExpired>() || c.is::<tower::timeout::error::Elapsed>() {
+                    return true;
+                }
+                cause = c.source();
+            }
+            false
+        };
+        match self {
+            CriError::Timeout { .. } => true,
+            CriError::Connect { source, .. } => caused_by_timeout(source.source()),
+            CriError::Call { source, .. } => {
+                source.code() == tonic::Code::DeadlineExceeded || caused_by_timeout(source.source())
+            }
+        }
+    }
+}
+
 /// A connected CRI client.
 #[derive(Debug, Clone)]
 pub struct CriClient {

@@ -495,6 +495,13 @@ fn confirm_pins(opts: &LoadOptions, refs: &[PinnedRef], applied: &mut Applied) -
                 timed_out: c.timed_out,
             });
         }
+        Err(e @ confirm::ConfirmError::NoAnswer { .. }) => {
+            applied.cri_unreachable = true;
+            applied.warnings.push(format!(
+                "{e}: the pins in `{}` are not confirmed",
+                opts.drop_in.display()
+            ));
+        }
         Err(e) => {
             applied.cri_unreachable = true;
             applied.warnings.push(format!(

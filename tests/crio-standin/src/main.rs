@@ -12,7 +12,11 @@
 //!   (case-insensitive, anchored), `prefix*` (case-insensitive, unanchored), `*keyword*`
 //!   (case-insensitive substring); a bare `*` panics, like CRI-O;
 //! - images come from a real containers-storage `<root>/<driver>-images/images.json`,
-//!   re-read at every call, so `pinned` is computed at query time.
+//!   re-read at every call, so `pinned` is computed at query time;
+//! - `--version` picks the release's known behaviour ([`Behaviour`]): `ImageStatus` fills
+//!   `pinned` only from 1.29.7 / 1.30.6 / 1.31.0 (false before; `ListImages` always tells);
+//!   1.28.0–1.29.3 never apply `pinned_images` on reload; 1.29.4–1.29.6 and 1.30.0–1.30.2
+//!   unpin the entries a reload leaves unchanged (cri-o #8202).
 //!
 //! Usage: `crio --socket PATH --config-dir DIR --storage-root DIR [--storage-driver overlay]
 //! [--version 1.31.0] [--log FILE]`
@@ -159,6 +163,41 @@ impl Logger {
         {
             let _ = writeln!(f, "{msg}");
             let _ = f.flush();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- versions
+
+/// What a CRI-O release does with pins, by its version (field-notes, upstream cri-o).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Behaviour {
+    /// `ImageStatus` fills `pinned` (cri-o #8362; backports #8325 to 1.29.7, #8556 to 1.30.6).
+    image_status_pinned: bool,
+    /// A reload re-reads `pinned_images` at all (from 1.29.4 / 1.30.0).
+    reload_applies_pins: bool,
+    /// A reload pins only the entries it adds, dropping those it keeps (cri-o #8202).
+    reload_drops_unchanged: bool,
+}
+
+impl Behaviour {
+    fn of(version: &str) -> Behaviour {
+        let core = version.trim_start_matches('v');
+        let core = core.split(['-', '+']).next().unwrap_or("");
+        let mut parts = core.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor, patch) = (
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+            parts.next().unwrap_or(0),
+        );
+        let v = (major, minor, patch);
+        Behaviour {
+            image_status_pinned: v >= (1, 31, 0)
+                || ((1, 30, 6)..(1, 31, 0)).contains(&v)
+                || ((1, 29, 7)..(1, 30, 0)).contains(&v),
+            reload_applies_pins: v >= (1, 29, 4),
+            reload_drops_unchanged: ((1, 29, 4)..=(1, 29, 6)).contains(&v)
+                || ((1, 30, 0)..=(1, 30, 2)).contains(&v),
         }
     }
 }
@@ -454,8 +493,14 @@ where
                             return Err(Status::invalid_argument("ImageSpec is empty"));
                         }
                         let images = me.images()?;
+                        let behaviour = Behaviour::of(&me.0.args.version);
                         Ok(proto::ImageStatusResponse {
-                            image: find(&images, &spec).map(|i| to_cri(i, &me.pins())),
+                            image: find(&images, &spec).map(|i| proto::Image {
+                                // Before the fix the field is never set.
+                                pinned: behaviour.image_status_pinned
+                                    && to_cri(i, &me.pins()).pinned,
+                                ..to_cri(i, &me.pins())
+                            }),
                             info: Default::default(),
                         })
                     });
@@ -520,6 +565,7 @@ async fn main() {
         }
     };
 
+    let behaviour = Behaviour::of(&state.args.version);
     let reload_state = state.clone();
     let reload_logger = logger.clone();
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -534,12 +580,24 @@ async fn main() {
             reload_logger.log("Reloading configuration");
             match read_pins(&reload_state.args.config_dir) {
                 Err(e) => reload_logger.log(&format!("Unable to reload configuration: {e}")),
+                Ok(_) if !behaviour.reload_applies_pins => {
+                    // 1.28.0–1.29.3: the reload never looks at pinned_images.
+                    reload_logger.log("Configuration reload completed");
+                }
                 Ok(new) => {
                     // CRI-O rebuilds the config from its defaults on every reload, so no
                     // `pinned_images` anywhere means an empty list.
                     let new = new.unwrap_or_default();
                     if new != current {
-                        let compiled = compile(&new);
+                        let effective: Vec<String> = if behaviour.reload_drops_unchanged {
+                            new.iter()
+                                .filter(|p| !current.contains(p))
+                                .cloned()
+                                .collect()
+                        } else {
+                            new.clone()
+                        };
+                        let compiled = compile(&effective);
                         if let Ok(mut p) = reload_state.pins.lock() {
                             *p = compiled;
                         }
@@ -584,6 +642,22 @@ mod tests {
         assert!(pinned("**", "anything"));
         assert!(!pinned("", "anything"));
         assert!(std::panic::catch_unwind(|| compile(&["*".to_string()])).is_err());
+    }
+
+    #[test]
+    fn behaviour_by_version() {
+        let b = Behaviour::of;
+        assert!(!b("1.30.5").image_status_pinned && b("1.30.6").image_status_pinned);
+        assert!(!b("1.29.6").image_status_pinned && b("1.29.7").image_status_pinned);
+        assert!(b("1.31.0").image_status_pinned && b("1.36.3").image_status_pinned);
+        assert!(!b("1.28.2").image_status_pinned && !b("1.28.2").reload_applies_pins);
+        assert!(!b("1.29.3").reload_applies_pins && b("1.29.4").reload_applies_pins);
+        for v in ["1.29.4", "1.29.6", "1.30.0", "v1.30.2"] {
+            assert!(b(v).reload_drops_unchanged, "{v}");
+        }
+        for v in ["1.29.3", "1.29.7", "1.30.3", "1.31.0"] {
+            assert!(!b(v).reload_drops_unchanged, "{v}");
+        }
     }
 
     #[test]

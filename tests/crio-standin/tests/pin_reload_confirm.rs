@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pinbundle::load::confirm::{VersionIssue, confirm};
+use pinbundle::load::confirm::{PinnedBy, VersionIssue, confirm};
 use pinbundle::load::cri::CriClient;
 use pinbundle::load::pins;
 use pinbundle::load::reload::{ReloadEnv, ReloadMode, ReloadOutcome, find_crio, reload};
@@ -237,6 +237,8 @@ async fn pin_reload_confirm_against_standin() {
     .unwrap();
     assert!(r.is_ok() && !r.timed_out, "{r:?}");
     assert_eq!(r.images[0].id.as_deref(), Some(id.as_str()));
+    assert_eq!(r.images[0].pinned_by, Some(PinnedBy::ImageStatus));
+    assert_eq!(r.image_status_pinned, Some(true));
 
     // 5. Same pins again: nothing written, so the caller skips the reload.
     assert_eq!(
@@ -308,6 +310,34 @@ async fn pin_reload_confirm_against_standin() {
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(r.version_issue, Some(VersionIssue::ReloadUnpinsUnchanged));
     assert!(r.version_advice().unwrap().contains("restart CRI-O"));
+    // Its ImageStatus never says pinned: confirmed through ListImages.
+    assert_eq!(r.image_status_pinned, Some(false));
+    assert_eq!(r.images[0].pinned_by, Some(PinnedBy::ListImages));
+
+    // 9. On that release a reload that adds an entry unpins the entries it keeps (#8202):
+    //    ours was pinned at start-up and is not after the reload.
+    let other = PinnedRef {
+        name: "localhost/other".to_string(),
+        digest: format!("sha256:{}", "e".repeat(64)).parse().unwrap(),
+    };
+    pins::update(&drop_in, &[ours.clone(), other]).unwrap();
+    reload(
+        ReloadMode::Signal,
+        &ReloadEnv {
+            pid: Some(old.pid()),
+            ..env.clone()
+        },
+    )
+    .unwrap();
+    old.wait_log("Set config pinned_images", 2);
+    old.wait_log("Configuration reload completed", 1);
+    let r = confirm(&old.socket, std::slice::from_ref(&ours), FAST, POLL)
+        .await
+        .unwrap();
+    assert!(
+        r.images[0].present && !r.images[0].pinned && r.timed_out,
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
