@@ -389,8 +389,10 @@ impl FromStr for Reference {
             Some((first, remainder)) if is_domain(first) => (first, remainder),
             _ => (DOCKER_HUB, name),
         };
+        // Only distribution's legacy domain means Docker Hub (as in containers/image):
+        // `registry-1.docker.io/x` is another name, the one CRI-O stores when it pulls it.
         let domain = match domain {
-            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+            "index.docker.io" => DOCKER_HUB,
             d => d,
         };
         if let Some(reason) = domain_error(domain) {
@@ -583,7 +585,12 @@ mod tests {
             ("busybox", "docker.io/library/busybox"),
             ("a/b/c/d", "docker.io/a/b/c/d"),
             ("docker.io/busybox", "docker.io/library/busybox"),
-            ("registry-1.docker.io/x/y", "docker.io/x/y"),
+            ("registry-1.docker.io/x/y", "registry-1.docker.io/x/y"),
+            (
+                "registry-1.docker.io/busybox",
+                "registry-1.docker.io/busybox",
+            ),
+            ("index.docker.io/x/y", "docker.io/x/y"),
             ("localhost:5000/a", "localhost:5000/a"),
             ("localhost/a:v1", "localhost/a:v1"),
             ("quay.io:443/a", "quay.io:443/a"),
