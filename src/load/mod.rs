@@ -8,6 +8,7 @@
 
 pub mod confirm;
 pub mod cri;
+pub mod crio_config;
 pub mod pins;
 pub mod plan;
 pub mod reload;

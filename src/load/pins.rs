@@ -34,6 +34,7 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use super::crio_config::{walk, walk_key};
 use crate::reference::{PinnedRef, Reference};
 
 /// The drop-in MCO writes for `PinnedImageSet`s, and pinbundle's default.
@@ -411,28 +412,6 @@ impl DirScan {
     }
 }
 
-/// Files under `dir` in the order of Go's `filepath.Walk`: entries of each directory sorted
-/// by name (bytes), directories descended into in place. Symlinks are not followed into
-/// (Walk uses lstat) but are listed, as CRI-O then reads them as files.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), PinsError> {
-    let mut names = Vec::new();
-    for entry in fs_err::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        names.push(entry.file_name());
-    }
-    names.sort();
-    for name in names {
-        let p = dir.join(name);
-        let meta = fs_err::symlink_metadata(&p).map_err(io_err(&p))?;
-        if meta.is_dir() {
-            walk(&p, out)?;
-        } else {
-            out.push(p);
-        }
-    }
-    Ok(())
-}
-
 /// Audit the directory holding `drop_in` (ours, which may not exist yet) as CRI-O reads it.
 ///
 /// # Errors
@@ -445,7 +424,9 @@ pub fn scan_dir(drop_in: &Path) -> Result<DirScan, PinsError> {
     if !dir.is_dir() {
         return Ok(scan);
     }
-    walk(dir, &mut scan.files)?;
+    walk(dir, &mut scan.files).map_err(|e| match e {
+        super::crio_config::ConfigError::Io { path, source } => PinsError::Io { path, source },
+    })?;
     // Where ours sits in the walk order, whether or not it exists yet.
     let ours_key = walk_key(dir, drop_in);
     for f in &scan.files {
@@ -476,16 +457,6 @@ pub fn scan_dir(drop_in: &Path) -> Result<DirScan, PinsError> {
         }
     }
     Ok(scan)
-}
-
-/// A sort key equal to the walk order: the list of path components below `dir`
-/// (component-wise comparison is what a depth-first walk over sorted names yields).
-fn walk_key(dir: &Path, p: &Path) -> Vec<std::ffi::OsString> {
-    p.strip_prefix(dir)
-        .unwrap_or(p)
-        .components()
-        .map(|c| c.as_os_str().to_os_string())
-        .collect()
 }
 
 /// Signs that the Machine Config Operator manages this node.
