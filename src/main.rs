@@ -262,6 +262,12 @@ struct LoadArgs {
     /// A storage.conf to read instead of /etc/containers/storage.conf.
     #[arg(long, value_name = "FILE", conflicts_with = "storage_root")]
     storage_conf: Option<PathBuf>,
+    /// CRI-O's main configuration file, read first (as `crio --config`).
+    #[arg(long, value_name = "FILE", default_value = load::crio_config::DEFAULT_CONFIG)]
+    crio_config: PathBuf,
+    /// CRI-O's drop-in directory, every file read after the main one (as `crio --config-dir`).
+    #[arg(long, value_name = "DIR", default_value = load::crio_config::DEFAULT_CONFIG_DIR)]
+    crio_config_dir: PathBuf,
     /// The CRI-O drop-in that holds the pins.
     #[arg(long, value_name = "FILE", default_value = load::DEFAULT_DROP_IN)]
     crio_drop_in: PathBuf,
@@ -705,6 +711,8 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
     let opts = load::LoadOptions {
         bundle: a.bundle,
         store,
+        crio_config: a.crio_config,
+        crio_config_dir: a.crio_config_dir,
         drop_in: a.crio_drop_in,
         reload: match a.reload {
             ReloadArg::Auto => load::reload::ReloadMode::Auto,

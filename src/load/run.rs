@@ -40,6 +40,10 @@ pub struct LoadOptions {
     /// The bundle file, its volumes in any order (one brings its siblings), or a directory.
     pub bundle: Vec<PathBuf>,
     pub store: Store,
+    /// CRI-O's main configuration file (`crio --config`).
+    pub crio_config: PathBuf,
+    /// CRI-O's drop-in directory (`crio --config-dir`).
+    pub crio_config_dir: PathBuf,
     pub drop_in: PathBuf,
     pub reload: reload::ReloadMode,
     pub reload_env: reload::ReloadEnv,

@@ -134,6 +134,9 @@ fn load_cmd(dir: &Path, bundle: &Path) -> Command {
         .arg("--runroot")
         .arg(dir.join("run"))
         .args(["--storage-driver", "vfs", "--reload", "none", "--json"])
+        .args(crate::load::crio_config_args(
+            &dir.join("crio.conf.d/50-pinned-images"),
+        ))
         .arg("--crio-drop-in")
         .arg(dir.join("crio.conf.d/50-pinned-images"))
         .arg("--cri-socket")

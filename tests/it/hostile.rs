@@ -305,6 +305,7 @@ fn run_case(dir: &Path, c: &Case) -> Result<(), String> {
         .arg("--runroot")
         .arg(&runroot)
         .args(["--storage-driver", "vfs", "--reload", "none", "--json"])
+        .args(crate::load::crio_config_args(&drop_in))
         .arg("--crio-drop-in")
         .arg(&drop_in)
         .arg("--cri-socket")

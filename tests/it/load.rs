@@ -187,6 +187,7 @@ pub(crate) fn load_command(
     c.arg("load")
         .arg(bundle)
         .args(store.args())
+        .args(crio_config_args(drop_in))
         .arg("--crio-drop-in")
         .arg(drop_in)
         .arg("--cri-socket")
@@ -195,6 +196,18 @@ pub(crate) fn load_command(
         .arg(lock)
         .args(["--confirm-timeout", "10"]);
     c
+}
+
+/// CRI-O's configuration as the test's CRI-O reads it: the drop-in's directory, and no main
+/// file (never the machine's `/etc/crio`).
+pub(crate) fn crio_config_args(drop_in: &Path) -> Vec<std::ffi::OsString> {
+    let dir = drop_in.parent().expect("the drop-in is in a directory");
+    vec![
+        "--crio-config".into(),
+        dir.with_extension("no-crio.conf").into(),
+        "--crio-config-dir".into(),
+        dir.into(),
+    ]
 }
 
 /// Runs `pinbundle load --json` with the test's paths; returns the output and parsed report.
@@ -500,10 +513,11 @@ fn load_in_a_network_namespace_with_only_loopback() {
     let o = run(Command::new("ip")
         .args(["netns", "exec", &ns, "sh", "-c"])
         .arg(format!(
-            "ip link set lo up && '{}' load '{}' {} --crio-drop-in '{}' --cri-socket /nonexistent --reload none --lock-file '{}' --json",
+            "ip link set lo up && '{}' load '{}' {} --crio-config /nonexistent --crio-config-dir '{}' --crio-drop-in '{}' --cri-socket /nonexistent --reload none --lock-file '{}' --json",
             env!("CARGO_BIN_EXE_pinbundle"),
             bundle.display(),
             store.args().join(" "),
+            dir.path().join("crio.conf.d").display(),
             drop_in.display(),
             dir.path().join("l").display()
         )));

@@ -265,6 +265,7 @@ fn bytes_changed_after_verify_roll_back_the_images_this_load_added() {
             .arg("load")
             .arg(&bundle)
             .args(node.store.args())
+            .args(crate::load::crio_config_args(&node.drop_in))
             .arg("--crio-drop-in")
             .arg(&node.drop_in)
             .arg("--cri-socket")

@@ -427,6 +427,7 @@ fn load_refuses_untrusted_bundles_before_touching_anything() {
         .arg("load")
         .arg(&by_bad)
         .args(store.args())
+        .args(crate::load::crio_config_args(&drop_in))
         .arg("--crio-drop-in")
         .arg(&drop_in)
         .arg("--cri-socket")

@@ -127,6 +127,9 @@ impl Node {
             .arg("--runroot")
             .arg(d.join("run"))
             .args(["--storage-driver", "vfs", "--reload", "none"])
+            .args(crate::load::crio_config_args(
+                &d.join("crio.conf.d/50-pinned-images"),
+            ))
             .arg("--crio-drop-in")
             .arg(d.join("crio.conf.d/50-pinned-images"))
             .arg("--cri-socket")

@@ -388,6 +388,7 @@ fn missing_foreign_and_damaged_volumes_are_named_before_anything_is_loaded() {
         .arg("load")
         .args([c, a])
         .args(store.args())
+        .args(crate::load::crio_config_args(&drop_in))
         .arg("--crio-drop-in")
         .arg(&drop_in)
         .arg("--lock-file")
