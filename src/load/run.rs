@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::crio_config::CrioConfig;
 use super::report::{CriResult, ImageResult, ImageStatus, LoadReport, PinsResult};
 use super::space::{SpaceCheck, SpaceReport};
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
@@ -180,6 +181,9 @@ struct Plan {
     delta: Option<delta::LoadPlan>,
     space: SpaceReport,
     warnings: Vec<String>,
+    /// CRI-O's configuration, read once: the store, the policy and the pins come from it.
+    #[allow(dead_code)] // until the store, policy and pins phases read it
+    crio: CrioConfig,
 }
 
 /// Phase 2: checks the drop-in, the tools and platforms, finds what is present, where a
@@ -191,6 +195,7 @@ fn make_plan(
     reporter: &dyn Reporter,
 ) -> Result<Plan> {
     let manifest = bundle.manifest();
+    let crio = CrioConfig::read(&opts.crio_config, &opts.crio_config_dir)?;
     // The drop-in dir must be one CRI-O can reload and our file one we can merge into:
     // refuse now, before anything is looked up or imported, rather than after.
     let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
@@ -243,6 +248,7 @@ fn make_plan(
         delta,
         space,
         warnings,
+        crio,
     })
 }
 
