@@ -250,17 +250,21 @@ struct LoadArgs {
     /// Every `*.pub` file in this directory is a trusted key (a missing directory has none).
     #[arg(long, value_name = "DIR", default_value = sign::DEFAULT_TRUSTED_DIR)]
     trusted_dir: PathBuf,
-    /// The store's graph root (then also give --runroot); default: from storage.conf.
-    #[arg(long, value_name = "DIR", requires = "runroot")]
+    /// The store's graph root, overriding CRI-O's `root` (as `crio --root`). [default: CRI-O's
+    /// configuration, else storage.conf's `graphroot`, else /var/lib/containers/storage]
+    #[arg(long, value_name = "DIR")]
     storage_root: Option<PathBuf>,
-    /// The store's run root.
-    #[arg(long, value_name = "DIR", requires = "storage_root")]
+    /// The store's run root, overriding CRI-O's `runroot`. [default: CRI-O's configuration,
+    /// else storage.conf's `runroot`, else /run/containers/storage]
+    #[arg(long, value_name = "DIR")]
     runroot: Option<PathBuf>,
-    /// The storage driver of an explicit store.
-    #[arg(long, value_name = "DRIVER", requires = "storage_root", value_parser = ["overlay", "vfs"])]
+    /// The storage driver, overriding CRI-O's `storage_driver`. [default: CRI-O's
+    /// configuration, else $STORAGE_DRIVER or storage.conf's `driver`, else probed]
+    #[arg(long, value_name = "DRIVER", value_parser = ["overlay", "vfs"])]
     storage_driver: Option<String>,
-    /// A storage.conf to read instead of /etc/containers/storage.conf.
-    #[arg(long, value_name = "FILE", conflicts_with = "storage_root")]
+    /// The storage.conf containers-storage reads (as CONTAINERS_STORAGE_CONF). [default:
+    /// /etc/containers/storage.conf, else /usr/share/containers/storage.conf]
+    #[arg(long, value_name = "FILE")]
     storage_conf: Option<PathBuf>,
     /// CRI-O's main configuration file, read first (as `crio --config`).
     #[arg(long, value_name = "FILE", default_value = load::crio_config::DEFAULT_CONFIG)]
@@ -352,14 +356,19 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let mut err = std::io::stderr().lock();
-            // Messages quote references, paths and child stderr: one line each, escaped.
-            let _ = writeln!(err, "error: {}", escape(&e.to_string()));
-            for cause in e.chain().skip(1) {
-                let _ = writeln!(err, "  caused by: {}", escape(&cause.to_string()));
-            }
+            print_error(&e);
             ExitCode::from(2)
         }
+    }
+}
+
+/// `error: …` and its causes on stderr.
+fn print_error(e: &anyhow::Error) {
+    let mut err = std::io::stderr().lock();
+    // Messages quote references, paths and child stderr: one line each, escaped.
+    let _ = writeln!(err, "error: {}", escape(&e.to_string()));
+    for cause in e.chain().skip(1) {
+        let _ = writeln!(err, "  caused by: {}", escape(&cause.to_string()));
     }
 }
 
@@ -697,16 +706,11 @@ fn print_create(err: &mut dyn Write, r: &create::CreateReport) -> std::io::Resul
 }
 
 fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
-    let store = match (&a.storage_root, &a.runroot) {
-        (Some(root), Some(runroot)) => load::storage::Store::explicit(
-            a.storage_driver.as_deref().unwrap_or("overlay"),
-            root,
-            runroot,
-        ),
-        _ => load::storage::Store {
-            storage_conf: a.storage_conf.clone(),
-            ..Default::default()
-        },
+    let store = load::store_config::StoreFlags {
+        root: a.storage_root,
+        runroot: a.runroot,
+        driver: a.storage_driver,
+        storage_conf: a.storage_conf,
     };
     let opts = load::LoadOptions {
         bundle: a.bundle,
@@ -736,7 +740,17 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         trusted_dir: a.trusted_dir,
         bases: a.base,
     };
-    let report = load::load(&opts, reporter)?;
+    let report = match load::load(&opts, reporter) {
+        // The store is not the one CRI-O serves: refused, nothing touched.
+        Err(e)
+            if e.downcast_ref::<load::store_config::StoreRefused>()
+                .is_some() =>
+        {
+            print_error(&e);
+            return Ok(ExitCode::from(1));
+        }
+        r => r?,
+    };
     show(a.json, &report, print_load)?;
     Ok(if report.ok() {
         ExitCode::SUCCESS
@@ -781,6 +795,9 @@ fn print_load(
         if let Some(e) = &i.error {
             writeln!(out, "            {}", Shown(e))?;
         }
+    }
+    if let Some(s) = &r.store {
+        writeln!(out, "store: {}", Shown(&s.summary()))?;
     }
     if let Some(p) = &r.pins {
         let what = if p.changed { "updated" } else { "unchanged" };

@@ -97,11 +97,39 @@ pub mod proto {
         #[prost(message, optional, tag = "1")]
         pub image: Option<Image>,
     }
+
+    /// `ImageFsInfoRequest`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageFsInfoRequest {}
+
+    /// `FilesystemIdentifier`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FilesystemIdentifier {
+        #[prost(string, tag = "1")]
+        pub mountpoint: String,
+    }
+
+    /// `FilesystemUsage` (timestamp, used bytes and inodes omitted).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FilesystemUsage {
+        #[prost(message, optional, tag = "2")]
+        pub fs_id: Option<FilesystemIdentifier>,
+    }
+
+    /// `ImageFsInfoResponse`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageFsInfoResponse {
+        #[prost(message, repeated, tag = "1")]
+        pub image_filesystems: Vec<FilesystemUsage>,
+        #[prost(message, repeated, tag = "2")]
+        pub container_filesystems: Vec<FilesystemUsage>,
+    }
 }
 
 const VERSION: &str = "/runtime.v1.RuntimeService/Version";
 const LIST_IMAGES: &str = "/runtime.v1.ImageService/ListImages";
 const IMAGE_STATUS: &str = "/runtime.v1.ImageService/ImageStatus";
+const IMAGE_FS_INFO: &str = "/runtime.v1.ImageService/ImageFsInfo";
 
 /// Why the CRI could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -276,5 +304,23 @@ impl CriClient {
             )
             .await?;
         Ok(resp.image)
+    }
+
+    /// `ImageService/ImageFsInfo`: the mountpoints of the image filesystems. CRI-O reports
+    /// `<root>/<driver>-images`, or `<imagestore>/<driver>-images` with an image store
+    /// (cri-o `server/image_fs_info.go`).
+    ///
+    /// # Errors
+    /// The call failed or timed out.
+    pub async fn image_fs_mountpoints(&mut self) -> Result<Vec<PathBuf>, CriError> {
+        let resp: proto::ImageFsInfoResponse = self
+            .unary(IMAGE_FS_INFO, proto::ImageFsInfoRequest {})
+            .await?;
+        Ok(resp
+            .image_filesystems
+            .into_iter()
+            .filter_map(|f| f.fs_id)
+            .map(|id| PathBuf::from(id.mountpoint))
+            .collect())
     }
 }

@@ -16,6 +16,7 @@ pub mod report;
 pub mod run;
 pub mod space;
 pub mod storage;
+pub mod store_config;
 
 pub use report::{CriResult, ImageResult, ImageStatus, LoadReport, PinsResult};
 pub use run::{DEFAULT_CRI_SOCKET, DEFAULT_DROP_IN, DEFAULT_LOCK, LoadOptions, load};

@@ -8,6 +8,7 @@ use serde::ser::{SerializeStruct, Serializer};
 
 use super::space::SpaceReport;
 use super::storage;
+use super::store_config::StoreReport;
 use crate::delta;
 use crate::sign::SignatureInfo;
 use crate::verify::{self, Problem};
@@ -33,6 +34,9 @@ pub struct LoadReport {
     pub volumes: Option<verify::VolumesReport>,
     /// What the space check decided from (`null` when nothing was missing to check).
     pub space: Option<SpaceReport>,
+    /// The store written: where it is and where each of its settings came from (`null`
+    /// when the load stopped before the plan).
+    pub store: Option<StoreReport>,
     /// Why the load failed after it began to import ([`LoadReport::ok`] is then false and the
     /// exit code that of an operational error); `null` otherwise.
     pub error: Option<String>,
@@ -60,7 +64,7 @@ impl LoadReport {
 /// By hand, for the derived `ok`; the fields in the order `load --json` has always had.
 impl Serialize for LoadReport {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("LoadReport", 17)?;
+        let mut st = s.serialize_struct("LoadReport", 18)?;
         st.serialize_field("version", &self.version)?;
         st.serialize_field("bundle", &self.bundle)?;
         st.serialize_field("dryRun", &self.dry_run)?;
@@ -80,6 +84,10 @@ impl Serialize for LoadReport {
             None => st.skip_field("volumes")?,
         }
         st.serialize_field("space", &self.space)?;
+        match &self.store {
+            Some(v) => st.serialize_field("store", v)?,
+            None => st.skip_field("store")?,
+        }
         st.serialize_field("error", &self.error)?;
         match &self.rolled_back {
             Some(r) => st.serialize_field("rolledBack", r)?,
@@ -163,6 +171,7 @@ pub struct CriResult {
 
 #[cfg(test)]
 mod tests {
+    use super::super::store_config::Origin;
     use super::*;
     use crate::reference::Digest;
     use crate::sign;
@@ -225,6 +234,21 @@ mod tests {
                 staged: 5,
                 filesystems: Vec::new(),
             }),
+            store: Some(StoreReport {
+                root: "/r".into(),
+                runroot: "/rr".into(),
+                driver: "vfs".into(),
+                imagestore: Some("/i".into()),
+                options: vec!["vfs.ignore_chown_errors=true".into()],
+                storage_conf: None,
+                from: super::super::store_config::StoreFrom {
+                    root: Origin::File("/etc/crio/crio.conf".into()),
+                    runroot: Origin::Default,
+                    driver: Origin::Flag("--storage-driver"),
+                    imagestore: Some(Origin::Env("STORAGE_OPTS")),
+                },
+                cross_checked: Some("/i/vfs-images".into()),
+            }),
             error: Some("err".into()),
             rolled_back: Some(storage::RolledBack::default()),
             warnings: vec!["w".into()],
@@ -240,7 +264,7 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(
             json,
-            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":false,"problems":[{"member":"m","digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":["r"],"error":"e"}],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"rolled-back","pinned":true,"size":1,"uncompressedSize":2,"error":"x"}],"pins":{"dropIn":"p","changed":true,"entries":3},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":false,"timedOut":true},"delta":{"base":null,"fromBases":[],"fromStorage":[]},"volumes":{"set":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","count":2,"present":[],"missing":[],"incompleteBlobs":[]},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"error":"err","rolledBack":{"removed":[],"left":[]},"warnings":["w"],"seconds":1.5}"#
+            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":false,"problems":[{"member":"m","digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":["r"],"error":"e"}],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"rolled-back","pinned":true,"size":1,"uncompressedSize":2,"error":"x"}],"pins":{"dropIn":"p","changed":true,"entries":3},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":false,"timedOut":true},"delta":{"base":null,"fromBases":[],"fromStorage":[]},"volumes":{"set":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","count":2,"present":[],"missing":[],"incompleteBlobs":[]},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"store":{"root":"/r","runroot":"/rr","driver":"vfs","imagestore":"/i","options":["vfs.ignore_chown_errors=true"],"storageConf":null,"from":{"root":"/etc/crio/crio.conf","runroot":"default","driver":"--storage-driver","imagestore":"$STORAGE_OPTS"},"crossChecked":"/i/vfs-images"},"error":"err","rolledBack":{"removed":[],"left":[]},"warnings":["w"],"seconds":1.5}"#
         );
         let mut r = full_report();
         r.problems.clear();
@@ -248,6 +272,7 @@ mod tests {
         r.delta = None;
         r.volumes = None;
         r.rolled_back = None;
+        r.store = None;
         r.images[0].error = None;
         r.images[0].status = ImageStatus::Loaded;
         r.cri = Some(CriResult {

@@ -18,6 +18,7 @@ use super::crio_config::CrioConfig;
 use super::report::{CriResult, ImageResult, ImageStatus, LoadReport, PinsResult};
 use super::space::{SpaceCheck, SpaceReport};
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
+use super::store_config::{self, CrossCheck, PreparedStore, StoreFlags, StoreReport};
 use super::{confirm, pins, plan, reload};
 use crate::bundle::format::{BundleManifest, ImageEntry};
 use crate::bundle::{BundleSet, SetOptions};
@@ -40,7 +41,9 @@ pub const DEFAULT_LOCK: &str = "/run/pinbundle/load.lock";
 pub struct LoadOptions {
     /// The bundle file, its volumes in any order (one brings its siblings), or a directory.
     pub bundle: Vec<PathBuf>,
-    pub store: Store,
+    /// What the command line says about the store; the rest is CRI-O's configuration, then
+    /// containers-storage's ([`store_config`]).
+    pub store: StoreFlags,
     /// CRI-O's main configuration file (`crio --config`).
     pub crio_config: PathBuf,
     /// CRI-O's drop-in directory (`crio --config-dir`).
@@ -182,8 +185,12 @@ struct Plan {
     space: SpaceReport,
     warnings: Vec<String>,
     /// CRI-O's configuration, read once: the store, the policy and the pins come from it.
-    #[allow(dead_code)] // until the store, policy and pins phases read it
+    #[allow(dead_code)] // until the policy and pins phases read it
     crio: CrioConfig,
+    /// The store CRI-O serves, resolved from `crio` and containers-storage's configuration.
+    store: PreparedStore,
+    /// The report's view of it.
+    store_report: StoreReport,
 }
 
 /// Phase 2: checks the drop-in, the tools and platforms, finds what is present, where a
@@ -206,12 +213,15 @@ fn make_plan(
     opts.skopeo
         .version()
         .context("`load` imports with skopeo (Debian/RHEL package `skopeo`)")?;
+    let mut warnings = Vec::new();
+    let (store, store_report) = resolve_store(opts, &crio, &mut warnings)?;
     let platform = opts.platform.clone().unwrap_or_else(storage::host_platform);
     plan::check_platforms(manifest, &platform)?;
     let records = refs
         .iter()
         .map(|pin| {
-            opts.store
+            store
+                .store
                 .record_named(pin)
                 .with_context(|| format!("reading the store for {pin}"))
         })
@@ -219,8 +229,7 @@ fn make_plan(
     let (statuses, missing) = plan::missing(manifest, &records, opts.dry_run);
 
     // A delta: every layer it omits must already be in the store or in a `--base` bundle.
-    let mut warnings = Vec::new();
-    let (bases, delta) = plan_delta(opts, manifest, &missing, &mut warnings)?;
+    let (bases, delta) = plan_delta(opts, &store.store, manifest, &missing, &mut warnings)?;
     let reused = delta
         .as_ref()
         .map(delta::LoadPlan::reused)
@@ -230,7 +239,7 @@ fn make_plan(
     let mut sources: Vec<&BundleSet> = vec![bundle];
     sources.extend(bases.iter().map(|b| &**b));
     let space = SpaceCheck {
-        store: &opts.store,
+        store: &store.store,
         tmpdir: opts.tmpdir.as_deref(),
         sources,
         trusted: checked
@@ -249,7 +258,36 @@ fn make_plan(
         space,
         warnings,
         crio,
+        store,
+        store_report,
     })
+}
+
+/// Resolves the store as CRI-O does, refuses one this skopeo cannot write, and when CRI-O
+/// answers, checks that it serves that very store (nothing is touched on a mismatch).
+fn resolve_store(
+    opts: &LoadOptions,
+    crio: &CrioConfig,
+    warnings: &mut Vec<String>,
+) -> Result<(PreparedStore, StoreReport)> {
+    let resolved =
+        store_config::resolve(&opts.store, crio, &store_config::StorageEnv::from_process())
+            .context("finding the containers-storage CRI-O serves")?;
+    store_config::check_imagestore(&resolved, &opts.skopeo)?;
+    let prepared = resolved
+        .prepare()
+        .context("describing the store to skopeo")?;
+    let mut report = prepared.resolved.report(&prepared.store);
+    match store_config::cross_check(
+        &prepared.store,
+        &prepared.resolved,
+        &opts.cri_socket,
+        opts.confirm_timeout.min(Duration::from_secs(5)),
+    )? {
+        CrossCheck::Matched(served) => report.cross_checked = Some(served),
+        CrossCheck::Unchecked(why) => warnings.push(why),
+    }
+    Ok((prepared, report))
 }
 
 /// Opens the `--base` bundles and, for a delta, finds where each layer it omits comes from
@@ -257,6 +295,7 @@ fn make_plan(
 /// (none when the bundle is not a delta) and the plan.
 fn plan_delta(
     opts: &LoadOptions,
+    store: &Store,
     manifest: &BundleManifest,
     missing: &[usize],
     warnings: &mut Vec<String>,
@@ -273,8 +312,7 @@ fn plan_delta(
         }
         return Ok((Vec::new(), None));
     }
-    let in_store = opts
-        .store
+    let in_store = store
         .layer_digests()
         .context("reading the store's layers")?;
     let plan = delta::plan_load(manifest, missing, &bases, &in_store)?;
@@ -311,7 +349,8 @@ fn apply(
     let before = if plan.missing.is_empty() {
         Vec::new()
     } else {
-        opts.store
+        plan.store
+            .store
             .images()
             .context("reading the store's image list before importing")?
     };
@@ -322,7 +361,7 @@ fn apply(
             // The report says what failed and what was undone; the caller exits as for an
             // operational error.
             reporter.message("the load failed: removing the images it added");
-            let undone = storage::roll_back(&opts.store, &opts.skopeo, &before);
+            let undone = storage::roll_back(&plan.store.store, &opts.skopeo, &before);
             for img in applied
                 .images
                 .iter_mut()
@@ -428,7 +467,7 @@ fn import(
     for &i in &plan.missing {
         let img = &manifest.images[i];
         let result = &mut applied.images[i];
-        match storage::import(server.addr(), img, &opts.store, &import_opts) {
+        match storage::import(server.addr(), img, &plan.store.store, &import_opts) {
             Ok(ImportOutcome::AlreadyPresent) => result.status = ImageStatus::Present,
             Ok(ImportOutcome::Imported { .. }) => result.status = ImageStatus::Loaded,
             Err(e) => {
@@ -534,8 +573,9 @@ fn report(
 ) -> LoadReport {
     let mut images = checked.images;
     let mut warnings = Vec::new();
-    let (mut delta, mut space) = (None, None);
+    let (mut delta, mut space, mut store) = (None, None, None);
     if let Some(p) = plan {
+        store = Some(p.store_report);
         for (img, status) in images.iter_mut().zip(&p.statuses) {
             img.status = *status;
         }
@@ -561,6 +601,7 @@ fn report(
         delta,
         volumes: checked.volumes,
         space,
+        store,
         error: a.error,
         rolled_back: a.rolled_back,
         warnings,

@@ -141,7 +141,7 @@ impl SpaceCheck<'_> {
         if unpacked == 0 {
             return Ok(report);
         }
-        let store = free_space(existing_ancestor(&graphroot(self.store)))?;
+        let store = free_space(existing_ancestor(&self.store.image_root()))?;
         let tmp = free_space(existing_ancestor(&big_files_tmpdir(self.tmpdir)))?;
         report.filesystems = fit(unpacked, staged, store, tmp)?;
         Ok(report)
@@ -155,7 +155,7 @@ impl SpaceCheck<'_> {
         layers: &[&&crate::bundle::format::BlobEntry],
         reporter: &dyn Reporter,
     ) -> Result<BTreeMap<Digest, u64>, SpaceError> {
-        let free = rustix::fs::statvfs(existing_ancestor(&graphroot(self.store)))
+        let free = rustix::fs::statvfs(existing_ancestor(&self.store.image_root()))
             .map(|st| st.f_bavail.saturating_mul(st.f_frsize))
             .unwrap_or(u64::MAX);
         let total = layers
@@ -298,14 +298,6 @@ fn fit(unpacked: u64, staged: u64, store: Free, tmp: Free) -> Result<Vec<FsSpace
         });
     }
     Ok(filesystems)
-}
-
-/// The graph root skopeo will write to; the default when storage.conf cannot be read (the
-/// import then fails with that error, which names the file).
-fn graphroot(store: &Store) -> PathBuf {
-    store
-        .graphroot()
-        .unwrap_or_else(|_| PathBuf::from(super::storage::DEFAULT_GRAPHROOT))
 }
 
 /// Where skopeo stages blobs: `--tmpdir`, else `$TMPDIR`, else `/var/tmp` (containers/image's

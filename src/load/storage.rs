@@ -33,11 +33,8 @@ use crate::registry::server::served_name;
 pub const DEFAULT_DRIVER: &str = "overlay";
 /// The graph root containers-storage uses for root when storage.conf names none.
 pub const DEFAULT_GRAPHROOT: &str = "/var/lib/containers/storage";
-/// storage.conf locations, in containers-storage's order (after `CONTAINERS_STORAGE_CONF`).
-const STORAGE_CONF_PATHS: [&str; 2] = [
-    "/etc/containers/storage.conf",
-    "/usr/share/containers/storage.conf",
-];
+/// The run root containers-storage uses for root when storage.conf names none.
+pub const DEFAULT_RUNROOT: &str = "/run/containers/storage";
 /// Drivers probed, in containers-storage's priority order, when the driver is not configured.
 const DRIVER_PRIORITY: [&str; 6] = ["overlay", "btrfs", "zfs", "vfs", "devmapper", "aufs"];
 /// How much of a failed child's stderr goes into the error.
@@ -97,21 +94,28 @@ pub enum StorageError {
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// A containers-storage store: explicit (`[driver@root+runroot]`) when `root`, `runroot` or
-/// `driver` is set, otherwise whatever storage.conf says (`storage_conf` overrides its path,
-/// passed to skopeo as `CONTAINERS_STORAGE_CONF`).
+/// A containers-storage store, fully located: the one [`super::store_config`] resolved the
+/// way CRI-O does, or one named explicitly.
+///
+/// With `storage_conf` set (a generated storage.conf describing exactly this store, options
+/// included) skopeo gets it as `CONTAINERS_STORAGE_CONF` and a plain `containers-storage:NAME`
+/// reference, so its own containers-storage applies every setting as CRI-O's does. Without
+/// it, a store with a root is named in the reference (`[driver@root+runroot]`, no options);
+/// [`Store::default`] is containers-storage's own default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Store {
     /// The graph root, e.g. `/var/lib/containers/storage`.
     pub root: Option<PathBuf>,
     /// The run root, e.g. `/run/containers/storage`.
     pub runroot: Option<PathBuf>,
-    /// The storage driver; [`DEFAULT_DRIVER`] when a root is given without one.
+    /// The storage driver; found as containers-storage finds it when `None`.
     pub driver: Option<String>,
-    /// A storage.conf to use instead of the default search.
+    /// A separate image store (containers-storage `imagestore`): images and their layers
+    /// live there, containers under `root`.
+    pub imagestore: Option<PathBuf>,
+    /// The storage.conf skopeo reads (`CONTAINERS_STORAGE_CONF`).
     pub storage_conf: Option<PathBuf>,
 }
-
 /// An image record of the store's `<driver>-images/images.json`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ImageRecord {
@@ -132,18 +136,15 @@ impl Store {
             root: Some(root.to_path_buf()),
             runroot: Some(runroot.to_path_buf()),
             driver: Some(driver.to_string()),
-            storage_conf: None,
+            ..Store::default()
         }
     }
 
-    fn is_explicit(&self) -> bool {
-        self.root.is_some() || self.runroot.is_some() || self.driver.is_some()
-    }
-
     /// The transport reference for `name` (`name@digest` or `name:tag`):
-    /// `containers-storage:[driver@root+runroot]name`, or `containers-storage:name`.
+    /// `containers-storage:name` when a storage.conf describes the store (or none is named),
+    /// else `containers-storage:[driver@root+runroot]name`.
     pub fn transport(&self, name: &str) -> Result<String> {
-        if !self.is_explicit() {
+        if self.storage_conf.is_some() || self.root.is_none() && self.runroot.is_none() {
             return Ok(format!("containers-storage:{name}"));
         }
         let (Some(root), Some(runroot)) = (&self.root, &self.runroot) else {
@@ -151,6 +152,11 @@ impl Store {
                 detail: "an explicit store needs both a root and a runroot".into(),
             });
         };
+        if self.imagestore.is_some() {
+            return Err(StorageError::InvalidStore {
+                detail: "an image store can only be described by a storage.conf".into(),
+            });
+        }
         let driver = self.driver.as_deref().unwrap_or(DEFAULT_DRIVER);
         for (what, p) in [("root", root), ("runroot", runroot)] {
             let s = p.to_str().unwrap_or("");
@@ -176,93 +182,57 @@ impl Store {
         ))
     }
 
-    /// The storage.conf that applies (explicit, `CONTAINERS_STORAGE_CONF`, then the defaults),
-    /// if any exists.
-    fn storage_conf_path(&self) -> Option<PathBuf> {
-        if let Some(p) = &self.storage_conf {
-            return Some(p.clone());
+    /// The graph root: containers, and images unless there is an image store.
+    pub fn graphroot(&self) -> PathBuf {
+        self.root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_GRAPHROOT))
+    }
+
+    /// Where image layers are written: the image store when there is one, else the graph root.
+    pub fn image_root(&self) -> PathBuf {
+        self.imagestore.clone().unwrap_or_else(|| self.graphroot())
+    }
+
+    /// The driver: configured, else the first of containers-storage's priority list that
+    /// already has a store here, else [`DEFAULT_DRIVER`].
+    pub fn driver_name(&self) -> String {
+        if let Some(d) = &self.driver {
+            return d.clone();
         }
-        if let Some(p) = std::env::var_os("CONTAINERS_STORAGE_CONF") {
-            return Some(PathBuf::from(p));
-        }
-        STORAGE_CONF_PATHS
+        let root = self.graphroot();
+        DRIVER_PRIORITY
             .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
+            .find(|d| {
+                root.join(format!("{d}-layers")).is_dir()
+                    || self.image_root().join(format!("{d}-images")).is_dir()
+            })
+            .unwrap_or(&DEFAULT_DRIVER)
+            .to_string()
     }
 
-    /// The graph root and, when known, the driver.
-    fn location(&self) -> Result<(PathBuf, Option<String>)> {
-        if self.is_explicit() {
-            let root = self
-                .root
-                .clone()
-                .ok_or_else(|| StorageError::InvalidStore {
-                    detail: "an explicit store needs both a root and a runroot".into(),
-                })?;
-            let driver = self
-                .driver
-                .clone()
-                .unwrap_or_else(|| DEFAULT_DRIVER.to_string());
-            return Ok((root, Some(driver)));
+    /// `<image root>/<driver>-images`: what CRI-O's `ImageFsInfo` reports as the image
+    /// filesystem's mountpoint (cri-o `server/image_fs_info.go`).
+    pub fn images_dir(&self) -> PathBuf {
+        self.image_root()
+            .join(format!("{}-images", self.driver_name()))
+    }
+
+    /// The path of the store's image list (`<image root>/<driver>-images/images.json`; with
+    /// an image store, containers-storage keeps it there), whether or not it exists yet.
+    pub fn images_json(&self) -> PathBuf {
+        self.images_dir().join("images.json")
+    }
+
+    /// The store's layer lists: `<root>/<driver>-layers/layers.json` and, with an image
+    /// store, `<imagestore>/<driver>-layers/layers.json` (where image layers go).
+    pub fn layers_jsons(&self) -> Vec<PathBuf> {
+        let d = format!("{}-layers", self.driver_name());
+        let mut out = vec![self.graphroot().join(&d).join("layers.json")];
+        if let Some(i) = &self.imagestore {
+            out.push(i.join(&d).join("layers.json"));
         }
-        let Some(path) = self.storage_conf_path() else {
-            return Ok((PathBuf::from(DEFAULT_GRAPHROOT), None));
-        };
-        let text = fs_err::read_to_string(&path).map_err(|e| StorageError::Io {
-            path: path.clone(),
-            source: e,
-        })?;
-        #[derive(serde::Deserialize, Default)]
-        struct Conf {
-            #[serde(default)]
-            storage: Section,
-        }
-        #[derive(serde::Deserialize, Default)]
-        struct Section {
-            driver: Option<String>,
-            graphroot: Option<PathBuf>,
-        }
-        let conf: Conf = toml::from_str(&text).map_err(|e| StorageError::Parse {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        let root = conf
-            .storage
-            .graphroot
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_GRAPHROOT));
-        let driver = conf.storage.driver.filter(|d| !d.is_empty());
-        Ok((root, driver))
-    }
-
-    /// The graph root skopeo writes to: explicit, else storage.conf's, else the default.
-    pub fn graphroot(&self) -> Result<PathBuf> {
-        Ok(self.location()?.0)
-    }
-
-    /// The path of the store's image list (`<root>/<driver>-images/images.json`), whether or
-    /// not it exists yet.
-    pub fn images_json(&self) -> Result<PathBuf> {
-        Ok(self.driver_dir("images")?.join("images.json"))
-    }
-
-    /// The path of the store's layer list (`<root>/<driver>-layers/layers.json`).
-    pub fn layers_json(&self) -> Result<PathBuf> {
-        Ok(self.driver_dir("layers")?.join("layers.json"))
-    }
-
-    /// `<root>/<driver>-<what>`, the driver found as containers-storage finds it.
-    fn driver_dir(&self, what: &str) -> Result<PathBuf> {
-        let (root, driver) = self.location()?;
-        let driver = driver.unwrap_or_else(|| {
-            DRIVER_PRIORITY
-                .iter()
-                .find(|d| root.join(format!("{d}-images")).is_dir())
-                .unwrap_or(&DEFAULT_DRIVER)
-                .to_string()
-        });
-        Ok(root.join(format!("{driver}-{what}")))
+        out
     }
 
     /// The blob digests of the store's complete layers: each layer's `compressed-diff-digest`
@@ -278,17 +248,20 @@ impl Store {
             #[serde(default)]
             flags: std::collections::HashMap<String, serde_json::Value>,
         }
-        let path = self.layers_json()?;
-        let text = match fs_err::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
-            Err(e) => return Err(StorageError::Io { path, source: e }),
-        };
-        let layers: Vec<Layer> =
-            serde_json::from_slice(&text).map_err(|e| StorageError::Parse {
-                path,
-                detail: e.to_string(),
-            })?;
+        let mut layers: Vec<Layer> = Vec::new();
+        for path in self.layers_jsons() {
+            let text = match fs_err::read(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StorageError::Io { path, source: e }),
+            };
+            let list: Vec<Layer> =
+                serde_json::from_slice(&text).map_err(|e| StorageError::Parse {
+                    path,
+                    detail: e.to_string(),
+                })?;
+            layers.extend(list);
+        }
         Ok(layers
             .into_iter()
             // A layer still being written is not there yet.
@@ -302,7 +275,7 @@ impl Store {
     /// Every image record of the store (empty when the store has none yet). containers-storage
     /// replaces this file atomically, so reading it without its lock sees a consistent list.
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
-        let path = self.images_json()?;
+        let path = self.images_json();
         let text = match fs_err::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -351,6 +324,49 @@ impl Store {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Whether this skopeo writes an image store: its containers-storage creates
+/// `<imagestore>/vfs-images` when a store configured with one opens (one that predates
+/// `imagestore` ignores the key with a warning). Probed in a throwaway vfs store.
+///
+/// # Errors
+/// The temp dir cannot be made; skopeo cannot run.
+pub fn skopeo_writes_imagestore(skopeo: &Skopeo) -> Result<bool> {
+    let dir = tempfile::Builder::new()
+        .prefix("pinbundle-probe.")
+        .tempdir()
+        .map_err(|source| StorageError::Io {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let p = |n: &str| dir.path().join(n);
+    let conf = p("storage.conf");
+    let text = format!(
+        "[storage]\ndriver = \"vfs\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\nimagestore = \"{}\"\n",
+        p("root").display(),
+        p("run").display(),
+        p("images").display()
+    );
+    fs_err::write(&conf, text).map_err(|source| StorageError::Io {
+        path: conf.clone(),
+        source,
+    })?;
+    let store = Store {
+        storage_conf: Some(conf),
+        ..Store::default()
+    };
+    // Fails (no such image) after opening the store, which is all the probe needs.
+    let args = [
+        OsString::from("inspect"),
+        OsString::from("--raw"),
+        OsString::from("containers-storage:pinbundle.invalid/probe:none"),
+    ];
+    match skopeo.run(&store, &args) {
+        Ok(_) | Err(StorageError::Skopeo { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(p("images").join("vfs-images").is_dir())
 }
 
 /// What [`roll_back`] did to the store.
@@ -514,7 +530,10 @@ impl Skopeo {
             cmd.env("PATH", p);
         }
         if let Some(conf) = &store.storage_conf {
-            cmd.env("CONTAINERS_STORAGE_CONF", conf);
+            // The file describes the whole store: these would override its driver and options.
+            cmd.env("CONTAINERS_STORAGE_CONF", conf)
+                .env_remove("STORAGE_DRIVER")
+                .env_remove("STORAGE_OPTS");
         }
         let mut child = cmd.spawn().map_err(|source| {
             if source.kind() == std::io::ErrorKind::NotFound {

@@ -12,6 +12,7 @@ mod delta;
 mod hostile;
 mod hostile_registry;
 mod load;
+mod load_store;
 mod oracle;
 mod rehashed;
 mod reserialise;

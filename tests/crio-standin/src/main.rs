@@ -12,7 +12,8 @@
 //!   (case-insensitive, anchored), `prefix*` (case-insensitive, unanchored), `*keyword*`
 //!   (case-insensitive substring); a bare `*` panics, like CRI-O;
 //! - images come from a real containers-storage `<root>/<driver>-images/images.json`,
-//!   re-read at every call, so `pinned` is computed at query time;
+//!   re-read at every call, so `pinned` is computed at query time; `ImageFsInfo` reports
+//!   `<root>/<driver>-images` as CRI-O does;
 //! - `--version` picks the release's known behaviour ([`Behaviour`]): `ImageStatus` fills
 //!   `pinned` only from 1.29.7 / 1.30.6 / 1.31.0 (false before; `ListImages` always tells);
 //!   1.28.0–1.29.3 never apply `pinned_images` on reload; 1.29.4–1.29.6 and 1.30.0–1.30.2
@@ -111,6 +112,36 @@ mod proto {
         pub image: Option<Image>,
         #[prost(map = "string, string", tag = "2")]
         pub info: std::collections::HashMap<String, String>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageFsInfoRequest {}
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FilesystemIdentifier {
+        #[prost(string, tag = "1")]
+        pub mountpoint: String,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct UInt64Value {
+        #[prost(uint64, tag = "1")]
+        pub value: u64,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct FilesystemUsage {
+        #[prost(int64, tag = "1")]
+        pub timestamp: i64,
+        #[prost(message, optional, tag = "2")]
+        pub fs_id: Option<FilesystemIdentifier>,
+        #[prost(message, optional, tag = "3")]
+        pub used_bytes: Option<UInt64Value>,
+        #[prost(message, optional, tag = "4")]
+        pub inodes_used: Option<UInt64Value>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageFsInfoResponse {
+        #[prost(message, repeated, tag = "1")]
+        pub image_filesystems: Vec<FilesystemUsage>,
+        #[prost(message, repeated, tag = "2")]
+        pub container_filesystems: Vec<FilesystemUsage>,
     }
 }
 
@@ -442,6 +473,30 @@ impl Cri {
     fn images(&self) -> Result<Vec<StoredImage>, Status> {
         load_images(&self.0.args.storage_root, &self.0.args.storage_driver)
     }
+
+    /// As cri-o `server/image_fs_info.go` without an image store: the image filesystem and
+    /// the container filesystem are both `<root>/<driver>-images`.
+    fn image_fs_info(&self) -> proto::ImageFsInfoResponse {
+        let mountpoint = self
+            .0
+            .args
+            .storage_root
+            .join(format!("{}-images", self.0.args.storage_driver));
+        let usage = proto::FilesystemUsage {
+            timestamp: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+            fs_id: Some(proto::FilesystemIdentifier {
+                mountpoint: mountpoint.display().to_string(),
+            }),
+            used_bytes: Some(proto::UInt64Value { value: 0 }),
+            inodes_used: Some(proto::UInt64Value { value: 0 }),
+        };
+        proto::ImageFsInfoResponse {
+            image_filesystems: vec![usage.clone()],
+            container_filesystems: vec![usage],
+        }
+    }
 }
 
 impl<B> tower_service::Service<http::Request<B>> for Cri
@@ -482,6 +537,12 @@ where
                             images: me.images()?.iter().map(|i| to_cri(i, &pins)).collect(),
                         })
                     });
+                    tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
+                        .unary(svc, req)
+                        .await
+                }
+                "/runtime.v1.ImageService/ImageFsInfo" => {
+                    let svc = Unary(move |_: proto::ImageFsInfoRequest| Ok(me.image_fs_info()));
                     tonic::server::Grpc::new(tonic_prost::ProstCodec::default())
                         .unary(svc, req)
                         .await
