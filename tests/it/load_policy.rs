@@ -208,6 +208,23 @@ fn a_cluster_image_policy_needs_signatures_unless_another_policy_is_named() {
     // also reject the loopback name skopeo reads: only the original name's rule counts.
     let accepting = node.path("accept.json");
     std::fs::write(&accepting, allowed_registries(&[&scope]).to_string()).unwrap();
+    // CRI-O ≥ 1.33 would apply a namespace's own policy at container creation: said, not
+    // refused (the pod's namespace is unknown here).
+    let namespaced = node.path("policies");
+    std::fs::create_dir(&namespaced).unwrap();
+    std::fs::write(
+        namespaced.join("payments.json"),
+        cluster_image_policy(&scope).to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        node.path("crio.conf.d/20-policy-dir.conf"),
+        format!(
+            "[crio.image]\nsignature_policy_dir = \"{}\"\n",
+            namespaced.display()
+        ),
+    )
+    .unwrap();
     let (o, report) = node.load(
         &bundle,
         &["--signature-policy", accepting.to_str().unwrap()],
@@ -224,6 +241,11 @@ fn a_cluster_image_policy_needs_signatures_unless_another_policy_is_named() {
     );
     assert_eq!(report["images"][0]["status"], "loaded");
     assert!(node.store.exists(&one.digest_reference()));
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("payments.json") && warnings.contains("namespace `payments`"),
+        "{warnings}"
+    );
 
     // The named policy requiring signatures refuses too, without suggesting itself.
     let (o, report) = node.load(
