@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pinbundle::bundle::format::ImageEntry;
 use pinbundle::bundle::{BundleSet, SetOptions};
 use pinbundle::load::storage::{
     self, CopyTimeout, ImportOptions, PrivateDir, Skopeo, StorageError,
@@ -97,6 +98,18 @@ impl Node {
         )
     }
 
+    /// `load --no-pin` with the human output.
+    fn human(&self, bundle: &Path) -> std::process::Output {
+        let mut c = load_command(
+            bundle,
+            &self.store,
+            &self.drop_in(),
+            &self.path("no.sock"),
+            &self.path("l"),
+        );
+        run(c.arg("--no-pin"))
+    }
+
     fn untouched(&self) -> bool {
         !self.store.root.exists() && !self.drop_in().exists()
     }
@@ -115,13 +128,7 @@ fn allowed_registries_admit_the_allowed_and_refuse_the_rest() {
 
     let both = env.bundle_of(work.path(), &[one.tag_reference(), other.tag_reference()]);
     let (o, report) = node.load(&both, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{}\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
+    exits(&o, 1);
     assert_eq!(report["ok"], false);
     let refused = report["refused"].as_array().unwrap();
     assert_eq!(refused.len(), 1, "{report}");
@@ -138,14 +145,7 @@ fn allowed_registries_admit_the_allowed_and_refuse_the_rest() {
     assert!(node.untouched(), "a refused load touched the node");
 
     // The same refusal, in words.
-    let o = run(load_command(
-        &both,
-        &node.store,
-        &node.drop_in(),
-        &node.path("no.sock"),
-        &node.path("l"),
-    )
-    .arg("--no-pin"));
+    let o = node.human(&both);
     assert_eq!(o.status.code(), Some(1));
     let out = text(&o.stdout);
     assert!(
@@ -156,21 +156,8 @@ fn allowed_registries_admit_the_allowed_and_refuse_the_rest() {
     // The allowed image alone loads, although the machine's rules reject its loopback name.
     let dir = tempdir();
     let alone = env.bundle_of(dir.path(), &[one.tag_reference()]);
-    let o = run(load_command(
-        &alone,
-        &node.store,
-        &node.drop_in(),
-        &node.path("no.sock"),
-        &node.path("l"),
-    )
-    .arg("--no-pin"));
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&o.stdout),
-        text(&o.stderr)
-    );
+    let o = node.human(&alone);
+    exits(&o, 0);
     let out = text(&o.stdout);
     assert!(
         out.contains(&format!(
@@ -286,20 +273,34 @@ fn an_unreadable_or_invalid_policy_changes_nothing() {
     assert!(node.untouched());
 }
 
-fn open(bundle: &Path) -> Arc<BundleSet> {
+/// Asserts the exit code, showing both outputs when it differs.
+fn exits(o: &std::process::Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{}\n{}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+}
+
+/// A bundle of the `oci-one` fixture in `dir`, opened, and its image.
+fn oci_one(dir: &Path) -> (Arc<BundleSet>, ImageEntry) {
+    let env = Env::new();
+    let path = env.bundle_of(dir, &[env.image("oci-one").tag_reference()]);
     let opts = SetOptions {
         allow_partial: false,
         find_siblings: true,
     };
-    Arc::new(BundleSet::open(&[bundle.to_path_buf()], opts).unwrap())
+    let bundle = Arc::new(BundleSet::open(&[path], opts).unwrap());
+    let image = bundle.manifest().images[0].clone();
+    (bundle, image)
 }
 
 #[test]
 fn the_loopback_registry_answers_only_with_the_run_credential() {
-    let env = Env::new();
     let work = tempdir();
-    let bundle = open(&env.bundle_of(work.path(), &[env.image("oci-one").tag_reference()]));
-    let image = bundle.manifest().images[0].clone();
+    let (bundle, image) = oci_one(work.path());
     let credential = Credential::random();
     let srv = server::serve_in_thread(
         BundleServer::new(bundle).with_credential(&credential),
@@ -361,10 +362,8 @@ fn the_loopback_registry_answers_only_with_the_run_credential() {
 
 #[test]
 fn a_hung_skopeo_is_killed_at_its_deadline() {
-    let env = Env::new();
     let work = tempdir();
-    let bundle = open(&env.bundle_of(work.path(), &[env.image("oci-one").tag_reference()]));
-    let image = bundle.manifest().images[0].clone();
+    let (_bundle, image) = oci_one(work.path());
     let fake = work.path().join("skopeo");
     std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
