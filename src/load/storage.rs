@@ -50,8 +50,9 @@ const DRIVER_PRIORITY: [&str; 6] = ["overlay", "btrfs", "zfs", "vfs", "devmapper
 /// How much of a failed child's stderr goes into the error.
 const STDERR_TAIL: usize = 2048;
 /// The deadline of a skopeo call that copies nothing (`--version`, `inspect`, `delete`):
-/// they read a few small files, so a minute means a hung store lock or a wedged child.
-pub const SMALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// they read small files or unlink a layer tree, so two minutes means a store lock held
+/// elsewhere or a wedged child.
+pub const SMALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What can go wrong talking to containers-storage. Each variant names the image, digest,
 /// program or file involved.
