@@ -232,7 +232,8 @@ struct InspectArgs {
 /// that serves the bundle on 127.0.0.1 (every digest kept exactly), named `repo@sha256:…`
 /// (and `repo:tag` when requested by tag); add the pins to the CRI-O drop-in (atomically, only
 /// when they change); reload CRI-O; ask CRI-O over the CRI until every image reports present
-/// and pinned. Exit 0 when confirmed; 1 when the bundle is damaged or CRI-O does not confirm;
+/// and pinned. Exit 0 when confirmed; 1 when the bundle is damaged, the signature policy
+/// refuses an image (see --signature-policy) or CRI-O does not confirm;
 /// 2 on other errors.
 ///
 /// Signatures: when any trusted key is configured (--trust-key, or a `*.pub` file in
@@ -306,6 +307,12 @@ struct LoadArgs {
     /// in containers-storage already, or in one of these); repeatable.
     #[arg(long, value_name = "BUNDLE")]
     base: Vec<PathBuf>,
+    /// Admit images by this containers-policy.json(5) instead of the one CRI-O pulls under
+    /// (its `signature_policy`, else /etc/containers/policy.json). Each image's original name
+    /// is judged: one its rule rejects, or whose rule requires signatures (bundles carry none),
+    /// is refused before anything is touched (exit 1).
+    #[arg(long, value_name = "FILE")]
+    signature_policy: Option<PathBuf>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -739,6 +746,10 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         trusted_keys: a.trust_key,
         trusted_dir: a.trusted_dir,
         bases: a.base,
+        signature_policy: a.signature_policy,
+        default_policy: PathBuf::from(load::policy::DEFAULT_POLICY),
+        default_policy_dir: PathBuf::from(load::policy::DEFAULT_POLICY_DIR),
+        import_timeout: load::storage::CopyTimeout::default(),
     };
     let report = match load::load(&opts, reporter) {
         // The store is not the one CRI-O serves: refused, nothing touched.
@@ -777,6 +788,17 @@ fn print_load(
         print_problems(out, &r.problems)?;
         return Ok(());
     }
+    if !r.refused.is_empty() {
+        writeln!(
+            out,
+            "{}: refused by the signature policy, nothing was changed:",
+            shown_path(&r.bundle)
+        )?;
+        for reason in &r.refused {
+            writeln!(out, "  {}", Shown(reason))?;
+        }
+        return Ok(());
+    }
     for i in &r.images {
         let pinned = match i.pinned {
             Some(true) => "pinned",
@@ -798,6 +820,25 @@ fn print_load(
     }
     if let Some(s) = &r.store {
         writeln!(out, "store: {}", Shown(&s.summary()))?;
+    if let Some(file) = r
+        .images
+        .iter()
+        .find_map(|i| i.policy.as_ref())
+        .map(|d| &d.file)
+    {
+        let mut scopes: Vec<&str> = r
+            .images
+            .iter()
+            .filter_map(|i| i.policy.as_ref().map(|d| d.scope.as_str()))
+            .collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        writeln!(
+            out,
+            "policy: {} admits every image ({})",
+            shown_path(file),
+            Shown(&scopes.join(", "))
+        )?;
     }
     if let Some(p) = &r.pins {
         let what = if p.changed { "updated" } else { "unchanged" };
@@ -1516,6 +1557,7 @@ mod tests {
             size: 1 << 20,
             uncompressed_size: 3 << 20,
             error: Some("skopeo\rsaid no".into()),
+            policy: None,
         }];
         r.warnings = vec!["odd\x07".into()];
         r.error = Some("importing r/app:v1 failed".into());

@@ -11,6 +11,7 @@ pub mod cri;
 pub mod crio_config;
 pub mod pins;
 pub mod plan;
+pub mod policy;
 pub mod reload;
 pub mod report;
 pub mod run;

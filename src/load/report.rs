@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 use serde::ser::{SerializeStruct, Serializer};
 
+use super::policy;
 use super::space::SpaceReport;
 use super::storage;
 use super::store_config::StoreReport;
@@ -45,6 +46,9 @@ pub struct LoadReport {
     pub rolled_back: Option<storage::RolledBack>,
     pub warnings: Vec<String>,
     pub seconds: f64,
+    /// Why the signature policy refused the bundle, one sentence per image; nothing was
+    /// touched, and the exit code is 1. Shown only when not empty.
+    pub refused: Vec<String>,
     /// Whether asking CRI-O to confirm failed outright (then `cri` is `null`): not shown
     /// itself, but it makes the load not ok.
     pub(super) cri_unreachable: bool,
@@ -55,6 +59,7 @@ impl LoadReport {
     /// was asked, confirmed present and pinned.
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+            && self.refused.is_empty()
             && self.error.is_none()
             && !self.cri_unreachable
             && self.cri.as_ref().is_none_or(|c| c.confirmed)
@@ -70,6 +75,11 @@ impl Serialize for LoadReport {
         st.serialize_field("dryRun", &self.dry_run)?;
         st.serialize_field("ok", &self.ok())?;
         st.serialize_field("problems", &self.problems)?;
+        if self.refused.is_empty() {
+            st.skip_field("refused")?;
+        } else {
+            st.serialize_field("refused", &self.refused)?;
+        }
         st.serialize_field("signature", &self.signature)?;
         st.serialize_field("images", &self.images)?;
         st.serialize_field("pins", &self.pins)?;
@@ -112,6 +122,10 @@ pub struct ImageResult {
     pub uncompressed_size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the signature policy decided for the image's original names (absent when the
+    /// load stopped before the policy was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<policy::Decision>,
 }
 
 /// What `load` did with one image.
@@ -203,6 +217,7 @@ mod tests {
                 size: 1,
                 uncompressed_size: 2,
                 error: Some("x".into()),
+                policy: None,
             }],
             pins: Some(PinsResult {
                 drop_in: "p".into(),
@@ -254,7 +269,31 @@ mod tests {
             warnings: vec!["w".into()],
             seconds: 1.5,
             cri_unreachable: false,
+            refused: Vec::new(),
         }
+    }
+
+    #[test]
+    fn policy_fields() {
+        let mut r = full_report();
+        r.problems.clear();
+        r.error = None;
+        r.cri = None;
+        assert!(r.ok());
+        r.images[0].policy = Some(policy::Decision {
+            file: "/p.json".into(),
+            scope: "default".into(),
+            requirement: "reject".into(),
+            admitted: false,
+        });
+        r.refused = vec!["r:1 is refused".into()];
+        assert!(!r.ok());
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["refused"][0], "r:1 is refused");
+        assert_eq!(
+            v["images"][0]["policy"],
+            serde_json::json!({"file":"/p.json","scope":"default","requirement":"reject","admitted":false})
+        );
     }
 
     #[test]

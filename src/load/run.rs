@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::crio_config::CrioConfig;
+use super::crio_config::{CrioConfig, Key};
+use super::policy::{self, Admission};
 use super::report::{CriResult, ImageResult, ImageStatus, LoadReport, PinsResult};
 use super::space::{SpaceCheck, SpaceReport};
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
@@ -77,6 +78,16 @@ pub struct LoadOptions {
     /// Bundles that carry layers a delta bundle omits. They need no signature: what is taken
     /// from them is checked against the digests of the (verified, maybe signed) delta.
     pub bases: Vec<PathBuf>,
+    /// `--signature-policy`: the policy to admit images by instead of CRI-O's.
+    pub signature_policy: Option<PathBuf>,
+    /// The policy when neither `--signature-policy` nor CRI-O names one
+    /// ([`policy::DEFAULT_POLICY`]).
+    pub default_policy: PathBuf,
+    /// CRI-O's per-namespace policies when its configuration names no
+    /// `signature_policy_dir` ([`policy::DEFAULT_POLICY_DIR`]).
+    pub default_policy_dir: PathBuf,
+    /// The deadline of each skopeo copy.
+    pub import_timeout: storage::CopyTimeout,
 }
 
 /// Runs `load`. `Err` is an operational failure before anything changed; a failure after
@@ -110,7 +121,15 @@ fn run(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
     } else {
         Some(lock(&opts.lock, reporter)?)
     };
-    let plan = make_plan(opts, &bundle, &checked, reporter)?;
+    let plan = match make_plan(opts, &bundle, &checked, reporter) {
+        Ok(p) => p,
+        // Refused for its content, before anything was touched: a report, not an error.
+        Err(e) => {
+            return e
+                .downcast::<policy::Refused>()
+                .map(|r| refused(opts, checked, r));
+        }
+    };
     if opts.dry_run {
         return Ok(report(opts, checked, Some(plan), None));
     }
@@ -185,12 +204,14 @@ struct Plan {
     space: SpaceReport,
     warnings: Vec<String>,
     /// CRI-O's configuration, read once: the store, the policy and the pins come from it.
-    #[allow(dead_code)] // until the policy and pins phases read it
+    #[allow(dead_code)] // until the pins phase reads it
     crio: CrioConfig,
     /// The store CRI-O serves, resolved from `crio` and containers-storage's configuration.
     store: PreparedStore,
     /// The report's view of it.
     store_report: StoreReport,
+    /// What the signature policy decided for each image, and what skopeo is given.
+    admission: Admission,
 }
 
 /// Phase 2: checks the drop-in, the tools and platforms, finds what is present, where a
@@ -203,6 +224,7 @@ fn make_plan(
 ) -> Result<Plan> {
     let manifest = bundle.manifest();
     let crio = CrioConfig::read(&opts.crio_config, &opts.crio_config_dir)?;
+    let (admission, mut warnings) = admit(opts, manifest, &crio)?;
     // The drop-in dir must be one CRI-O can reload and our file one we can merge into:
     // refuse now, before anything is looked up or imported, rather than after.
     let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
@@ -260,6 +282,7 @@ fn make_plan(
         crio,
         store,
         store_report,
+        admission,
     })
 }
 
@@ -288,6 +311,33 @@ fn resolve_store(
         CrossCheck::Unchecked(why) => warnings.push(why),
     }
     Ok((prepared, report))
+}
+
+/// Evaluates the policy CRI-O pulls under (`--signature-policy` instead, when given) for
+/// every image's original names; [`policy::Refused`] when it does not admit them all.
+/// Returns warnings about CRI-O's per-namespace policies.
+fn admit(
+    opts: &LoadOptions,
+    manifest: &BundleManifest,
+    crio: &CrioConfig,
+) -> Result<(Admission, Vec<String>)> {
+    let configured = crio
+        .get(Key::SignaturePolicy)
+        .filter(|s| !s.value.is_empty());
+    let (path, source) = match (&opts.signature_policy, configured) {
+        (Some(p), _) => (p.clone(), policy::Source::Flag),
+        (None, Some(s)) => (PathBuf::from(s.value), policy::Source::Crio),
+        (None, None) => (opts.default_policy.clone(), policy::Source::Default),
+    };
+    let admission = policy::admit(&policy::Policy::read(&path)?, source, &manifest.images)?;
+    let dir = crio
+        .get(Key::SignaturePolicyDir)
+        .filter(|s| !s.value.is_empty())
+        .map_or_else(|| opts.default_policy_dir.clone(), |s| s.value.into());
+    Ok((
+        admission,
+        policy::namespaced_warnings(&dir, &manifest.images),
+    ))
 }
 
 /// Opens the `--base` bundles and, for a delta, finds where each layer it omits comes from
@@ -445,18 +495,25 @@ fn import(
     applied: &mut Applied,
     reporter: &dyn Reporter,
 ) -> Result<()> {
-    use crate::registry::server::{BundleServer, serve_in_thread};
+    use crate::registry::server::{BundleServer, Credential, serve_in_thread};
     let manifest = bundle.manifest();
+    // Only skopeo, through a private auth file, can read the bundle from loopback.
+    let credential = Credential::random();
     let server = serve_in_thread(
-        BundleServer::new(bundle.clone()).with_bases(plan.bases.clone()),
+        BundleServer::new(bundle.clone())
+            .with_bases(plan.bases.clone())
+            .with_credential(&credential),
         BundleServer::LOOPBACK_EPHEMERAL,
     )
     .context("starting the loopback registry that serves the bundle")?;
+    let private = storage::PrivateDir::new()?;
     let import_opts = ImportOptions {
         skopeo: opts.skopeo.clone(),
         platform: opts.platform.clone(),
-        policy: None,
+        policy: Some(private.write("policy.json", &plan.admission.skopeo_policy(server.addr()))?),
         tmpdir: opts.tmpdir.clone(),
+        auth_file: Some(private.write_auth_file(server.addr(), &credential)?),
+        timeout: opts.import_timeout,
     };
     let total = plan
         .missing
@@ -573,7 +630,7 @@ fn report(
 ) -> LoadReport {
     let mut images = checked.images;
     let mut warnings = Vec::new();
-    let (mut delta, mut space, mut store) = (None, None, None);
+    let (mut delta, mut space, mut store, mut decisions) = (None, None, None, Vec::new());
     if let Some(p) = plan {
         store = Some(p.store_report);
         for (img, status) in images.iter_mut().zip(&p.statuses) {
@@ -582,10 +639,14 @@ fn report(
         warnings.extend(p.warnings);
         delta = p.delta;
         space = Some(p.space);
+        decisions = p.admission.decisions;
     }
     let mut a = applied.unwrap_or_default();
     if !a.images.is_empty() {
         images = std::mem::take(&mut a.images);
+    }
+    for (img, d) in images.iter_mut().zip(decisions) {
+        img.policy = Some(d);
     }
     warnings.append(&mut a.warnings);
     LoadReport {
@@ -607,7 +668,18 @@ fn report(
         warnings,
         seconds: 0.0,
         cri_unreachable: a.cri_unreachable,
+        refused: Vec::new(),
     }
+}
+
+/// The report of a load the signature policy refused: nothing was touched.
+fn refused(opts: &LoadOptions, checked: Checked, r: policy::Refused) -> LoadReport {
+    let mut report = report(opts, checked, None, None);
+    for (img, d) in report.images.iter_mut().zip(r.decisions) {
+        img.policy = Some(d);
+    }
+    report.refused = r.reasons;
+    report
 }
 
 fn pin_of(img: &ImageEntry) -> PinnedRef {
@@ -626,6 +698,7 @@ fn image_result(img: &ImageEntry) -> ImageResult {
         size: img.size,
         uncompressed_size: img.uncompressed_size,
         error: None,
+        policy: None,
     }
 }
 

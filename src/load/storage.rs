@@ -4,10 +4,17 @@
 //! registry on loopback ([`crate::registry::server`]):
 //!
 //! ```text
-//! skopeo copy --src-tls-verify=false --src-no-creds --retry-times 0 --preserve-digests \
+//! skopeo --policy PRIVATE/policy.json copy --src-tls-verify=false \
+//!     --src-authfile PRIVATE/auth.json --retry-times 0 --preserve-digests \
 //!     --digestfile TMP docker://127.0.0.1:PORT/<served name>@<digest> \
 //!     containers-storage:[driver@root+runroot]<name>@<digest>
 //! ```
+//!
+//! `PRIVATE` is a directory only this user can read ([`PrivateDir`]): the auth file holds the
+//! loopback registry's per-run credential, which never appears on a command line, and the
+//! policy is the one `load` generated from the original names' rules
+//! ([`super::policy`]). Every child has a deadline ([`CopyTimeout`] for copies, scaled by the
+//! image's size; [`SMALL_TIMEOUT`] for the rest) and is killed when it passes.
 //!
 //! Copying by digest gives the image the storage name `name@digest`, which is what CRI-O's
 //! `pinned_images` matches (it matches names only, never digests or IDs). When the image was
@@ -15,10 +22,10 @@
 //! the layers are already present, and unlike a copy by tag it cannot pick up another image.
 //!
 //! This module does not decide what to load or pin (`load`), and never contacts anything but
-//! the given 127.0.0.1 address: no credentials are passed (`--src-no-creds`).
+//! the given 127.0.0.1 address: without an auth file no credentials are passed
+//! (`--src-no-creds`).
 
 use std::ffi::{OsStr, OsString};
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -39,6 +46,10 @@ pub const DEFAULT_RUNROOT: &str = "/run/containers/storage";
 const DRIVER_PRIORITY: [&str; 6] = ["overlay", "btrfs", "zfs", "vfs", "devmapper", "aufs"];
 /// How much of a failed child's stderr goes into the error.
 const STDERR_TAIL: usize = 2048;
+/// The deadline of a skopeo call that copies nothing (`--version`, `inspect`, `delete`):
+/// they read small files or unlink a layer tree, so two minutes means a store lock held
+/// elsewhere or a wedged child.
+pub const SMALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What can go wrong talking to containers-storage. Each variant names the image, digest,
 /// program or file involved.
@@ -54,6 +65,16 @@ pub enum StorageError {
         argv: String,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "{what}: skopeo did not finish within {}s and was killed (`{argv}`); the store may be locked by another process or its disk very slow",
+        after.as_secs()
+    )]
+    Timeout {
+        /// What the call was for (`importing quay.io/a@sha256:…`).
+        what: String,
+        argv: String,
+        after: Duration,
     },
     #[error("`{argv}` failed ({status}): {stderr}")]
     Skopeo {
@@ -518,8 +539,24 @@ impl Skopeo {
             .join(" ")
     }
 
-    /// Runs skopeo with `args`: stdin null, stdout collected, stderr's tail kept for the error.
+    /// Runs skopeo with `args` under [`SMALL_TIMEOUT`].
     fn run(&self, store: &Store, args: &[OsString]) -> Result<Output> {
+        let what = args.first().map_or_else(
+            || "skopeo".into(),
+            |a| format!("skopeo {}", a.to_string_lossy()),
+        );
+        self.run_timed(store, args, SMALL_TIMEOUT, &what)
+    }
+
+    /// Runs skopeo with `args`: stdin null, stdout collected, stderr's tail kept for the error;
+    /// killed after `timeout` ([`StorageError::Timeout`], naming `what`).
+    fn run_timed(
+        &self,
+        store: &Store,
+        args: &[OsString],
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Output> {
         let argv = self.argv(args);
         let mut cmd = Command::new(&self.program);
         cmd.args(args)
@@ -547,23 +584,31 @@ impl Skopeo {
                 }
             }
         })?;
-        // Drain stderr on its own thread so neither pipe can fill up and block the child.
-        let stderr = child.stderr.take();
-        let stderr_reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut s) = stderr {
-                let _ = s.read_to_end(&mut buf);
+        // Drain both pipes on threads of their own so neither can fill up and block the
+        // child, while this thread watches the deadline.
+        let stderr_reader = drain(child.stderr.take());
+        let stdout_reader = drain(child.stdout.take());
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            let waited = child.try_wait().map_err(|source| StorageError::Spawn {
+                argv: argv.clone(),
+                source,
+            })?;
+            if let Some(status) = waited {
+                break status;
             }
-            buf
-        });
-        let mut stdout = Vec::new();
-        if let Some(mut s) = child.stdout.take() {
-            let _ = s.read_to_end(&mut stdout);
-        }
-        let status = child.wait().map_err(|source| StorageError::Spawn {
-            argv: argv.clone(),
-            source,
-        })?;
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StorageError::Timeout {
+                    what: what.to_string(),
+                    argv,
+                    after: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = stdout_reader.join().unwrap_or_default();
         let stderr = stderr_reader.join().unwrap_or_default();
         if !status.success() {
             return Err(StorageError::Skopeo {
@@ -574,6 +619,17 @@ impl Skopeo {
         }
         Ok(Output { stdout })
     }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -615,6 +671,95 @@ pub fn host_platform() -> Platform {
     }
 }
 
+/// The deadline of one `skopeo copy`: `base` plus the image's size at `bytes_per_second`.
+///
+/// The defaults are deliberately slack, so that only a hung copy is killed: skopeo from the
+/// loopback registry into overlay was measured at 56 MB/s on a 2-core VM (field notes), and
+/// the default rate assumes a disk 14 times slower (4 MiB/s) on the larger of the compressed
+/// and unpacked sizes; the 5-minute base covers skopeo's start, the store lock and small
+/// images. A 1 GiB image gets 5 min + 256 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyTimeout {
+    pub base: Duration,
+    pub bytes_per_second: u64,
+}
+
+impl Default for CopyTimeout {
+    fn default() -> Self {
+        CopyTimeout {
+            base: Duration::from_secs(300),
+            bytes_per_second: 4 << 20,
+        }
+    }
+}
+
+impl CopyTimeout {
+    /// The deadline for copying `image`.
+    pub fn for_image(&self, image: &ImageEntry) -> Duration {
+        let bytes = image.size.max(image.uncompressed_size);
+        let secs = bytes / self.bytes_per_second.max(1);
+        self.base.saturating_add(Duration::from_secs(secs))
+    }
+}
+
+/// A directory only this user can enter (mode 0700), for the files skopeo reads that others
+/// must not: the auth file and the generated policy. Removed when dropped.
+#[derive(Debug)]
+pub struct PrivateDir(tempfile::TempDir);
+
+impl PrivateDir {
+    /// A new private directory under the system's temp dir.
+    pub fn new() -> Result<PrivateDir> {
+        use std::os::unix::fs::PermissionsExt as _;
+        // Created with this mode, never widened by the umask, so no window where others can
+        // look in.
+        tempfile::Builder::new()
+            .prefix("pinbundle-load.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
+            .map(PrivateDir)
+            .map_err(|source| StorageError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Writes `name` in the directory with mode 0600 (created new: never an existing file).
+    pub fn write(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        use fs_err::os::unix::fs::OpenOptionsExt as _;
+        use std::io::Write as _;
+        let path = self.path().join(name);
+        let io = |source| StorageError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = fs_err::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        Ok(path)
+    }
+
+    /// Writes a containers-auth.json(5) file that gives `credential` for `registry` only.
+    pub fn write_auth_file(
+        &self,
+        registry: SocketAddr,
+        credential: &crate::registry::server::Credential,
+    ) -> Result<PathBuf> {
+        let doc = serde_json::json!({
+            "auths": { registry.to_string(): { "auth": credential.basic() } }
+        });
+        self.write("auth.json", doc.to_string().as_bytes())
+    }
+}
+
 /// Options of [`import`].
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
@@ -625,6 +770,11 @@ pub struct ImportOptions {
     pub policy: Option<PathBuf>,
     /// A directory for skopeo's temporary files (`--tmpdir`); `None` uses its default.
     pub tmpdir: Option<PathBuf>,
+    /// An auth file with the loopback registry's credential (`--src-authfile`); `None`
+    /// copies anonymously (`--src-no-creds`).
+    pub auth_file: Option<PathBuf>,
+    /// The deadline of each copy.
+    pub timeout: CopyTimeout,
 }
 
 /// What [`import`] did.
@@ -686,10 +836,12 @@ pub fn import(
             source,
         })?;
     let mut written = None;
+    let timeout = opts.timeout.for_image(image);
     let targets = std::iter::once(pin.to_string()).chain(tagged.clone());
     for target in targets {
         let args = copy_args(opts, &source, &store.transport(&target)?, digestfile.path());
-        opts.skopeo.run(store, &args)?;
+        let what = format!("importing {target}");
+        opts.skopeo.run_timed(store, &args, timeout, &what)?;
         let found = fs_err::read_to_string(digestfile.path())
             .map_err(|e| StorageError::Io {
                 path: digestfile.path().to_path_buf(),
@@ -778,11 +930,15 @@ fn copy_args(opts: &ImportOptions, source: &str, dest: &str, digestfile: &Path) 
         args.push("--tmpdir".into());
         args.push(dir.into());
     }
+    args.extend(["copy", "--quiet", "--src-tls-verify=false"].map(OsString::from));
+    match &opts.auth_file {
+        Some(f) => {
+            args.push("--src-authfile".into());
+            args.push(f.into());
+        }
+        None => args.push("--src-no-creds".into()),
+    }
     for a in [
-        "copy",
-        "--quiet",
-        "--src-tls-verify=false",
-        "--src-no-creds",
         "--retry-times",
         "0",
         // Refuse rather than convert: containers-storage accepts every manifest type, so a
@@ -830,6 +986,48 @@ mod tests {
         ));
         let s = Store::explicit("vfs", Path::new("/r+x"), Path::new("/rr"));
         assert!(s.transport("a").is_err());
+    }
+
+    #[test]
+    fn copy_timeout_scales_with_the_larger_size() {
+        let t = CopyTimeout::default();
+        let mut img = ImageEntry {
+            reference: "q.io/a:1".into(),
+            name: "q.io/a".into(),
+            tag: Some("1".into()),
+            digest: Digest::of(b"a"),
+            media_type: media::OCI_MANIFEST.into(),
+            platforms: Vec::new(),
+            blobs: Vec::new(),
+            size: 0,
+            uncompressed_size: 0,
+        };
+        assert_eq!(t.for_image(&img), Duration::from_secs(300));
+        img.size = 1 << 30;
+        img.uncompressed_size = 2 << 30;
+        assert_eq!(t.for_image(&img), Duration::from_secs(300 + 512));
+    }
+
+    #[test]
+    fn auth_file_is_private_and_never_in_argv() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = PrivateDir::new().unwrap();
+        let cred = crate::registry::server::Credential::random();
+        let addr: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let file = dir.write_auth_file(addr, &cred).unwrap();
+        let mode = |p: &Path| fs_err::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(mode(dir.path()), 0o700);
+        let doc: serde_json::Value = serde_json::from_slice(&fs_err::read(&file).unwrap()).unwrap();
+        assert_eq!(doc["auths"]["127.0.0.1:5000"]["auth"], cred.basic());
+        let opts = ImportOptions {
+            auth_file: Some(file),
+            ..ImportOptions::default()
+        };
+        let args = copy_args(&opts, "docker://x", "containers-storage:y", Path::new("d"));
+        let argv = Skopeo::new().argv(&args);
+        assert!(argv.contains("--src-authfile") && !argv.contains("--src-no-creds"));
+        assert!(!argv.contains(&cred.password) && !argv.contains(&cred.basic()));
     }
 
     #[test]

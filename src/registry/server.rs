@@ -32,6 +32,13 @@
 //!
 //! Everything else is `404`; every method but `GET` and `HEAD` is `405`.
 //!
+//! # Access
+//!
+//! Any local process (a host-network pod too) can reach a loopback port. `load` therefore
+//! starts its server [`BundleServer::with_credential`]: a random per-run user and password
+//! that every request must carry as HTTP basic auth (`401` with a `Basic` challenge
+//! otherwise); skopeo gets them in a private auth file, never on a command line.
+//!
 //! # Integrity while streaming
 //!
 //! Blob bodies are produced on a blocking thread from [`BundleSet::open_blob`], which checks every
@@ -199,6 +206,43 @@ pub struct BundleServer {
     bases: Vec<Arc<BundleSet>>,
     repositories: HashMap<String, Repository>,
     counters: Counters,
+    /// When set, the SHA-256 of the one `Authorization` header value accepted.
+    authorization: Option<[u8; 32]>,
+}
+
+/// A user and password for HTTP basic auth, random per run ([`Credential::random`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credential {
+    /// Never the password: a debug print must not leak it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credential {
+    /// A fresh user name and a 256-bit password from the OS-seeded generator.
+    pub fn random() -> Credential {
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        Credential {
+            username: format!("pinbundle-{}", hex::encode(rng.random::<[u8; 4]>())),
+            password: hex::encode(rng.random::<[u8; 32]>()),
+        }
+    }
+
+    /// `base64(user:password)`, as in an `Authorization: Basic` header and an auth file.
+    pub fn basic(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", self.username, self.password))
+    }
 }
 
 /// A response body: empty, a complete buffer, or a stream from a reading thread.
@@ -452,7 +496,32 @@ impl BundleServer {
             bases: Vec::new(),
             repositories,
             counters: Counters::default(),
+            authorization: None,
         }
+    }
+
+    /// Answers only requests that carry `credential` as HTTP basic auth.
+    pub fn with_credential(mut self, credential: &Credential) -> BundleServer {
+        let expected = format!("Basic {}", credential.basic());
+        self.authorization = Some(sha2::Sha256::digest(expected.as_bytes()).into());
+        self
+    }
+
+    /// Whether `req` may be answered. Compares digests of the header, so neither the length
+    /// nor a common prefix of a guess shows in the time taken.
+    fn authorized<B>(&self, req: &Request<B>) -> bool {
+        let Some(expected) = &self.authorization else {
+            return true;
+        };
+        let Some(given) = req.headers().get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let given: [u8; 32] = sha2::Sha256::digest(given.as_bytes()).into();
+        given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 
     /// Also serves, from `bases`, the blobs `bundle` lists but does not carry (a delta's).
@@ -511,6 +580,19 @@ impl BundleServer {
     }
 
     async fn respond<B>(self: &Arc<Self>, req: &Request<B>) -> Response<ResponseBody> {
+        if !self.authorized(req) {
+            let mut resp = error_response(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "authentication required",
+                "",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"pinbundle load\""),
+            );
+            return resp;
+        }
         let head = match *req.method() {
             Method::GET => false,
             Method::HEAD => true,

@@ -13,6 +13,7 @@ mod hostile;
 mod hostile_registry;
 mod load;
 mod load_store;
+mod load_policy;
 mod oracle;
 mod rehashed;
 mod reserialise;
