@@ -283,6 +283,10 @@ struct LoadArgs {
     /// The systemctl program (tests).
     #[arg(long, value_name = "PROGRAM", default_value = "systemctl", hide = true)]
     systemctl: PathBuf,
+    /// Signal this CRI-O process instead of looking for it in /proc (tests: other `crio`
+    /// processes may run on the host).
+    #[arg(long, value_name = "PID", hide = true)]
+    crio_pid: Option<i32>,
     /// Exists when systemd runs the node (tests).
     #[arg(
         long,
@@ -753,6 +757,7 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         reload_env: load::reload::ReloadEnv {
             systemctl: a.systemctl,
             systemd_marker: a.systemd_marker,
+            pid: a.crio_pid,
             ..load::reload::ReloadEnv::default()
         },
         cri_socket: a.cri_socket,

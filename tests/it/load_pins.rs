@@ -46,7 +46,7 @@ impl Node {
     }
 
     /// `pinbundle load --json` against `socket`.
-    fn load(&self, bundle: &Path, socket: &Path, extra: &[&OsStr]) -> (Output, Value) {
+    fn load<S: AsRef<OsStr>>(&self, bundle: &Path, socket: &Path, extra: &[S]) -> (Output, Value) {
         let lock = self.path("load.lock");
         let o = run(
             load_command(bundle, &self.store, &self.drop_in, socket, &lock)
@@ -104,6 +104,17 @@ fn other_status(report: &Value, entry: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// `--reload signal` to the stand-in's own PID: other `crio` processes may run on this host
+/// (other test runs), so /proc discovery is not what these tests are about.
+fn signal(crio: &Crio) -> [std::ffi::OsString; 4] {
+    [
+        "--reload".into(),
+        "signal".into(),
+        "--crio-pid".into(),
+        crio.pid().to_string().into(),
+    ]
+}
+
 fn assert_confirmed(o: &Output, report: &Value) {
     assert_eq!(
         o.status.code(),
@@ -150,11 +161,7 @@ fn an_earlier_drop_ins_pins_are_carried_into_ours_and_confirmed() {
     // Before the load CRI-O pins what 10-early lists.
     crio.wait_log(&foreign, 1);
     let bundle = node.bundle(&env, "oci-one");
-    let (o, report) = node.load(
-        &bundle,
-        &crio.socket,
-        &[OsStr::new("--reload"), OsStr::new("signal")],
-    );
+    let (o, report) = node.load(&bundle, &crio.socket, &signal(&crio));
     assert_confirmed(&o, &report);
     // Our file holds the earlier list too, and the report says from where.
     let ours = env.image("oci-one").digest_reference();
@@ -192,7 +199,7 @@ fn an_earlier_drop_ins_pins_are_carried_into_ours_and_confirmed() {
         &crio.socket,
         &node.path("load.lock"),
     )
-    .args(["--reload", "signal"]));
+    .args(signal(&crio)));
     assert!(o.status.success(), "{}", text(&o.stderr));
     let out = text(&o.stdout);
     assert!(
@@ -208,7 +215,7 @@ fn a_later_file_that_sets_pinned_images_is_refused_and_nothing_changes() {
     let later = node.conf.join("90-later");
     std::fs::write(&later, pins_file(&["quay.io/other*"])).unwrap();
     let bundle = node.bundle(&env, "oci-one");
-    let (o, _) = node.load(&bundle, &node.path("none.sock"), &[]);
+    let (o, _) = node.load(&bundle, &node.path("none.sock"), &[] as &[&OsStr]);
     let err = text(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -251,7 +258,8 @@ fn crio_confs_pinned_images_are_carried() {
         .arg(&crio.socket)
         .arg("--lock-file")
         .arg(node.path("load.lock"))
-        .args(["--reload", "signal", "--json"]));
+        .args(signal(&crio))
+        .arg("--json"));
     let report: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
     assert_confirmed(&o, &report);
     // No --crio-drop-in: the default is 50-pinned-images in the configuration directory.
@@ -342,11 +350,7 @@ fn a_reload_that_unpins_kept_entries_is_not_confirmed_and_without_systemd_says_w
     let bundle = node.bundle(&env, "oci-one");
     // SIGHUP asked for explicitly: ours is pinned, the kept entry is not, and confirming the
     // whole effective list sees it (exit 1, saying why).
-    let (o, report) = node.load(
-        &bundle,
-        &crio.socket,
-        &[OsStr::new("--reload"), OsStr::new("signal")],
-    );
+    let (o, report) = node.load(&bundle, &crio.socket, &signal(&crio));
     let err = report["warnings"].to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(report["cri"]["confirmed"], false, "{report}");
@@ -363,7 +367,12 @@ fn a_reload_that_unpins_kept_entries_is_not_confirmed_and_without_systemd_says_w
     let (o, report) = node.load(
         &bundle,
         &crio.socket,
-        &[OsStr::new("--systemd-marker"), nowhere.as_os_str()],
+        &[
+            OsStr::new("--systemd-marker"),
+            nowhere.as_os_str(),
+            OsStr::new("--crio-pid"),
+            OsStr::new(&crio.pid().to_string()),
+        ],
     );
     let err = report["warnings"].to_string();
     assert_eq!(o.status.code(), Some(1), "{err}");
@@ -445,11 +454,7 @@ fn a_rerun_reloads_again_when_the_running_pins_differ_from_the_file() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(crio.log().matches("Reloading configuration").count(), 0);
     // The rerun finds the file unchanged, asks CRI-O, and reloads.
-    let (o, report) = node.load(
-        &bundle,
-        &crio.socket,
-        &[OsStr::new("--reload"), OsStr::new("signal")],
-    );
+    let (o, report) = node.load(&bundle, &crio.socket, &signal(&crio));
     assert_confirmed(&o, &report);
     assert_eq!(report["pins"]["changed"], false, "{report}");
     assert!(
@@ -467,11 +472,7 @@ fn a_rerun_reloads_again_when_the_running_pins_differ_from_the_file() {
     );
     assert_eq!(crio.log().matches("Reloading configuration").count(), 1);
     // And once they agree, a rerun leaves CRI-O alone.
-    let (o, report) = node.load(
-        &bundle,
-        &crio.socket,
-        &[OsStr::new("--reload"), OsStr::new("signal")],
-    );
+    let (o, report) = node.load(&bundle, &crio.socket, &signal(&crio));
     assert_confirmed(&o, &report);
     assert!(report["reload"].is_null(), "{report}");
     assert_eq!(crio.log().matches("Reloading configuration").count(), 1);
