@@ -231,10 +231,12 @@ struct InspectArgs {
 /// space; import every image not yet present with `skopeo copy` from a read-only registry
 /// that serves the bundle on 127.0.0.1 (every digest kept exactly), named `repo@sha256:…`
 /// (and `repo:tag` when requested by tag); add the pins to the CRI-O drop-in (atomically, only
-/// when they change); reload CRI-O; ask CRI-O over the CRI until every image reports present
-/// and pinned. Exit 0 when confirmed; 1 when the bundle is damaged, the signature policy
-/// refuses an image (see --signature-policy) or CRI-O does not confirm;
-/// 2 on other errors.
+/// when they change, carrying what an earlier CRI-O configuration file pins); reload CRI-O (or
+/// restart it, on releases whose reload mishandles pins); ask CRI-O over the CRI until every
+/// entry of its pinned_images is confirmed. Exit 0 when confirmed (or with --no-confirm); 1
+/// when the bundle is damaged, the signature policy refuses an image (see
+/// --signature-policy), CRI-O's configuration or store is refused, or the pins are not
+/// confirmed (no CRI socket, no answer, not pinned); 2 on other errors.
 ///
 /// Signatures: when any trusted key is configured (--trust-key, or a `*.pub` file in
 /// --trusted-dir), the bundle must be signed by one of them; an unsigned bundle or one signed
@@ -273,19 +275,41 @@ struct LoadArgs {
     /// CRI-O's drop-in directory, every file read after the main one (as `crio --config-dir`).
     #[arg(long, value_name = "DIR", default_value = load::crio_config::DEFAULT_CONFIG_DIR)]
     crio_config_dir: PathBuf,
-    /// The CRI-O drop-in that holds the pins.
-    #[arg(long, value_name = "FILE", default_value = load::DEFAULT_DROP_IN)]
-    crio_drop_in: PathBuf,
+    /// The CRI-O drop-in that holds the pins; it must be the last file of the configuration
+    /// that sets `pinned_images`. [default: CRIO_CONFIG_DIR/50-pinned-images]
+    #[arg(long, value_name = "FILE")]
+    crio_drop_in: Option<PathBuf>,
     /// How to make CRI-O re-read its configuration: `auto` = systemd when it runs CRI-O, else
-    /// SIGHUP to the crio process; `none` prints what to run.
+    /// SIGHUP to the crio process, and `systemctl restart crio` on releases whose reload
+    /// mishandles pins (1.28.0–1.29.6, 1.30.0–1.30.2); `restart` always restarts; `none`
+    /// prints what to run.
     #[arg(long, value_enum, default_value_t = ReloadArg::Auto)]
     reload: ReloadArg,
+    /// The systemctl program (tests).
+    #[arg(long, value_name = "PROGRAM", default_value = "systemctl", hide = true)]
+    systemctl: PathBuf,
+    /// Signal this CRI-O process instead of looking for it in /proc (tests: other `crio`
+    /// processes may run on the host).
+    #[arg(long, value_name = "PID", hide = true)]
+    crio_pid: Option<i32>,
+    /// Exists when systemd runs the node (tests).
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/systemd/system",
+        hide = true
+    )]
+    systemd_marker: PathBuf,
     /// CRI-O's CRI socket, asked to confirm the images are present and pinned.
     #[arg(long, value_name = "SOCKET", default_value = load::DEFAULT_CRI_SOCKET)]
     cri_socket: PathBuf,
     /// How long to wait for CRI-O to confirm, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     confirm_timeout: u64,
+    /// Do not ask CRI-O whether the pins took effect (no CRI socket here): exit 0 with the
+    /// pins written but unconfirmed. Without it, unconfirmed pins exit 1.
+    #[arg(long)]
+    no_confirm: bool,
     /// Also write a PinnedImageSet manifest for these images (for MCO-managed nodes).
     #[arg(long, value_name = "FILE")]
     pinned_image_set_out: Option<PathBuf>,
@@ -348,6 +372,7 @@ enum ReloadArg {
     Auto,
     Systemd,
     Signal,
+    Restart,
     None,
 }
 
@@ -364,6 +389,12 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             print_error(&e);
+            // CRI-O's configuration refused for its content: the operator decides (exit 1).
+            if e.downcast_ref::<load::pins::PinsError>()
+                .is_some_and(load::pins::PinsError::is_refusal)
+            {
+                return ExitCode::from(1);
+            }
             ExitCode::from(2)
         }
     }
@@ -723,17 +754,26 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         bundle: a.bundle,
         store,
         crio_config: a.crio_config,
+        drop_in: a
+            .crio_drop_in
+            .unwrap_or_else(|| a.crio_config_dir.join(load::run::DROP_IN_NAME)),
         crio_config_dir: a.crio_config_dir,
-        drop_in: a.crio_drop_in,
         reload: match a.reload {
             ReloadArg::Auto => load::reload::ReloadMode::Auto,
             ReloadArg::Systemd => load::reload::ReloadMode::Systemd,
             ReloadArg::Signal => load::reload::ReloadMode::Signal,
+            ReloadArg::Restart => load::reload::ReloadMode::Restart,
             ReloadArg::None => load::reload::ReloadMode::None,
         },
-        reload_env: load::reload::ReloadEnv::default(),
+        reload_env: load::reload::ReloadEnv {
+            systemctl: a.systemctl,
+            systemd_marker: a.systemd_marker,
+            pid: a.crio_pid,
+            ..load::reload::ReloadEnv::default()
+        },
         cri_socket: a.cri_socket,
         confirm_timeout: std::time::Duration::from_secs(a.confirm_timeout),
+        no_confirm: a.no_confirm,
         pinned_image_set_out: a.pinned_image_set_out,
         dry_run: a.dry_run,
         no_pin: a.no_pin,
@@ -848,6 +888,14 @@ fn print_load(
             shown_path(&p.drop_in),
             p.entries
         )?;
+        if let Some(c) = &p.carried {
+            writeln!(
+                out,
+                "pins: carried {} entries from {}, whose list ours replaces",
+                c.entries,
+                shown_path(&c.from)
+            )?;
+        }
     }
     if let Some(d) = &r.delta {
         let sum =
@@ -895,6 +943,14 @@ fn print_load(
             Shown(&c.runtime),
             Shown(&c.version)
         )?;
+        for o in &c.others {
+            writeln!(
+                out,
+                "cri: also pinned_images: {} {}",
+                o.status,
+                Shown(&o.entry)
+            )?;
+        }
     }
     for w in &r.warnings {
         writeln!(err, "warning: {}", Shown(w))?;
@@ -1566,6 +1622,7 @@ mod tests {
             version: "1.31".into(),
             confirmed: false,
             timed_out: true,
+            others: Vec::new(),
         });
         print_load(&mut out, &mut err, &r).unwrap();
         assert_eq!(

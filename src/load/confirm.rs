@@ -69,6 +69,27 @@ pub enum VersionIssue {
 }
 
 impl VersionIssue {
+    /// A reload cannot be trusted to leave the pins right: CRI-O must be restarted.
+    pub fn needs_restart(self) -> bool {
+        matches!(
+            self,
+            VersionIssue::ReloadIgnoresPins | VersionIssue::ReloadUnpinsUnchanged
+        )
+    }
+
+    /// Why a restart replaces the reload, for the report.
+    pub fn restart_reason(self, name: &str, version: &str) -> Option<String> {
+        match self {
+            VersionIssue::ReloadIgnoresPins => Some(format!(
+                "{name} {version} does not apply new `pinned_images` on reload (fixed in 1.29.4)"
+            )),
+            VersionIssue::ReloadUnpinsUnchanged => Some(format!(
+                "{name} {version} unpins unchanged `pinned_images` entries on reload (cri-o/cri-o#8202, fixed in 1.29.7/1.30.3)"
+            )),
+            _ => None,
+        }
+    }
+
     /// Advice for the user.
     pub fn advice(self, name: &str, version: &str) -> String {
         match self {
@@ -160,21 +181,59 @@ pub struct ConfirmReport {
     pub version_issue: Option<VersionIssue>,
     /// One entry per requested reference, in request order.
     pub images: Vec<ImageFinding>,
+    /// The other entries of the effective list, in their order.
+    pub others: Vec<OtherEntry>,
     /// The deadline passed before every image was present and pinned.
     pub timed_out: bool,
     pub elapsed: Duration,
 }
 
 impl ConfirmReport {
-    /// Every image is present and pinned.
+    /// Every image is present and pinned, and no other entry names a present image that
+    /// is not pinned.
     pub fn is_ok(&self) -> bool {
         self.images.iter().all(ImageFinding::is_ok)
+            && self
+                .others
+                .iter()
+                .all(|o| o.status != OtherStatus::NotPinned)
     }
 
     /// The version advice, if any.
     pub fn version_advice(&self) -> Option<String> {
         self.version_issue
             .map(|i| i.advice(&self.runtime_name, &self.runtime_version))
+    }
+}
+
+/// Another entry of the effective list (not one of this bundle's images).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtherEntry {
+    pub entry: String,
+    pub status: OtherStatus,
+}
+
+/// What CRI-O said about another entry of the effective list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherStatus {
+    /// An exact `name@sha256:…` whose image is present and pinned.
+    Pinned,
+    /// An exact entry whose image is present but NOT pinned: a failure.
+    NotPinned,
+    /// An exact entry whose image is not in the store (nothing to pin yet).
+    Absent,
+    /// A pattern or a name without a digest: not checked.
+    Pattern,
+}
+
+impl OtherStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OtherStatus::Pinned => "pinned",
+            OtherStatus::NotPinned => "not-pinned",
+            OtherStatus::Absent => "absent",
+            OtherStatus::Pattern => "pattern",
+        }
     }
 }
 
@@ -188,6 +247,69 @@ pub enum ConfirmError {
     NoAnswer { socket: PathBuf, waited: Duration },
     #[error(transparent)]
     Cri(#[from] CriError),
+}
+
+/// Connects and asks `Version`, within one deadline of `call_timeout`.
+async fn answering(
+    socket: &Path,
+    call_timeout: Duration,
+) -> Result<(CriClient, proto::VersionResponse), ConfirmError> {
+    let first = async {
+        let mut client = CriClient::connect(socket, call_timeout).await?;
+        let version = client.version().await?;
+        Ok::<_, CriError>((client, version))
+    };
+    let no_answer = || ConfirmError::NoAnswer {
+        socket: socket.to_path_buf(),
+        waited: call_timeout,
+    };
+    match tokio::time::timeout(call_timeout, first).await {
+        Err(_) => Err(no_answer()),
+        Ok(Err(e)) if e.is_timeout() => Err(no_answer()),
+        Ok(r) => Ok(r?),
+    }
+}
+
+/// The per-call timeout for a confirmation of `timeout`.
+fn call_timeout(timeout: Duration) -> Duration {
+    timeout.clamp(Duration::from_secs(1), Duration::from_secs(10))
+}
+
+/// CRI-O's `Version`, asked once (before deciding how to reload).
+///
+/// # Errors
+/// As [`confirm`]: unreachable, no answer within the call timeout of `timeout`.
+pub async fn runtime_version(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<proto::VersionResponse, ConfirmError> {
+    Ok(answering(socket, call_timeout(timeout)).await?.1)
+}
+
+/// Waits until CRI-O answers `Version` again (after a restart), retrying every `interval`
+/// until `timeout` has passed.
+///
+/// # Errors
+/// [`ConfirmError::NoAnswer`] naming the whole wait, or the last error.
+pub async fn wait_answering(
+    socket: &Path,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<proto::VersionResponse, ConfirmError> {
+    let start = Instant::now();
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        match answering(socket, call_timeout(left)).await {
+            Ok((_, v)) => return Ok(v),
+            Err(_) if start.elapsed() + interval < timeout => tokio::time::sleep(interval).await,
+            Err(_) => {
+                return Err(ConfirmError::NoAnswer {
+                    socket: socket.to_path_buf(),
+                    waited: timeout,
+                });
+            }
+        }
+    }
 }
 
 /// Poll CRI-O every `interval` until each of `refs` (as `name@sha256:…`) is present and
@@ -204,37 +326,41 @@ pub async fn confirm(
     timeout: Duration,
     interval: Duration,
 ) -> Result<ConfirmReport, ConfirmError> {
+    confirm_all(socket, refs, &[], timeout, interval).await
+}
+
+/// [`confirm`], also checking `others`, the rest of the effective list: an exact
+/// `name@sha256:…` whose image is present must be pinned; one whose image is absent and a
+/// pattern are reported, not waited for.
+///
+/// # Errors
+/// As [`confirm`].
+pub async fn confirm_all(
+    socket: &Path,
+    refs: &[PinnedRef],
+    others: &[String],
+    timeout: Duration,
+    interval: Duration,
+) -> Result<ConfirmReport, ConfirmError> {
     let start = Instant::now();
-    let call_timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(10));
-    // One deadline for connecting and the first answer: "did not answer within N s" is true.
-    let first = async {
-        let mut client = CriClient::connect(socket, call_timeout).await?;
-        let version = client.version().await?;
-        Ok::<_, CriError>((client, version))
+    let (mut client, version) = answering(socket, call_timeout(timeout)).await?;
+    let finding = |r: &PinnedRef| ImageFinding {
+        reference: r.clone(),
+        present: false,
+        pinned: false,
+        pinned_by: None,
+        id: None,
+        error: None,
     };
-    let no_answer = || ConfirmError::NoAnswer {
-        socket: socket.to_path_buf(),
-        waited: call_timeout,
-    };
-    let (mut client, version) = match tokio::time::timeout(call_timeout, first).await {
-        Err(_) => return Err(no_answer()),
-        Ok(Err(e)) if e.is_timeout() => return Err(no_answer()),
-        Ok(r) => r?,
-    };
-    let mut images: Vec<ImageFinding> = refs
-        .iter()
-        .map(|r| ImageFinding {
-            reference: r.clone(),
-            present: false,
-            pinned: false,
-            pinned_by: None,
-            id: None,
-            error: None,
-        })
-        .collect();
+    let mut images: Vec<ImageFinding> = refs.iter().map(finding).collect();
+    // Others: exact entries become findings; the rest are patterns.
+    let exact: Vec<Option<PinnedRef>> = others.iter().map(|e| exact_entry(e)).collect();
+    let mut other_findings: Vec<ImageFinding> = exact.iter().flatten().map(finding).collect();
     let timed_out = loop {
         poll_once(&mut client, &mut images).await;
-        if images.iter().all(ImageFinding::is_ok) {
+        poll_once(&mut client, &mut other_findings).await;
+        let others_ok = other_findings.iter().all(|f| !f.present || f.pinned);
+        if images.iter().all(ImageFinding::is_ok) && others_ok {
             break false;
         }
         if start.elapsed() + interval > timeout {
@@ -242,6 +368,20 @@ pub async fn confirm(
         }
         tokio::time::sleep(interval).await;
     };
+    let mut found = other_findings.into_iter();
+    let others = others
+        .iter()
+        .zip(&exact)
+        .map(|(entry, exact)| OtherEntry {
+            entry: entry.clone(),
+            status: match exact.as_ref().and_then(|_| found.next()) {
+                None => OtherStatus::Pattern,
+                Some(f) if f.pinned => OtherStatus::Pinned,
+                Some(f) if f.present => OtherStatus::NotPinned,
+                Some(_) => OtherStatus::Absent,
+            },
+        })
+        .collect();
     Ok(ConfirmReport {
         version_issue: version_issue(&version.runtime_name, &version.runtime_version),
         image_status_pinned: image_status_reports_pinned(
@@ -252,8 +392,25 @@ pub async fn confirm(
         runtime_version: version.runtime_version,
         runtime_api_version: version.runtime_api_version,
         images,
+        others,
         timed_out,
         elapsed: start.elapsed(),
+    })
+}
+
+/// An entry that names one image exactly (`name@sha256:…`, normalised as CRI-O stores it);
+/// `None` for patterns and anything else.
+fn exact_entry(entry: &str) -> Option<PinnedRef> {
+    if entry.contains('*') {
+        return None;
+    }
+    let r: crate::reference::Reference = entry.parse().ok()?;
+    if r.tag().is_some() || r.to_string() != entry {
+        return None;
+    }
+    Some(PinnedRef {
+        digest: r.digest()?.clone(),
+        name: r.name(),
     })
 }
 

@@ -34,7 +34,7 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use super::crio_config::{walk, walk_key};
+use super::crio_config::{CrioConfig, Unparsable, walk_key};
 use crate::reference::{PinnedRef, Reference};
 
 /// The drop-in MCO writes for `PinnedImageSet`s, and pinbundle's default.
@@ -83,13 +83,42 @@ pub enum PinsError {
         source: std::io::Error,
     },
     #[error(
-        "CRI-O could not reload: {} file(s) in its drop-in directory do not parse: {}",
+        "CRI-O could not reload: {} file(s) of its configuration do not parse: {}; fix or remove them, nothing was changed",
         files.len(),
-        files.iter().map(|f| format!("`{}`", f.path.display())).collect::<Vec<_>>().join(", ")
+        files.iter().map(|f| format!("`{}` ({})", f.path.display(), f.reason)).collect::<Vec<_>>().join(", ")
     )]
     UnparsableDropIns { files: Vec<Unparsable> },
+    #[error(
+        "{} read after `{drop_in}` and set `crio.image.pinned_images`: CRI-O would use that list instead of ours; nothing was changed. Move those pins into `{drop_in}`, or pass a --crio-drop-in that CRI-O reads last",
+        by.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", ") + if by.len() == 1 { " is" } else { " are" },
+        drop_in = drop_in.display()
+    )]
+    Overridden { drop_in: PathBuf, by: Vec<PathBuf> },
+    #[error(
+        "CRI-O does not read `{drop_in}`: it is not in its drop-in directory `{config_dir}` (--crio-config-dir)",
+        drop_in = drop_in.display(),
+        config_dir = config_dir.display()
+    )]
+    NotRead {
+        drop_in: PathBuf,
+        config_dir: PathBuf,
+    },
     #[error("invalid PinnedImageSet name \"{name}\": must be a DNS-1123 subdomain")]
     BadManifestName { name: String },
+}
+
+impl PinsError {
+    /// The node's CRI-O configuration is refused for what it holds (a later file replacing our
+    /// list, files CRI-O cannot decode, a crashing pattern): nothing was changed and the
+    /// operator must decide, as opposed to an operational failure.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            PinsError::Overridden { .. }
+                | PinsError::UnparsableDropIns { .. }
+                | PinsError::CrashingPattern { .. }
+        )
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PinsError + '_ {
@@ -253,18 +282,32 @@ fn unrelated_keys(table: &toml::Table) -> Vec<String> {
 /// The existing content does not parse, has `pinned_images` of the wrong type, has a bare
 /// `"*"`, or has unrelated keys; or one of ours is empty or a pattern.
 pub fn merge(path: &Path, existing: Option<&str>, ours: &[PinnedRef]) -> Result<Merged, PinsError> {
+    merge_carrying(path, existing, None, ours)
+}
+
+/// [`merge`], also carrying `carry`'s entries (an earlier file's list that ours replaces,
+/// with that file's path for errors and warnings) into ours.
+///
+/// # Errors
+/// As [`merge`]; a bare `"*"` among the carried entries names their file.
+pub fn merge_carrying(
+    path: &Path,
+    existing: Option<&str>,
+    carry: Option<(&Path, &[String])>,
+    ours: &[PinnedRef],
+) -> Result<Merged, PinsError> {
     let ours = ours
         .iter()
         .map(validate_ours)
         .collect::<Result<Vec<_>, _>>()?;
     let mut warnings = Vec::new();
-    let mut entries = BTreeSet::new();
+    let mut old = Vec::new();
     if let Some(text) = existing {
         let table: toml::Table = toml::from_str(text).map_err(|e| PinsError::Parse {
             path: path.to_path_buf(),
             source: Box::new(e),
         })?;
-        let old = pinned_images_of(path, &table)?.unwrap_or_default();
+        old = pinned_images_of(path, &table)?.unwrap_or_default();
         let unrelated = unrelated_keys(&table);
         if !unrelated.is_empty() {
             return Err(PinsError::UnrelatedKeys {
@@ -272,25 +315,16 @@ pub fn merge(path: &Path, existing: Option<&str>, ours: &[PinnedRef]) -> Result<
                 keys: unrelated.join(", "),
             });
         }
-        if old.iter().any(|p| p == "*") {
-            return Err(PinsError::CrashingPattern {
-                path: path.to_path_buf(),
-            });
-        }
-        if old.iter().any(|p| p == "**") {
-            warnings.push(PinWarning::PinsEverything {
-                path: path.to_path_buf(),
-            });
-        }
-        if old.iter().any(String::is_empty) {
-            warnings.push(PinWarning::DroppedEmpty {
-                path: path.to_path_buf(),
-            });
-        }
-        entries.extend(old.into_iter().filter(|p| !p.is_empty()));
+        old = kept_entries(path, old, &mut warnings)?;
     }
-    let changed = ours.iter().any(|p| !entries.contains(p));
+    let carried = match carry {
+        Some((from, list)) => kept_entries(from, list.to_vec(), &mut warnings)?,
+        None => Vec::new(),
+    };
+    let mut entries: BTreeSet<String> = old.into_iter().collect();
+    let changed = ours.iter().chain(&carried).any(|p| !entries.contains(p));
     entries.extend(ours);
+    entries.extend(carried);
     let entries: Vec<String> = entries.into_iter().collect();
     let content = (changed && !entries.is_empty()).then(|| render(&entries));
     Ok(Merged {
@@ -298,6 +332,31 @@ pub fn merge(path: &Path, existing: Option<&str>, ours: &[PinnedRef]) -> Result<
         entries,
         warnings,
     })
+}
+
+/// Entries of `path`'s list that our file may hold: a bare `"*"` is refused, `""` dropped
+/// and `"**"` kept, each with a warning.
+fn kept_entries(
+    path: &Path,
+    list: Vec<String>,
+    warnings: &mut Vec<PinWarning>,
+) -> Result<Vec<String>, PinsError> {
+    if list.iter().any(|p| p == "*") {
+        return Err(PinsError::CrashingPattern {
+            path: path.to_path_buf(),
+        });
+    }
+    if list.iter().any(|p| p == "**") {
+        warnings.push(PinWarning::PinsEverything {
+            path: path.to_path_buf(),
+        });
+    }
+    if list.iter().any(String::is_empty) {
+        warnings.push(PinWarning::DroppedEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(list.into_iter().filter(|p| !p.is_empty()).collect())
 }
 
 /// Write `content` to `path` atomically: a temp file in the drop-in directory's PARENT
@@ -366,97 +425,119 @@ pub fn update(path: &Path, ours: &[PinnedRef]) -> Result<Merged, PinsError> {
 /// # Errors
 /// As [`merge`]; a file that cannot be read is an I/O error.
 pub fn check_update(path: &Path, ours: &[PinnedRef]) -> Result<Merged, PinsError> {
-    let existing = match fs_err::read_to_string(path) {
-        Ok(s) => Some(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io_err(path)(e)),
-    };
-    merge(path, existing.as_deref(), ours)
+    merge(path, read_existing(path)?.as_deref(), ours)
 }
 
-/// A drop-in file that CRI-O would fail to decode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unparsable {
-    pub path: PathBuf,
-    /// The parser's message.
-    pub reason: String,
-}
-
-/// What the drop-in directory holds, in CRI-O's reading order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DirScan {
-    /// Every file CRI-O reads, in its order.
-    pub files: Vec<PathBuf>,
-    /// Files read AFTER ours that set `pinned_images`: their list replaces ours.
-    pub overriding: Vec<PathBuf>,
-    /// Files read BEFORE ours that set `pinned_images`: our list replaces theirs, so their
-    /// pins stop applying unless they are also in ours.
-    pub shadowed: Vec<PathBuf>,
-    /// Files that do not parse (or whose `pinned_images` has the wrong type).
-    pub unparsable: Vec<Unparsable>,
-}
-
-impl DirScan {
-    /// `Err` when CRI-O's reload cannot succeed (an unparsable file).
-    ///
-    /// # Errors
-    /// [`PinsError::UnparsableDropIns`] listing every such file.
-    pub fn check(&self) -> Result<(), PinsError> {
-        if self.unparsable.is_empty() {
-            Ok(())
-        } else {
-            Err(PinsError::UnparsableDropIns {
-                files: self.unparsable.clone(),
-            })
-        }
+/// The drop-in's text; `None` when it does not exist.
+fn read_existing(path: &Path) -> Result<Option<String>, PinsError> {
+    match fs_err::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
     }
 }
 
-/// Audit the directory holding `drop_in` (ours, which may not exist yet) as CRI-O reads it.
+/// What our drop-in must hold so that the list CRI-O ends with is ours plus what it used
+/// before: the result of [`plan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinsPlan {
+    /// Our file's new content (`None`: unchanged) and its entries, which are the effective
+    /// list: CRI-O reads no later file that sets `pinned_images`.
+    pub merged: Merged,
+    /// Entries of an earlier file that our list replaces, carried into ours.
+    pub carried: Option<Carried>,
+}
+
+/// Entries carried into our drop-in from the file whose list ours replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carried {
+    pub from: PathBuf,
+    /// How many of its entries our file did not hold yet.
+    pub entries: usize,
+}
+
+/// Where `drop_in` stands in CRI-O's configuration and what it must hold for `ours`, read
+/// from `config` (CRI-O's files in its order; `config_dir` is its drop-in directory).
+///
+/// CRI-O uses the `pinned_images` of the last file that sets it. So the entries of the last
+/// file before ours that sets it are carried into ours (else our write would unpin them), and
+/// a file after ours that sets it is refused: it would replace our list.
 ///
 /// # Errors
-/// Only when the directory cannot be listed; findings are data.
-pub fn scan_dir(drop_in: &Path) -> Result<DirScan, PinsError> {
-    let Some(dir) = drop_in.parent() else {
-        return Ok(DirScan::default());
-    };
-    let mut scan = DirScan::default();
-    if !dir.is_dir() {
-        return Ok(scan);
+/// A file of the configuration does not parse (CRI-O's reload would fail); `drop_in` is not
+/// under `config_dir`; a later file sets `pinned_images`; or as [`merge`].
+pub fn plan(
+    config: &CrioConfig,
+    config_dir: &Path,
+    drop_in: &Path,
+    ours: &[PinnedRef],
+) -> Result<PinsPlan, PinsError> {
+    // Our own file's problems get [`merge`]'s more precise errors.
+    let unparsable: Vec<Unparsable> = config
+        .unparsable
+        .iter()
+        .filter(|u| u.path != drop_in)
+        .cloned()
+        .collect();
+    if !unparsable.is_empty() {
+        return Err(PinsError::UnparsableDropIns { files: unparsable });
     }
-    walk(dir, &mut scan.files).map_err(|e| match e {
-        super::crio_config::ConfigError::Io { path, source } => PinsError::Io { path, source },
-    })?;
-    // Where ours sits in the walk order, whether or not it exists yet.
-    let ours_key = walk_key(dir, drop_in);
-    for f in &scan.files {
-        if f == drop_in {
-            continue;
-        }
-        let text = match fs_err::read(f) {
-            Ok(b) => String::from_utf8_lossy(&b).into_owned(),
-            Err(e) => {
-                scan.unparsable.push(Unparsable {
-                    path: f.clone(),
-                    reason: e.to_string(),
-                });
-                continue;
-            }
-        };
-        let parsed = toml::from_str::<toml::Table>(&text)
-            .map_err(|e| e.message().to_string())
-            .and_then(|t| pinned_images_of(f, &t).map_err(|e| e.to_string()));
-        match parsed {
-            Err(reason) => scan.unparsable.push(Unparsable {
-                path: f.clone(),
-                reason,
-            }),
-            Ok(None) => {}
-            Ok(Some(_)) if walk_key(dir, f) > ours_key => scan.overriding.push(f.clone()),
-            Ok(Some(_)) => scan.shadowed.push(f.clone()),
+    if !drop_in.starts_with(config_dir) || drop_in == config_dir {
+        return Err(PinsError::NotRead {
+            drop_in: drop_in.to_path_buf(),
+            config_dir: config_dir.to_path_buf(),
+        });
+    }
+    let ours_key = walk_key(config_dir, drop_in);
+    let (mut before, mut after) = (None, Vec::new());
+    for setting in config.pinned_images().filter(|s| s.from != drop_in) {
+        // The main file (outside the directory) is read before every drop-in.
+        if setting.from.starts_with(config_dir) && walk_key(config_dir, &setting.from) > ours_key {
+            after.push(setting.from);
+        } else {
+            before = Some(setting);
         }
     }
-    Ok(scan)
+    if !after.is_empty() {
+        return Err(PinsError::Overridden {
+            drop_in: drop_in.to_path_buf(),
+            by: after,
+        });
+    }
+    let existing = read_existing(drop_in)?;
+    let carry = before.as_ref().map(|s| {
+        let list: Vec<String> = s.value.iter().map(|e| (*e).to_string()).collect();
+        (s.from.as_path(), list)
+    });
+    let merged = merge_carrying(
+        drop_in,
+        existing.as_deref(),
+        carry.as_ref().map(|(p, l)| (*p, l.as_slice())),
+        ours,
+    )?;
+    let carried = before.map(|s| {
+        let held = existing
+            .as_deref()
+            .and_then(|t| toml::from_str::<toml::Table>(t).ok())
+            .and_then(|t| pinned_images_of(drop_in, &t).ok().flatten())
+            .unwrap_or_default();
+        let ours: Vec<String> = ours.iter().map(PinnedRef::to_string).collect();
+        let entries = s
+            .value
+            .iter()
+            .filter(|e| {
+                !e.is_empty() && !held.iter().any(|h| h == *e) && !ours.contains(&(**e).to_string())
+            })
+            .count();
+        Carried {
+            from: s.from,
+            entries,
+        }
+    });
+    Ok(PinsPlan {
+        merged,
+        carried: carried.filter(|c| c.entries > 0),
+    })
 }
 
 /// Signs that the Machine Config Operator manages this node.
@@ -672,8 +753,11 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
         assert_eq!(fs_err::read_to_string(&path).unwrap(), m.content.unwrap());
         // Nothing else inside the drop-in dir, and no temp left next to it.
-        let scan = scan_dir(&path).unwrap();
-        assert_eq!(scan.files, vec![path.clone()]);
+        let files: Vec<_> = fs_err::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files, vec![path.clone()]);
         let leftovers: Vec<_> = fs_err::read_dir(root.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -691,45 +775,77 @@ mod tests {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o644);
     }
 
+    fn config(files: &[(&str, &str)]) -> CrioConfig {
+        CrioConfig::from_texts(files.iter().map(|(p, t)| (PathBuf::from(p), *t)))
+    }
+
+    const DIR: &str = "/etc/crio/crio.conf.d";
+
     #[test]
-    fn scan_finds_overriding_shadowed_and_unparsable() {
+    fn plan_carries_the_list_ours_replaces_and_refuses_a_later_one() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("crio.conf.d");
-        fs_err::create_dir_all(dir.join("50-pinned-images.d")).unwrap();
-        fs_err::create_dir_all(dir.join("zz")).unwrap();
-        let pins = "[crio.image]\npinned_images = [\"x\"]\n";
-        fs_err::write(dir.join("10-early"), pins).unwrap();
-        fs_err::write(dir.join("20-other"), "[crio.runtime]\nx = 1\n").unwrap();
-        // "50-pinned-images.d/…" is walked AFTER "50-pinned-images" (name order), and
-        // ".hidden" and "zz/nested" are read too.
-        fs_err::write(dir.join("50-pinned-images.d/a"), pins).unwrap();
-        fs_err::write(dir.join("zz/nested"), pins).unwrap();
-        fs_err::write(dir.join(".hidden"), "[crio.image\n").unwrap();
-        fs_err::write(dir.join("99-bad-type"), "[crio.image]\npinned_images = 3\n").unwrap();
         let ours = dir.join("50-pinned-images");
-        let scan = scan_dir(&ours).unwrap();
-        assert_eq!(scan.shadowed, vec![dir.join("10-early")]);
+        let pins = |e: &str| format!("[crio.image]\npinned_images = [\"{e}\"]\n");
+        let early = format!("quay.io/early@{DA}");
+        let main_file = root.path().join("crio.conf");
+        let (main_s, early_s) = (main_file.to_str().unwrap(), dir.join("10-early"));
+        let c = config(&[
+            (main_s, &pins("quay.io/main*")),
+            (early_s.to_str().unwrap(), &pins(&early)),
+            (
+                dir.join("20-other").to_str().unwrap(),
+                "[crio.runtime]\nx = 1\n",
+            ),
+        ]);
+        let p = plan(&c, &dir, &ours, &[pin("quay.io/a", DB)]).unwrap();
+        // Only the last list before ours applies without ours: crio.conf's is replaced by 10-early.
         assert_eq!(
-            scan.overriding,
-            vec![dir.join("50-pinned-images.d/a"), dir.join("zz/nested")]
+            p.merged.entries,
+            vec![format!("quay.io/a@{DB}"), early.clone()]
         );
-        let bad: Vec<_> = scan.unparsable.iter().map(|u| u.path.clone()).collect();
-        assert_eq!(bad, vec![dir.join(".hidden"), dir.join("99-bad-type")]);
-        let e = scan.check().unwrap_err();
-        assert!(e.to_string().contains(".hidden"), "{e}");
-        assert_eq!(scan.files.first(), Some(&dir.join(".hidden")));
+        assert_eq!(
+            p.carried,
+            Some(Carried {
+                from: early_s.clone(),
+                entries: 1
+            })
+        );
+        // Only crio.conf sets it: crio.conf's is carried.
+        let c = config(&[(main_s, &pins("quay.io/main*"))]);
+        let p = plan(&c, &dir, &ours, &[pin("quay.io/a", DB)]).unwrap();
+        assert!(p.merged.entries.contains(&"quay.io/main*".to_string()));
+        assert_eq!(p.carried.unwrap().from, main_file);
+        // "50-pinned-images.d/a" is read after "50-pinned-images": refused, naming it.
+        let later = dir.join("50-pinned-images.d/a");
+        let c = config(&[(later.to_str().unwrap(), &pins("x"))]);
+        let e = plan(&c, &dir, &ours, &[]).unwrap_err();
+        assert!(matches!(e, PinsError::Overridden { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("50-pinned-images.d/a` is read after"),
+            "{e}"
+        );
+        // An earlier "*" is not carried into ours (it would crash CRI-O once effective).
+        let c = config(&[(early_s.to_str().unwrap(), &pins("*"))]);
+        let e = plan(&c, &dir, &ours, &[]).unwrap_err();
+        assert!(e.to_string().contains("10-early"), "{e}");
     }
 
     #[test]
-    fn walk_order_is_component_wise() {
-        // Go's Walk visits "a/x" before "a.conf" although "a.conf" < "a/x" as strings.
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("d");
-        fs_err::create_dir_all(dir.join("a")).unwrap();
-        fs_err::write(dir.join("a/x"), "").unwrap();
-        fs_err::write(dir.join("a.conf"), "").unwrap();
-        let scan = scan_dir(&dir.join("zzz")).unwrap();
-        assert_eq!(scan.files, vec![dir.join("a/x"), dir.join("a.conf")]);
+    fn plan_refuses_unparsable_files_and_a_drop_in_crio_does_not_read() {
+        let c = config(&[
+            ("/etc/crio/crio.conf.d/.hidden", "[crio.image\n"),
+            (
+                "/etc/crio/crio.conf.d/99-bad",
+                "[crio.image]\npinned_images = 3\n",
+            ),
+        ]);
+        let e = plan(&c, Path::new(DIR), p(), &[]).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(".hidden") && msg.contains("99-bad"), "{msg}");
+        let e = plan(&CrioConfig::default(), Path::new("/elsewhere"), p(), &[]).unwrap_err();
+        assert!(matches!(e, PinsError::NotRead { .. }), "{e}");
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! established by asking the CRI ([`super::confirm`]).
 //!
 //! # Decisions
+//! - On releases whose reload mishandles pins (the caller says so: `restart_needed`), `auto`
+//!   restarts CRI-O with `systemctl restart crio`. Without systemd running CRI-O there is no
+//!   way to restart a daemon pinbundle did not start (its supervisor, environment and
+//!   arguments are someone else's): that is an error that gives the command to run.
 //! - `auto` uses systemd when it is PID 1 (`/run/systemd/system` exists) AND
 //!   `systemctl is-active crio` prints `active`; otherwise it signals the process.
 //! - The process is found by `/proc/<pid>/comm == "crio"`. Several matches are an error
@@ -31,6 +35,8 @@ pub enum ReloadMode {
     Systemd,
     /// SIGHUP to the `crio` process.
     Signal,
+    /// `systemctl restart crio`.
+    Restart,
     /// Do nothing; report the command the user should run.
     None,
 }
@@ -66,6 +72,8 @@ pub enum ReloadOutcome {
     Systemd,
     /// SIGHUP was sent to this PID.
     Signalled { pid: i32 },
+    /// `systemctl restart crio` exited 0.
+    Restarted,
     /// Mode `none`: the user must run `command`.
     Skipped { command: String },
 }
@@ -104,6 +112,10 @@ pub enum ReloadError {
         pids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")
     )]
     Ambiguous { pids: Vec<i32> },
+    #[error(
+        "CRI-O must be restarted, but systemd does not run it ({why}); pinbundle cannot restart a process it did not start. Run: {command}"
+    )]
+    CannotRestart { why: String, command: String },
     #[error("could not send SIGHUP to CRI-O (PID {pid})")]
     Signal {
         pid: i32,
@@ -117,12 +129,45 @@ pub enum ReloadError {
 /// # Errors
 /// The mechanism could not be used at all (see [`ReloadError`]).
 pub fn reload(mode: ReloadMode, env: &ReloadEnv) -> Result<ReloadOutcome, ReloadError> {
+    reload_or_restart(mode, env, false)
+}
+
+/// [`reload`], or, when `restart_needed` (a release whose reload mishandles pins) and the
+/// mode is `auto`, a restart: `systemctl restart crio` when systemd runs CRI-O, else
+/// [`ReloadError::CannotRestart`] with the command to run.
+///
+/// # Errors
+/// As [`reload`]; [`ReloadError::CannotRestart`].
+pub fn reload_or_restart(
+    mode: ReloadMode,
+    env: &ReloadEnv,
+    restart_needed: bool,
+) -> Result<ReloadOutcome, ReloadError> {
     match mode {
+        ReloadMode::None if restart_needed => Ok(ReloadOutcome::Skipped {
+            command: format!("systemctl restart {CRIO_UNIT}"),
+        }),
         ReloadMode::None => Ok(ReloadOutcome::Skipped {
             command: format!("systemctl reload {CRIO_UNIT}   # or: kill -HUP $(pidof crio)"),
         }),
         ReloadMode::Systemd => systemd_reload(env),
         ReloadMode::Signal => signal(env),
+        ReloadMode::Restart => systemd_restart(env),
+        ReloadMode::Auto if restart_needed => {
+            if !env.systemd_marker.exists() {
+                return Err(cannot_restart(
+                    env,
+                    format!("`{}` is missing", env.systemd_marker.display()),
+                ));
+            }
+            if !systemd_active(env) {
+                return Err(cannot_restart(
+                    env,
+                    format!("`systemctl is-active {CRIO_UNIT}` is not \"active\""),
+                ));
+            }
+            systemd_restart(env)
+        }
         ReloadMode::Auto => {
             if env.systemd_marker.exists() && systemd_active(env) {
                 systemd_reload(env)
@@ -155,11 +200,61 @@ fn systemd_active(env: &ReloadEnv) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "active")
 }
 
+/// The error for a restart without systemd, with the exact command when the process and
+/// its command line can be found.
+fn cannot_restart(env: &ReloadEnv, why: String) -> ReloadError {
+    let pid = env
+        .pid
+        .or_else(|| match find_crio(&env.proc_root).ok()?.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        });
+    let cmdline = pid.and_then(|pid| {
+        let raw = fs_err::read(env.proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| shell_quote(&String::from_utf8_lossy(a)))
+            .collect();
+        (!args.is_empty()).then(|| (pid, args.join(" ")))
+    });
+    let command = match cmdline {
+        Some((pid, line)) => format!(
+            "`kill {pid}` and start CRI-O again as it was started (`{line}`), then run this load again to confirm"
+        ),
+        None => {
+            "restart CRI-O the way it was started, then run this load again to confirm".to_string()
+        }
+    };
+    ReloadError::CannotRestart { why, command }
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:@,+".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 fn systemd_reload(env: &ReloadEnv) -> Result<ReloadOutcome, ReloadError> {
+    systemctl(env, "reload").map(|()| ReloadOutcome::Systemd)
+}
+
+/// `systemctl restart crio`: systemd stops CRI-O and starts it again; CRI-O reads its whole
+/// configuration at start, which every release gets right.
+fn systemd_restart(env: &ReloadEnv) -> Result<ReloadOutcome, ReloadError> {
+    systemctl(env, "restart").map(|()| ReloadOutcome::Restarted)
+}
+
+fn systemctl(env: &ReloadEnv, verb: &str) -> Result<(), ReloadError> {
     let program = env.systemctl.display().to_string();
-    let args = format!("reload {CRIO_UNIT}");
+    let args = format!("{verb} {CRIO_UNIT}");
     let out = Command::new(&env.systemctl)
-        .args(["reload", CRIO_UNIT])
+        .args([verb, CRIO_UNIT])
         .stdin(Stdio::null())
         .output()
         .map_err(|source| ReloadError::Spawn {
@@ -185,7 +280,7 @@ fn systemd_reload(env: &ReloadEnv) -> Result<ReloadOutcome, ReloadError> {
             stderr: tail,
         });
     }
-    Ok(ReloadOutcome::Systemd)
+    Ok(())
 }
 
 /// PIDs whose `comm` is `crio`, ascending.
@@ -291,6 +386,33 @@ mod tests {
         let e = reload(ReloadMode::Auto, &env).unwrap_err();
         assert!(matches!(e, ReloadError::NotRunning { .. }));
         assert!(e.to_string().contains("systemd is not running"), "{e}");
+    }
+
+    #[test]
+    fn restart_without_systemd_says_what_to_run() {
+        let p = fake_proc(&[("42", "crio")]);
+        fs_err::write(
+            p.path().join("42/cmdline"),
+            b"/usr/bin/crio\0--config-dir\0/etc/my dir\0",
+        )
+        .unwrap();
+        let env = ReloadEnv {
+            proc_root: p.path().to_path_buf(),
+            systemd_marker: p.path().join("no-systemd"),
+            ..ReloadEnv::default()
+        };
+        let e = reload_or_restart(ReloadMode::Auto, &env, true).unwrap_err();
+        assert!(matches!(e, ReloadError::CannotRestart { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("`kill 42`") && msg.contains("`/usr/bin/crio --config-dir '/etc/my dir'`"),
+            "{msg}"
+        );
+        // Without the need, auto still signals; `none` names the restart.
+        assert!(matches!(
+            reload_or_restart(ReloadMode::None, &env, true).unwrap(),
+            ReloadOutcome::Skipped { command } if command == "systemctl restart crio"
+        ));
     }
 
     #[test]

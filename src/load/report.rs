@@ -49,8 +49,9 @@ pub struct LoadReport {
     /// Why the signature policy refused the bundle, one sentence per image; nothing was
     /// touched, and the exit code is 1. Shown only when not empty.
     pub refused: Vec<String>,
-    /// Whether asking CRI-O to confirm failed outright (then `cri` is `null`): not shown
-    /// itself, but it makes the load not ok.
+    /// Whether the pins were written but CRI-O could not confirm them at all (no socket, no
+    /// answer, a restart that could not be made; then `cri` is `null`): not shown itself,
+    /// but it makes the load not ok.
     pub(super) cri_unreachable: bool,
 }
 
@@ -171,6 +172,19 @@ impl fmt::Display for ImageStatus {
 pub struct PinsResult {
     pub drop_in: PathBuf,
     pub changed: bool,
+    /// How many entries the drop-in holds: the list CRI-O uses.
+    pub entries: usize,
+    /// Entries of an earlier file (whose list ours replaces) carried into ours.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carried: Option<CarriedResult>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CarriedResult {
+    /// The file whose list ours replaces.
+    pub from: PathBuf,
+    /// How many of its entries were added to ours by this run.
     pub entries: usize,
 }
 
@@ -181,6 +195,19 @@ pub struct CriResult {
     pub version: String,
     pub confirmed: bool,
     pub timed_out: bool,
+    /// The effective list's entries other than this bundle's, as CRI-O reported them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<OtherPinResult>,
+}
+
+/// An entry of CRI-O's `pinned_images` that is not one of this bundle's images.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtherPinResult {
+    pub entry: String,
+    /// `pinned`, `not-pinned` (its image is present: the load is not ok), `absent` or
+    /// `pattern` (not checked).
+    pub status: &'static str,
 }
 
 #[cfg(test)]
@@ -223,6 +250,7 @@ mod tests {
                 drop_in: "p".into(),
                 changed: true,
                 entries: 3,
+                carried: None,
             }),
             reload: Some("r".into()),
             cri: Some(CriResult {
@@ -230,6 +258,7 @@ mod tests {
                 version: "1".into(),
                 confirmed: false,
                 timed_out: true,
+                others: Vec::new(),
             }),
             delta: Some(delta::LoadPlan {
                 base: None,
@@ -319,6 +348,7 @@ mod tests {
             version: "1".into(),
             confirmed: true,
             timed_out: false,
+            others: Vec::new(),
         });
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
@@ -339,7 +369,7 @@ mod tests {
         r.cri = None;
         r.cri_unreachable = true;
         assert!(!r.ok());
-        // No socket (or --no-pin, or a dry run): nothing to confirm.
+        // --no-confirm, --no-pin or a dry run: nothing to confirm.
         r.cri_unreachable = false;
         assert!(r.ok());
         r.error = Some("import failed".into());

@@ -16,7 +16,9 @@ use anyhow::{Context, Result};
 
 use super::crio_config::{CrioConfig, Key};
 use super::policy::{self, Admission};
-use super::report::{CriResult, ImageResult, ImageStatus, LoadReport, PinsResult};
+use super::report::{
+    CarriedResult, CriResult, ImageResult, ImageStatus, LoadReport, OtherPinResult, PinsResult,
+};
 use super::space::{SpaceCheck, SpaceReport};
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
 use super::store_config::{self, CrossCheck, PreparedStore, StoreFlags, StoreReport};
@@ -33,6 +35,8 @@ use crate::verify::{self, Problem, VerifyOptions};
 
 /// CRI-O's default drop-in for pins, the file MCO also writes.
 pub const DEFAULT_DROP_IN: &str = "/etc/crio/crio.conf.d/50-pinned-images";
+/// Its name inside the drop-in directory.
+pub const DROP_IN_NAME: &str = "50-pinned-images";
 /// CRI-O's default CRI socket.
 pub const DEFAULT_CRI_SOCKET: &str = "/var/run/crio/crio.sock";
 /// Where the load lock lives when the store is the system's.
@@ -54,6 +58,8 @@ pub struct LoadOptions {
     pub reload_env: reload::ReloadEnv,
     pub cri_socket: PathBuf,
     pub confirm_timeout: Duration,
+    /// Do not ask CRI-O over the CRI whether the pins took effect (`--no-confirm`).
+    pub no_confirm: bool,
     pub pinned_image_set_out: Option<PathBuf>,
     /// Check and plan only; change nothing.
     pub dry_run: bool,
@@ -229,8 +235,7 @@ fn make_plan(
     // refuse now, before anything is looked up or imported, rather than after.
     let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
     if !opts.no_pin {
-        pins::scan_dir(&opts.drop_in)?.check()?;
-        pins::check_update(&opts.drop_in, &refs)?;
+        pins::plan(&crio, &opts.crio_config_dir, &opts.drop_in, &refs)?;
     }
     opts.skopeo
         .version()
@@ -377,6 +382,8 @@ struct Applied {
     reload: Option<String>,
     cri: Option<CriResult>,
     cri_unreachable: bool,
+    /// The list CRI-O uses once it has read our drop-in.
+    effective: Vec<String>,
     error: Option<String>,
     rolled_back: Option<storage::RolledBack>,
     warnings: Vec<String>,
@@ -429,11 +436,7 @@ fn apply(
     if opts.no_pin {
         return Ok(applied);
     }
-    // Reload only when the pins changed.
-    if changed {
-        reload_crio(opts, &mut applied);
-    }
-    confirm_pins(opts, &plan.refs, &mut applied)?;
+    settle_pins(opts, &plan.refs, changed, &mut applied)?;
     Ok(applied)
 }
 
@@ -464,16 +467,12 @@ fn import_and_pin(
             .push(pins::mco_warning(&opts.drop_in, &mco));
     }
     // Checked again: the files may have changed meanwhile.
-    let scan = pins::scan_dir(&opts.drop_in)?;
-    scan.check()?;
-    for f in &scan.overriding {
-        applied.warnings.push(format!(
-            "`{}` is read after `{}` and also sets pinned_images: CRI-O uses its list, not ours",
-            f.display(),
-            opts.drop_in.display()
-        ));
+    let crio = CrioConfig::read(&opts.crio_config, &opts.crio_config_dir)?;
+    let planned = pins::plan(&crio, &opts.crio_config_dir, &opts.drop_in, &plan.refs)?;
+    if let Some(content) = &planned.merged.content {
+        pins::write_atomic(&opts.drop_in, content)?;
     }
-    let merged = pins::update(&opts.drop_in, &plan.refs)?;
+    let merged = planned.merged;
     applied
         .warnings
         .extend(merged.warnings.iter().map(|w| w.to_string()));
@@ -482,7 +481,12 @@ fn import_and_pin(
         drop_in: opts.drop_in.clone(),
         changed,
         entries: merged.entries.len(),
+        carried: planned.carried.map(|c| CarriedResult {
+            from: c.from,
+            entries: c.entries,
+        }),
     });
+    applied.effective = merged.entries;
     Ok(changed)
 }
 
@@ -543,33 +547,42 @@ fn import(
     Ok(())
 }
 
-/// Signals CRI-O to read the new pins; a failure is a warning (the pins are written).
-fn reload_crio(opts: &LoadOptions, applied: &mut Applied) {
-    match reload::reload(opts.reload, &opts.reload_env) {
-        Ok(reload::ReloadOutcome::Systemd) => applied.reload = Some("systemctl reload crio".into()),
-        Ok(reload::ReloadOutcome::Signalled { pid }) => {
-            applied.reload = Some(format!("SIGHUP to crio (pid {pid})"))
+/// After the drop-in is written (or found unchanged): reloads CRI-O when the pins changed
+/// or the running CRI-O's differ from the file (restarting it on releases whose reload
+/// mishandles pins), then confirms every entry of the effective list. Anything that leaves
+/// the pins unconfirmed makes the load not ok, unless `--no-confirm`.
+fn settle_pins(
+    opts: &LoadOptions,
+    refs: &[PinnedRef],
+    changed: bool,
+    applied: &mut Applied,
+) -> Result<()> {
+    let ours: Vec<String> = refs.iter().map(PinnedRef::to_string).collect();
+    let others: Vec<String> = applied
+        .effective
+        .iter()
+        .filter(|e| !ours.contains(e))
+        .cloned()
+        .collect();
+    if opts.no_confirm {
+        if changed {
+            reload_crio(opts, None, applied);
         }
-        Ok(reload::ReloadOutcome::Skipped { command }) => {
-            applied.warnings.push(format!(
-                "CRI-O was not reloaded; run `{command}` to apply the pins"
-            ));
-            applied.reload = Some(format!("skipped: run `{command}`"));
-        }
-        Err(e) => applied.warnings.push(format!(
-            "pins written to `{}` but CRI-O could not be reloaded: {}",
-            opts.drop_in.display(),
-            error_chain(&e)
-        )),
-    }
-}
-
-/// Asks CRI-O over the CRI whether every image is present and pinned.
-fn confirm_pins(opts: &LoadOptions, refs: &[PinnedRef], applied: &mut Applied) -> Result<()> {
-    if !opts.cri_socket.exists() {
         applied.warnings.push(format!(
-            "no CRI socket at `{}`: pins written but not confirmed",
-            opts.cri_socket.display()
+            "--no-confirm: CRI-O was not asked whether the pins in `{}` took effect",
+            opts.drop_in.display()
+        ));
+        return Ok(());
+    }
+    if !opts.cri_socket.exists() {
+        if changed {
+            reload_crio(opts, None, applied);
+        }
+        applied.cri_unreachable = true;
+        applied.warnings.push(format!(
+            "no CRI socket at `{}`: the pins in `{}` are not confirmed (pass --no-confirm to load without asking CRI-O)",
+            opts.cri_socket.display(),
+            opts.drop_in.display()
         ));
         return Ok(());
     }
@@ -577,47 +590,199 @@ fn confirm_pins(opts: &LoadOptions, refs: &[PinnedRef], applied: &mut Applied) -
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let result = runtime.block_on(confirm::confirm(
+    let interval = Duration::from_millis(250);
+    let confirm_now = |timeout| {
+        runtime.block_on(confirm::confirm_all(
+            &opts.cri_socket,
+            refs,
+            &others,
+            timeout,
+            interval,
+        ))
+    };
+    // The version decides how to reload, so ask before reloading.
+    let version = match runtime.block_on(confirm::runtime_version(
         &opts.cri_socket,
-        refs,
         opts.confirm_timeout,
-        Duration::from_millis(250),
-    ));
-    match result {
-        Ok(c) => {
-            if let Some(advice) = c.version_advice() {
-                applied.warnings.push(advice);
-            }
-            for (img, f) in applied.images.iter_mut().zip(&c.images) {
-                img.pinned = Some(f.pinned);
-                if !f.present {
-                    img.error = Some("CRI-O does not see this image".into());
-                }
-            }
-            applied.cri = Some(CriResult {
-                runtime: c.runtime_name.clone(),
-                version: c.runtime_version.clone(),
-                confirmed: c.is_ok(),
-                timed_out: c.timed_out,
-            });
-        }
-        Err(e @ confirm::ConfirmError::NoAnswer { .. }) => {
-            applied.cri_unreachable = true;
-            applied.warnings.push(format!(
-                "{e}: the pins in `{}` are not confirmed",
-                opts.drop_in.display()
-            ));
-        }
+    )) {
+        Ok(v) => v,
         Err(e) => {
-            applied.cri_unreachable = true;
-            applied.warnings.push(format!(
-                "could not ask CRI-O at `{}` to confirm: {}",
-                opts.cri_socket.display(),
-                error_chain(&e)
-            ));
+            if changed {
+                reload_crio(opts, None, applied);
+            }
+            not_confirmed(opts, &e, applied);
+            return Ok(());
+        }
+    };
+    let mut early = None;
+    if !changed {
+        // The file is as wanted; a failed earlier reload may have left CRI-O's pins behind it.
+        let now = confirm_now(Duration::ZERO);
+        match now {
+            Ok(c) if c.is_ok() => early = Some(c),
+            Ok(_) => applied.warnings.push(format!(
+                "`{}` is unchanged but the running CRI-O's pins differ from it: reloading again",
+                opts.drop_in.display()
+            )),
+            Err(e) => {
+                not_confirmed(opts, &e, applied);
+                return Ok(());
+            }
         }
     }
+    let result = match early {
+        Some(c) => Ok(c),
+        None => {
+            match reload_crio(opts, Some(&version), applied) {
+                Reloaded::Requested => {}
+                Reloaded::Restarted => {
+                    // A restarted CRI-O answers only once it has read its configuration.
+                    if let Err(e) = runtime.block_on(confirm::wait_answering(
+                        &opts.cri_socket,
+                        opts.confirm_timeout,
+                        interval,
+                    )) {
+                        not_confirmed(opts, &e, applied);
+                        return Ok(());
+                    }
+                }
+                Reloaded::Impossible => {
+                    applied.cri_unreachable = true;
+                    return Ok(());
+                }
+            }
+            confirm_now(opts.confirm_timeout)
+        }
+    };
+    match result {
+        Ok(c) => record_confirmation(&c, applied),
+        Err(e) => not_confirmed(opts, &e, applied),
+    }
     Ok(())
+}
+
+/// What [`reload_crio`] achieved.
+enum Reloaded {
+    /// A reload (or nothing, with `--reload none`) was requested; confirm.
+    Requested,
+    /// CRI-O was restarted; wait for it to answer, then confirm.
+    Restarted,
+    /// CRI-O needs a restart that cannot be made here: nothing to confirm.
+    Impossible,
+}
+
+/// Makes CRI-O read the new pins: a reload, or a restart where the running release's reload
+/// mishandles pins (`version`, when known). A failure is a warning: the pins are written.
+fn reload_crio(
+    opts: &LoadOptions,
+    version: Option<&super::cri::proto::VersionResponse>,
+    applied: &mut Applied,
+) -> Reloaded {
+    let issue = version
+        .and_then(|v| confirm::version_issue(&v.runtime_name, &v.runtime_version))
+        .filter(|i| i.needs_restart());
+    let why = issue
+        .zip(version)
+        .and_then(|(i, v)| i.restart_reason(&v.runtime_name, &v.runtime_version));
+    let outcome = reload::reload_or_restart(opts.reload, &opts.reload_env, issue.is_some());
+    if let (Some(why), Ok(o)) = (&why, &outcome)
+        && !matches!(o, reload::ReloadOutcome::Restarted)
+    {
+        applied.warnings.push(format!(
+            "{why}: the pins need a restart of CRI-O (`--reload auto` or `--reload restart`)"
+        ));
+    }
+    match outcome {
+        Ok(reload::ReloadOutcome::Systemd) => applied.reload = Some("systemctl reload crio".into()),
+        Ok(reload::ReloadOutcome::Signalled { pid }) => {
+            applied.reload = Some(format!("SIGHUP to crio (pid {pid})"))
+        }
+        Ok(reload::ReloadOutcome::Restarted) => {
+            applied.reload = Some(match &why {
+                Some(why) => format!("systemctl restart crio ({why})"),
+                None => "systemctl restart crio".into(),
+            });
+            return Reloaded::Restarted;
+        }
+        Ok(reload::ReloadOutcome::Skipped { command }) => {
+            applied.warnings.push(format!(
+                "CRI-O was not reloaded; run `{command}` to apply the pins"
+            ));
+            applied.reload = Some(format!("skipped: run `{command}`"));
+        }
+        Err(e @ reload::ReloadError::CannotRestart { .. }) => {
+            applied.warnings.push(format!(
+                "{}: the pins in `{}` are written but not applied: {e}",
+                why.as_deref().unwrap_or("CRI-O must be restarted"),
+                opts.drop_in.display()
+            ));
+            return Reloaded::Impossible;
+        }
+        Err(e) => applied.warnings.push(format!(
+            "pins written to `{}` but CRI-O could not be reloaded: {}",
+            opts.drop_in.display(),
+            error_chain(&e)
+        )),
+    }
+    Reloaded::Requested
+}
+
+/// The confirmation's findings into the report.
+fn record_confirmation(c: &confirm::ConfirmReport, applied: &mut Applied) {
+    // The restart-worthy issues were handled (or reported) by the reload.
+    if let Some(advice) = c
+        .version_issue
+        .filter(|i| !i.needs_restart())
+        .map(|i| i.advice(&c.runtime_name, &c.runtime_version))
+    {
+        applied.warnings.push(advice);
+    }
+    for (img, f) in applied.images.iter_mut().zip(&c.images) {
+        img.pinned = Some(f.pinned);
+        if !f.present {
+            img.error = Some("CRI-O does not see this image".into());
+        }
+    }
+    for o in c
+        .others
+        .iter()
+        .filter(|o| o.status == confirm::OtherStatus::NotPinned)
+    {
+        applied.warnings.push(format!(
+            "`{}` is in CRI-O's pinned_images and its image is present, but CRI-O does not report it pinned",
+            o.entry
+        ));
+    }
+    applied.cri = Some(CriResult {
+        runtime: c.runtime_name.clone(),
+        version: c.runtime_version.clone(),
+        confirmed: c.is_ok(),
+        timed_out: c.timed_out,
+        others: c
+            .others
+            .iter()
+            .map(|o| OtherPinResult {
+                entry: o.entry.clone(),
+                status: o.status.as_str(),
+            })
+            .collect(),
+    });
+}
+
+/// CRI-O could not be asked: the pins are not confirmed.
+fn not_confirmed(opts: &LoadOptions, e: &confirm::ConfirmError, applied: &mut Applied) {
+    applied.cri_unreachable = true;
+    applied.warnings.push(match e {
+        confirm::ConfirmError::NoAnswer { .. } => format!(
+            "{e}: the pins in `{}` are not confirmed",
+            opts.drop_in.display()
+        ),
+        _ => format!(
+            "could not ask CRI-O at `{}` to confirm: {}",
+            opts.cri_socket.display(),
+            error_chain(e)
+        ),
+    });
 }
 
 /// The report, built once from what the phases returned (`plan` and `applied` are `None`

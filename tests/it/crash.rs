@@ -134,6 +134,8 @@ fn load_cmd(dir: &Path, bundle: &Path) -> Command {
         .arg("--runroot")
         .arg(dir.join("run"))
         .args(["--storage-driver", "vfs", "--reload", "none", "--json"])
+        // No CRI-O here: the pins are written, not confirmed.
+        .arg("--no-confirm")
         .args(crate::load::crio_config_args(
             &dir.join("crio.conf.d/50-pinned-images"),
         ))

@@ -131,9 +131,21 @@ impl Crio {
     /// The stand-in behaving like CRI-O `version` (see tests/crio-standin: which calls
     /// report `pinned`, how a reload treats the list).
     pub(crate) fn start_as(dir: &Path, drop_in_dir: &Path, store: &Store, version: &str) -> Crio {
+        Crio::start_with(dir, drop_in_dir, store, version, &[])
+    }
+
+    /// [`Crio::start_as`] with more arguments for the stand-in (`--config FILE`).
+    pub(crate) fn start_with(
+        dir: &Path,
+        drop_in_dir: &Path,
+        store: &Store,
+        version: &str,
+        extra: &[&std::ffi::OsStr],
+    ) -> Crio {
         let socket = dir.join("crio.sock");
         let log = dir.join("crio.log");
         let child = Command::new(crio_binary())
+            .args(extra)
             .arg("--socket")
             .arg(&socket)
             .arg("--config-dir")
@@ -151,11 +163,19 @@ impl Crio {
         c
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn wait_log(&self, needle: &str, count: usize) {
+    pub(crate) fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn wait_log(&self, needle: &str, count: usize) {
         let start = Instant::now();
         while self.log().matches(needle).count() < count {
             assert!(
@@ -175,7 +195,8 @@ impl Drop for Crio {
     }
 }
 
-/// `pinbundle load` with the test's paths.
+/// `pinbundle load` with the test's paths. A `socket` that does not exist means the test
+/// runs no CRI-O: it passes `--no-confirm` (without it such a load exits 1, pins unconfirmed).
 pub(crate) fn load_command(
     bundle: &Path,
     store: &Store,
@@ -195,6 +216,9 @@ pub(crate) fn load_command(
         .arg("--lock-file")
         .arg(lock)
         .args(["--confirm-timeout", "10"]);
+    if !socket.exists() {
+        c.arg("--no-confirm");
+    }
     c
 }
 
@@ -513,7 +537,7 @@ fn load_in_a_network_namespace_with_only_loopback() {
     let o = run(Command::new("ip")
         .args(["netns", "exec", &ns, "sh", "-c"])
         .arg(format!(
-            "ip link set lo up && '{}' load '{}' {} --crio-config /nonexistent --crio-config-dir '{}' --crio-drop-in '{}' --cri-socket /nonexistent --reload none --lock-file '{}' --json",
+            "ip link set lo up && '{}' load '{}' {} --crio-config /nonexistent --crio-config-dir '{}' --crio-drop-in '{}' --cri-socket /nonexistent --no-confirm --reload none --lock-file '{}' --json",
             env!("CARGO_BIN_EXE_pinbundle"),
             bundle.display(),
             store.args().join(" "),

@@ -14,6 +14,7 @@ mod hostile_registry;
 mod load;
 mod load_store;
 mod load_policy;
+mod load_pins;
 mod oracle;
 mod rehashed;
 mod reserialise;

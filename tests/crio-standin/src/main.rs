@@ -5,9 +5,14 @@
 //! - the drop-in directory is read recursively in Go `filepath.Walk` order (names sorted
 //!   per directory, dotfiles included); a later `crio.image.pinned_images` replaces the list;
 //!   one file that fails to decode fails the whole (re)load and keeps the old list;
-//! - SIGHUP re-reads the directory and logs `Reloading configuration`,
+//! - the main file (`--config`, when it exists) is read first, then the drop-in directory;
+//! - SIGHUP re-reads them and logs `Reloading configuration`,
 //!   `Set config pinned_images to "…"` (only when changed) / `Unable to reload
-//!   configuration: …`, then `Configuration reload completed`;
+//!   configuration: …`, then, from 1.30.6 / 1.31.0, `Configuration reload completed`;
+//! - SIGUSR1 stands for a restart (`systemctl restart crio`, see `systemctl` next to this
+//!   crate): the process logs `Restarting`, drops its socket and re-executes itself, so it
+//!   reads its configuration afresh as a new CRI-O would, under the same PID (the test's
+//!   child handle stays valid);
 //! - pins match image STORAGE NAMES only (cri-o `CompileRegexpsForPinnedImages`): exact
 //!   (case-insensitive, anchored), `prefix*` (case-insensitive, unanchored), `*keyword*`
 //!   (case-insensitive substring); a bare `*` panics, like CRI-O;
@@ -19,8 +24,8 @@
 //!   1.28.0–1.29.3 never apply `pinned_images` on reload; 1.29.4–1.29.6 and 1.30.0–1.30.2
 //!   unpin the entries a reload leaves unchanged (cri-o #8202).
 //!
-//! Usage: `crio --socket PATH --config-dir DIR --storage-root DIR [--storage-driver overlay]
-//! [--version 1.31.0] [--log FILE]`
+//! Usage: `crio --socket PATH --config-dir DIR --storage-root DIR [--config FILE]
+//! [--storage-driver overlay] [--version 1.31.0] [--log FILE]`
 
 // Test code: a failing std::fs call panics with the path in the test's own message.
 #![allow(clippy::disallowed_methods)]
@@ -147,6 +152,7 @@ mod proto {
 
 struct Args {
     socket: PathBuf,
+    config: Option<PathBuf>,
     config_dir: PathBuf,
     storage_root: PathBuf,
     storage_driver: String,
@@ -157,6 +163,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut socket, mut config_dir, mut storage_root, mut log) = (None, None, None, None);
+    let mut config = None;
     let mut storage_driver = "overlay".to_string();
     let mut version = "1.31.0".to_string();
     while let Some(flag) = it.next() {
@@ -164,6 +171,7 @@ fn parse_args() -> Result<Args, String> {
         match flag.as_str() {
             "--socket" => socket = Some(PathBuf::from(val()?)),
             "--config-dir" => config_dir = Some(PathBuf::from(val()?)),
+            "--config" => config = Some(PathBuf::from(val()?)),
             "--storage-root" => storage_root = Some(PathBuf::from(val()?)),
             "--storage-driver" => storage_driver = val()?,
             "--version" => version = val()?,
@@ -173,6 +181,7 @@ fn parse_args() -> Result<Args, String> {
     }
     Ok(Args {
         socket: socket.ok_or("--socket is required")?,
+        config,
         config_dir: config_dir.ok_or("--config-dir is required")?,
         storage_root: storage_root.ok_or("--storage-root is required")?,
         storage_driver,
@@ -209,6 +218,8 @@ struct Behaviour {
     reload_applies_pins: bool,
     /// A reload pins only the entries it adds, dropping those it keeps (cri-o #8202).
     reload_drops_unchanged: bool,
+    /// A reload ends by logging `Configuration reload completed` (from 1.30.6 / 1.31.0).
+    logs_reload_completed: bool,
 }
 
 impl Behaviour {
@@ -229,6 +240,7 @@ impl Behaviour {
             reload_applies_pins: v >= (1, 29, 4),
             reload_drops_unchanged: ((1, 29, 4)..=(1, 29, 6)).contains(&v)
                 || ((1, 30, 0)..=(1, 30, 2)).contains(&v),
+            logs_reload_completed: v >= (1, 30, 6),
         }
     }
 }
@@ -251,9 +263,14 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The `pinned_images` CRI-O would end up with after reading `dir` (None = never set).
-fn read_pins(dir: &Path) -> Result<Option<Vec<String>>, String> {
-    let mut files = Vec::new();
+/// The `pinned_images` CRI-O would end up with after reading `config` (when it exists) and
+/// then `dir` (None = never set).
+fn read_pins(config: Option<&Path>, dir: &Path) -> Result<Option<Vec<String>>, String> {
+    let mut files: Vec<PathBuf> = config
+        .filter(|c| c.exists())
+        .map(Path::to_path_buf)
+        .into_iter()
+        .collect();
     if dir.exists() {
         walk(dir, &mut files).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
@@ -603,7 +620,7 @@ async fn main() {
             )
         }),
     });
-    let initial = match read_pins(&args.config_dir) {
+    let initial = match read_pins(args.config.as_deref(), &args.config_dir) {
         Ok(p) => p.unwrap_or_default(),
         Err(e) => {
             logger.log(&format!("Failed to load configuration: {e}"));
@@ -639,11 +656,19 @@ async fn main() {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             reload_logger.log("Reloading configuration");
-            match read_pins(&reload_state.args.config_dir) {
+            let completed = || {
+                if behaviour.logs_reload_completed {
+                    reload_logger.log("Configuration reload completed");
+                }
+            };
+            match read_pins(
+                reload_state.args.config.as_deref(),
+                &reload_state.args.config_dir,
+            ) {
                 Err(e) => reload_logger.log(&format!("Unable to reload configuration: {e}")),
                 Ok(_) if !behaviour.reload_applies_pins => {
                     // 1.28.0–1.29.3: the reload never looks at pinned_images.
-                    reload_logger.log("Configuration reload completed");
+                    completed();
                 }
                 Ok(new) => {
                     // CRI-O rebuilds the config from its defaults on every reload, so no
@@ -665,9 +690,33 @@ async fn main() {
                         reload_logger.log(&format!("Set config pinned_images to {:?}", join(&new)));
                         current = new;
                     }
-                    reload_logger.log("Configuration reload completed");
+                    completed();
                 }
             }
+        }
+    });
+
+    let restart_logger = logger.clone();
+    let restart_socket = state.args.socket.clone();
+    let mut usr1 =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) {
+            Ok(s) => s,
+            Err(e) => {
+                logger.log(&format!("installing SIGUSR1 handler: {e}"));
+                std::process::exit(1);
+            }
+        };
+    tokio::spawn(async move {
+        if usr1.recv().await.is_some() {
+            use std::os::unix::process::CommandExt as _;
+            restart_logger.log("Restarting");
+            let _ = std::fs::remove_file(&restart_socket);
+            let mut argv = std::env::args_os();
+            let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("crio"));
+            argv.next();
+            let e = std::process::Command::new(program).args(argv).exec();
+            restart_logger.log(&format!("re-executing: {e}"));
+            std::process::exit(1);
         }
     });
 
@@ -718,6 +767,12 @@ mod tests {
         }
         for v in ["1.29.3", "1.29.7", "1.30.3", "1.31.0"] {
             assert!(!b(v).reload_drops_unchanged, "{v}");
+        }
+        for v in ["1.28.0", "1.29.7", "1.30.5"] {
+            assert!(!b(v).logs_reload_completed, "{v}");
+        }
+        for v in ["1.30.6", "1.31.0", "1.36.3"] {
+            assert!(b(v).logs_reload_completed, "{v}");
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use pinbundle::load::confirm::{PinnedBy, VersionIssue, confirm};
 use pinbundle::load::cri::CriClient;
+use pinbundle::load::crio_config::CrioConfig;
 use pinbundle::load::pins;
 use pinbundle::load::reload::{ReloadEnv, ReloadMode, ReloadOutcome, find_crio, reload};
 use pinbundle::reference::PinnedRef;
@@ -212,7 +213,7 @@ async fn pin_reload_confirm_against_standin() {
     // 2. Write the drop-in with pins.rs and SIGHUP the explicit PID.
     let merged = pins::update(&drop_in, std::slice::from_ref(&ours)).unwrap();
     assert!(merged.content.is_some());
-    assert!(pins::scan_dir(&drop_in).unwrap().check().is_ok());
+    assert!(read_config(&conf).unparsable.is_empty());
     let out = reload(ReloadMode::Signal, &env).unwrap();
     assert_eq!(out, ReloadOutcome::Signalled { pid: crio.pid() });
     crio.wait_log(&format!("Set config pinned_images to \"{ours}\""), 1);
@@ -252,7 +253,7 @@ async fn pin_reload_confirm_against_standin() {
     //    fails, keeping the old list (still pinned).
     let junk = conf.join(".50-pinned-images.tmp");
     fs_err::write(&junk, "[crio.image]\npinned_images = [\"loc").unwrap();
-    let e = pins::scan_dir(&drop_in).unwrap().check().unwrap_err();
+    let e = pins::plan(&read_config(&conf), &conf, &drop_in, &[]).unwrap_err();
     assert!(e.to_string().contains(".50-pinned-images.tmp"), "{e}");
     reload(ReloadMode::Signal, &env).unwrap();
     crio.wait_log("Unable to reload configuration", 1);
@@ -262,24 +263,29 @@ async fn pin_reload_confirm_against_standin() {
     assert!(r.is_ok(), "{r:?}");
     fs_err::remove_file(&junk).unwrap();
 
-    // 7. A later drop-in replaces our list: scan warns, and after a reload (found through
-    //    /proc discovery this time) the image is no longer pinned.
+    // 7. A later drop-in replaces our list: the plan refuses it, and after a reload (found
+    //    through /proc discovery this time) the image is no longer pinned.
     fs_err::write(
         conf.join("99-later"),
         "[crio.image]\npinned_images = [\"quay.io/other*\"]\n",
     )
     .unwrap();
-    assert_eq!(
-        pins::scan_dir(&drop_in).unwrap().overriding,
-        vec![conf.join("99-later")]
-    );
-    assert_eq!(
-        find_crio(Path::new("/proc")).unwrap(),
-        vec![crio.pid()],
-        "exactly one crio must run"
-    );
+    let e = pins::plan(&read_config(&conf), &conf, &drop_in, &[]).unwrap_err();
+    assert!(e.to_string().contains("99-later` is read after"), "{e}");
+    // Other `crio` processes may run on this host (other tests, a real CRI-O): discovery is
+    // tested over a /proc that holds only the process this test started (issue 16).
+    assert!(find_crio(Path::new("/proc")).unwrap().contains(&crio.pid()));
+    let only_ours = tmp.path().join("proc");
+    fs_err::create_dir_all(&only_ours).unwrap();
+    std::os::unix::fs::symlink(
+        format!("/proc/{}", crio.pid()),
+        only_ours.join(crio.pid().to_string()),
+    )
+    .unwrap();
+    assert_eq!(find_crio(&only_ours).unwrap(), vec![crio.pid()]);
     let discovered = ReloadEnv {
         pid: None,
+        proc_root: only_ours,
         ..env.clone()
     };
     assert_eq!(
@@ -330,7 +336,8 @@ async fn pin_reload_confirm_against_standin() {
     )
     .unwrap();
     old.wait_log("Set config pinned_images", 2);
-    old.wait_log("Configuration reload completed", 1);
+    // Before 1.30.6 a reload logs no completion line.
+    assert_eq!(old.log_count("Configuration reload completed"), 0);
     let r = confirm(&old.socket, std::slice::from_ref(&ours), FAST, POLL)
         .await
         .unwrap();
@@ -338,6 +345,10 @@ async fn pin_reload_confirm_against_standin() {
         r.images[0].present && !r.images[0].pinned && r.timed_out,
         "{r:?}"
     );
+}
+
+fn read_config(conf: &Path) -> CrioConfig {
+    CrioConfig::read(&conf.with_extension("no-crio.conf"), conf).unwrap()
 }
 
 #[tokio::test]
