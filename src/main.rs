@@ -860,6 +860,7 @@ fn print_load(
     }
     if let Some(s) = &r.store {
         writeln!(out, "store: {}", Shown(&s.summary()))?;
+    }
     if let Some(file) = r
         .images
         .iter()

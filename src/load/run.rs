@@ -240,7 +240,6 @@ fn make_plan(
     opts.skopeo
         .version()
         .context("`load` imports with skopeo (Debian/RHEL package `skopeo`)")?;
-    let mut warnings = Vec::new();
     let (store, store_report) = resolve_store(opts, &crio, &mut warnings)?;
     let platform = opts.platform.clone().unwrap_or_else(storage::host_platform);
     plan::check_platforms(manifest, &platform)?;
