@@ -224,6 +224,7 @@ mod tests {
                 unpacked: 4,
                 staged: 5,
                 filesystems: Vec::new(),
+                warnings: Vec::new(),
             }),
             error: Some("err".into()),
             rolled_back: Some(storage::RolledBack::default()),

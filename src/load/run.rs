@@ -16,13 +16,14 @@ use anyhow::{Context, Result};
 
 use super::crio_config::CrioConfig;
 use super::report::{CriResult, ImageResult, ImageStatus, LoadReport, PinsResult};
-use super::space::{SpaceCheck, SpaceReport};
+use super::space::{MinFree, SpaceCheck, SpaceReport};
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
 use super::{confirm, pins, plan, reload};
 use crate::bundle::format::{BundleManifest, ImageEntry};
 use crate::bundle::{BundleSet, SetOptions};
 use crate::delta;
 use crate::error::error_chain;
+use crate::pinned_image_set;
 use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::reference::PinnedRef;
@@ -51,6 +52,11 @@ pub struct LoadOptions {
     pub cri_socket: PathBuf,
     pub confirm_timeout: Duration,
     pub pinned_image_set_out: Option<PathBuf>,
+    /// The API version of the PinnedImageSets written (OpenShift 4.16–4.18: `v1alpha1`).
+    pub pinned_image_set_api: crate::pinned_image_set::Api,
+    /// The pools (`machineconfiguration.openshift.io/role`) a set is written for; `worker`
+    /// when empty.
+    pub pools: Vec<String>,
     /// Check and plan only; change nothing.
     pub dry_run: bool,
     /// Import only; leave the drop-in and CRI-O alone.
@@ -74,6 +80,10 @@ pub struct LoadOptions {
     /// Bundles that carry layers a delta bundle omits. They need no signature: what is taken
     /// from them is checked against the digests of the (verified, maybe signed) delta.
     pub bases: Vec<PathBuf>,
+    /// Kubelet's configuration, for its disk thresholds; its usual places when `None`.
+    pub kubelet_config: Option<PathBuf>,
+    /// Free space to keep on the store's filesystem (`--min-free`), when more than kubelet's.
+    pub min_free: Option<MinFree>,
 }
 
 /// Runs `load`. `Err` is an operational failure before anything changed; a failure after
@@ -180,6 +190,9 @@ struct Plan {
     bases: Vec<Arc<BundleSet>>,
     delta: Option<delta::LoadPlan>,
     space: SpaceReport,
+    /// The PinnedImageSets for `--pinned-image-set-out`, rendered (so a bad pool name is
+    /// refused before anything changes).
+    pinned_image_sets: Option<String>,
     warnings: Vec<String>,
     /// CRI-O's configuration, read once: the store, the policy and the pins come from it.
     #[allow(dead_code)] // until the store, policy and pins phases read it
@@ -199,6 +212,13 @@ fn make_plan(
     // The drop-in dir must be one CRI-O can reload and our file one we can merge into:
     // refuse now, before anything is looked up or imported, rather than after.
     let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
+    let pinned_image_sets = match &opts.pinned_image_set_out {
+        Some(_) => Some(pinned_image_set::render(
+            opts.pinned_image_set_api,
+            &pinned_image_set::sets(&pinned_image_set_name(bundle), &opts.pools, &refs)?,
+        )),
+        None => None,
+    };
     if !opts.no_pin {
         pins::scan_dir(&opts.drop_in)?.check()?;
         pins::check_update(&opts.drop_in, &refs)?;
@@ -217,10 +237,15 @@ fn make_plan(
         })
         .collect::<Result<Vec<_>>>()?;
     let (statuses, missing) = plan::missing(manifest, &records, opts.dry_run);
+    // What skopeo fetches for each: of an index, only this platform's instance.
+    let imports: Vec<_> = missing
+        .iter()
+        .map(|&i| (i, plan::import_blobs(&manifest.images[i], &platform)))
+        .collect();
 
     // A delta: every layer it omits must already be in the store or in a `--base` bundle.
     let mut warnings = Vec::new();
-    let (bases, delta) = plan_delta(opts, manifest, &missing, &mut warnings)?;
+    let (bases, delta) = plan_delta(opts, manifest, &imports, &mut warnings)?;
     let reused = delta
         .as_ref()
         .map(delta::LoadPlan::reused)
@@ -238,8 +263,19 @@ fn make_plan(
             .as_ref()
             .is_some_and(|s| s.verified_by.is_some()),
         jobs: opts.jobs,
+        kubelet_config: opts.kubelet_config.as_deref(),
+        min_free: opts.min_free.as_ref(),
     }
-    .run(manifest, &missing, &reused, reporter)?;
+    .run(
+        manifest,
+        &imports
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect(),
+        &reused,
+        reporter,
+    )?;
+    warnings.extend(space.warnings.iter().cloned());
     Ok(Plan {
         refs,
         missing,
@@ -247,6 +283,7 @@ fn make_plan(
         bases,
         delta,
         space,
+        pinned_image_sets,
         warnings,
         crio,
     })
@@ -258,7 +295,7 @@ fn make_plan(
 fn plan_delta(
     opts: &LoadOptions,
     manifest: &BundleManifest,
-    missing: &[usize],
+    imports: &[(usize, std::collections::BTreeSet<&crate::reference::Digest>)],
     warnings: &mut Vec<String>,
 ) -> Result<(Vec<Arc<BundleSet>>, Option<delta::LoadPlan>)> {
     let mut bases = Vec::new();
@@ -277,7 +314,7 @@ fn plan_delta(
         .store
         .layer_digests()
         .context("reading the store's layers")?;
-    let plan = delta::plan_load(manifest, missing, &bases, &in_store)?;
+    let plan = delta::plan_load(manifest, imports, &bases, &in_store)?;
     Ok((bases, Some(plan)))
 }
 
@@ -360,10 +397,10 @@ fn import_and_pin(
     if !plan.missing.is_empty() {
         import(opts, bundle, plan, applied, reporter)?;
     }
-    if let Some(out) = &opts.pinned_image_set_out {
-        let name = pinned_image_set_name(bundle);
-        let yaml = pins::pinned_image_set_manifest(&name, "worker", &plan.refs)?;
-        fs_err::write(out, yaml)?;
+    if let (Some(out), Some(yaml)) = (&opts.pinned_image_set_out, &plan.pinned_image_sets) {
+        let (staged, mut file) = crate::atomic::Stage::new(out).create()?;
+        std::io::Write::write_all(&mut file, yaml.as_bytes()).map_err(|e| staged.write_error(e))?;
+        staged.commit(file)?;
     }
     if opts.no_pin {
         return Ok(false);
@@ -600,8 +637,8 @@ fn with_statuses(images: &[ImageEntry], statuses: &[ImageStatus]) -> Vec<ImageRe
         .collect()
 }
 
-/// A Kubernetes name for the PinnedImageSet: `pinbundle-` and the first 12 hex digits of the
-/// bundle manifest's digest, so the same bundle always gives the same name.
+/// The start of the PinnedImageSets' names: `pinbundle-` and the first 12 hex digits of the
+/// bundle manifest's digest, so the same bundle always gives the same names.
 fn pinned_image_set_name(bundle: &BundleSet) -> String {
     let d = crate::reference::Digest::of(bundle.manifest_bytes());
     format!("pinbundle-{}", &d.hex()[..12])
