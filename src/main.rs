@@ -312,7 +312,7 @@ struct LoadArgs {
     /// keeps (`evictionHard` `imagefs.available`, `nodefs.available`;
     /// `imageGCHighThresholdPercent`). [default: /var/lib/kubelet/config.yaml, else
     /// /etc/kubernetes/kubelet.conf, else kubelet's defaults: 15 %, 10 %, 85 %]
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", overrides_with = "kubelet_config")]
     kubelet_config: Option<PathBuf>,
     /// Keep at least this much free on the store's filesystem (bytes, or 16Gi, 500M…), when
     /// more than kubelet keeps. MCO keeps 16Gi free when it pulls a PinnedImageSet.

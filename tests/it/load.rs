@@ -188,6 +188,11 @@ pub(crate) fn load_command(
         .arg(bundle)
         .args(store.args())
         .args(crio_config_args(drop_in))
+        .arg("--kubelet-config")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/it/kubelet-off.yaml"
+        ))
         .arg("--crio-drop-in")
         .arg(drop_in)
         .arg("--cri-socket")
