@@ -665,27 +665,23 @@ mod tests {
         };
         // The store's filesystem: imagefs.available 15 % of 10 GiB; the temp dir's (kubelet's
         // root dir's) nodefs.available 10 % of 20 GiB.
-        let r = fit(
-            gib,
-            gib / 2,
-            fs(1, 9 * gib, 10 * gib),
-            fs(2, 20 * gib, 20 * gib),
-            &rules,
-        )
-        .unwrap();
+        let fit_both = |rules: &Rules| {
+            fit(
+                gib,
+                gib / 2,
+                fs(1, 9 * gib, 10 * gib),
+                fs(2, 20 * gib, 20 * gib),
+                rules,
+            )
+            .unwrap()
+        };
+        let r = fit_both(&rules);
         let rule = |f: &FsSpace| f.reserve.as_ref().map(|r| (r.rule.clone(), r.bytes));
         assert_eq!(rule(&r[0]), Some(("imagefs.available".into(), 3 * gib / 2)));
         assert_eq!(rule(&r[1]), Some(("nodefs.available".into(), 2 * gib)));
         // --min-free wins when larger, on the store's filesystem only.
         rules.min_free = Some(&min_free);
-        let r = fit(
-            gib,
-            gib / 2,
-            fs(1, 9 * gib, 10 * gib),
-            fs(2, 20 * gib, 20 * gib),
-            &rules,
-        )
-        .unwrap();
+        let r = fit_both(&rules);
         assert_eq!(rule(&r[0]), Some(("--min-free".into(), 2 * gib)));
         assert_eq!(rule(&r[1]), Some(("nodefs.available".into(), 2 * gib)));
         // Short: the message's parts add up to what it says is needed.

@@ -120,16 +120,60 @@ fn load_space(bundle: &Path, store: &Store, dir: &Path, extra: &[&str]) -> (Outp
     )
 }
 
+/// The 10 MiB bundle and an empty vfs store on a 100 MiB tmpfs.
+struct Small {
+    env: Env,
+    bundle: PathBuf,
+    store: Store,
+    fs: Tmpfs,
+    dir: tempfile::TempDir,
+}
+
+impl Small {
+    fn new() -> Small {
+        let dir = tempdir();
+        let (env, bundle) = ten_mib_bundle(dir.path());
+        let fs = Tmpfs::mount(dir.path(), "fs", 100);
+        let store = Store::new(&fs.0, "vfs");
+        Small {
+            env,
+            bundle,
+            store,
+            fs,
+            dir,
+        }
+    }
+
+    fn load(&self, extra: &[&str]) -> (Output, Value) {
+        load_space(&self.bundle, &self.store, self.dir.path(), extra)
+    }
+
+    /// Checks that `o` refused for space, keeping `reserve` hundredths of a MiB free, with
+    /// numbers that add up and nothing written; returns the message.
+    fn refused(&self, o: &Output, reserve: u64) -> String {
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        let ([needed, unpacked, staged, margin, kept], free) = shortfall(&err);
+        assert_eq!(needed, unpacked + staged + margin + kept, "{err}");
+        assert_eq!(kept, reserve, "{err}");
+        assert!(unpacked >= 1000 && needed > free, "{err}");
+        assert!(self.fs.is_empty(), "the store was written");
+        err
+    }
+
+    fn loaded(&self) -> bool {
+        self.store.exists(&self.env.pushed[0].digest_reference())
+    }
+}
+
 #[test]
 fn kubelet_thresholds_from_its_config_refuse_what_its_defaults_admit() {
     if !is_root() {
         eprintln!("SKIPPED: needs root to mount a small tmpfs");
         return;
     }
-    let dir = tempdir();
-    let (env, bundle) = ten_mib_bundle(dir.path());
-    let fs = Tmpfs::mount(dir.path(), "fs", 100);
-    let store = Store::new(&fs.0, "vfs");
+    let small = Small::new();
+    let dir = &small.dir;
     let kubelet = |name: &str, imagefs: &str| {
         let p = dir.path().join(name);
         std::fs::write(
@@ -142,14 +186,9 @@ fn kubelet_thresholds_from_its_config_refuse_what_its_defaults_admit() {
         p
     };
     let strict = kubelet("strict.yaml", "30%");
-    let (o, _) = load_space(
-        &bundle,
-        &store,
-        dir.path(),
-        &["--kubelet-config", strict.to_str().unwrap()],
-    );
-    let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let (o, _) = small.load(&["--kubelet-config", strict.to_str().unwrap()]);
+    // 30 % of 100 MiB kept free.
+    let err = small.refused(&o, 3000);
     assert!(
         err.contains(&format!(
             "imagefs.available 30% of 100.00 MiB, from {})",
@@ -157,27 +196,15 @@ fn kubelet_thresholds_from_its_config_refuse_what_its_defaults_admit() {
         )),
         "{err}"
     );
-    // The parts add up; 30 % of 100 MiB is kept; more than is free.
-    let ([needed, unpacked, staged, margin, reserve], free) = shortfall(&err);
-    assert_eq!(needed, unpacked + staged + margin + reserve, "{err}");
-    assert_eq!(reserve, 3000, "{err}");
-    assert!(unpacked >= 1000 && needed > free, "{err}");
-    assert!(fs.is_empty(), "the store was written");
-    assert!(!env.pushed.is_empty());
 
     // kubelet's default for the image filesystem, 15 %: it fits.
     let default = kubelet("default.yaml", "15%");
-    let (o, r) = load_space(
-        &bundle,
-        &store,
-        dir.path(),
-        &["--kubelet-config", default.to_str().unwrap()],
-    );
+    let (o, r) = small.load(&["--kubelet-config", default.to_str().unwrap()]);
     assert!(o.status.success(), "{}\n{r}", text(&o.stderr));
     let fs0 = &r["space"]["filesystems"][0];
     assert_eq!(fs0["reserve"]["rule"], "imagefs.available", "{r}");
     assert_eq!(fs0["reserve"]["bytes"], 15 << 20, "{r}");
-    assert!(store.exists(&env.pushed[0].digest_reference()));
+    assert!(small.loaded());
 }
 
 #[test]
@@ -186,26 +213,17 @@ fn min_free_refuses_and_says_so() {
         eprintln!("SKIPPED: needs root to mount a small tmpfs");
         return;
     }
-    let dir = tempdir();
-    let (env, bundle) = ten_mib_bundle(dir.path());
-    let fs = Tmpfs::mount(dir.path(), "fs", 100);
-    let store = Store::new(&fs.0, "vfs");
-    let (o, _) = load_space(&bundle, &store, dir.path(), &["--min-free", "30Mi"]);
-    let err = text(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let small = Small::new();
+    let (o, _) = small.load(&["--min-free", "30Mi"]);
+    let err = small.refused(&o, 3000);
     assert!(err.contains("(--min-free 30Mi, the command line)"), "{err}");
-    let ([needed, unpacked, staged, margin, reserve], free) = shortfall(&err);
-    assert_eq!(needed, unpacked + staged + margin + reserve, "{err}");
-    assert_eq!(reserve, 3000, "{err}");
-    assert!(needed > free, "{err}");
-    assert!(fs.is_empty(), "the store was written");
-    let (o, r) = load_space(&bundle, &store, dir.path(), &["--min-free", "15Mi"]);
+    let (o, r) = small.load(&["--min-free", "15Mi"]);
     assert!(o.status.success(), "{}\n{r}", text(&o.stderr));
     assert_eq!(
         r["space"]["filesystems"][0]["reserve"]["rule"],
         "--min-free"
     );
-    assert!(store.exists(&env.pushed[0].digest_reference()));
+    assert!(small.loaded());
 }
 
 #[test]
