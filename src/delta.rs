@@ -251,12 +251,14 @@ impl LoadPlan {
     }
 }
 
-/// For the images `import` (indexes into `manifest.images`), finds every blob the bundle does
-/// not carry in `in_store` (layer digests the node's store has, compressed or not) or in one of
-/// `bases`, whose copy is then verified. Refuses, listing every blob found nowhere.
+/// For the images `import` (indexes into `manifest.images`, each with the blobs skopeo fetches
+/// for it: of an index, only the platform imported), finds every blob the bundle does not
+/// carry in `in_store` (layer digests the node's store has, compressed or not) or in one of
+/// `bases`, whose copy is then verified. Refuses, listing every blob found nowhere; blobs of
+/// platforms that are not imported may be missing.
 pub fn plan_load(
     manifest: &BundleManifest,
-    import: &[usize],
+    import: &[(usize, BTreeSet<&Digest>)],
     bases: &[Arc<BundleSet>],
     in_store: &BTreeSet<Digest>,
 ) -> Result<LoadPlan, Error> {
@@ -267,9 +269,13 @@ pub fn plan_load(
         .map(|b| (&b.digest, b))
         .collect();
     let mut needed: BTreeMap<&Digest, Vec<String>> = BTreeMap::new();
-    for &i in import {
-        let img = &manifest.images[i];
-        for d in img.blobs.iter().filter(|d| omitted.contains_key(d)) {
+    for (i, blobs) in import {
+        let img = &manifest.images[*i];
+        for d in img
+            .blobs
+            .iter()
+            .filter(|d| blobs.contains(d) && omitted.contains_key(d))
+        {
             needed.entry(d).or_default().push(img.reference.clone());
         }
     }
@@ -634,7 +640,8 @@ mod tests {
         m.blobs[0].carried = false;
         m.blobs[1].carried = false;
         let in_store: BTreeSet<Digest> = [Digest::of(b"l1")].into();
-        let err = plan_load(&m, &[0], &[], &in_store).unwrap_err();
+        let every = [(0, m.images[0].blobs.iter().collect())];
+        let err = plan_load(&m, &every, &[], &in_store).unwrap_err();
         let Error::Unavailable { missing, .. } = &err else {
             panic!("{err}")
         };
@@ -645,9 +652,14 @@ mod tests {
         // Nothing to import: nothing needed.
         assert!(plan_load(&m, &[], &[], &in_store).is_ok());
         let all: BTreeSet<Digest> = [Digest::of(b"l1"), Digest::of(b"l2")].into();
-        let plan = plan_load(&m, &[0], &[], &all).unwrap();
+        let plan = plan_load(&m, &every, &[], &all).unwrap();
         assert_eq!(plan.from_storage.len(), 2);
         assert_eq!(plan.reused().len(), 2);
+        // l2 belongs to a platform that is not imported: not needed.
+        let l2 = Digest::of(b"l2");
+        let one = [(0, m.images[0].blobs.iter().filter(|d| **d != l2).collect())];
+        let plan = plan_load(&m, &one, &[], &in_store).unwrap();
+        assert_eq!(plan.reused(), in_store);
     }
 
     #[test]

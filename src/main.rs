@@ -310,9 +310,21 @@ struct LoadArgs {
     /// pins written but unconfirmed. Without it, unconfirmed pins exit 1.
     #[arg(long)]
     no_confirm: bool,
-    /// Also write a PinnedImageSet manifest for these images (for MCO-managed nodes).
+    /// Also write PinnedImageSet manifests for these images (for MCO-managed nodes): one YAML
+    /// file, a `---`-separated set per pool (several, numbered, beyond 500 images), for
+    /// `oc apply -f FILE`.
     #[arg(long, value_name = "FILE")]
     pinned_image_set_out: Option<PathBuf>,
+    /// The PinnedImageSet API the cluster serves: `v1` on OpenShift 4.19 and later (4.19.0
+    /// only with the PinnedImages feature gate, on by default from a 4.19 z-stream and in 4.20);
+    /// `v1alpha1` on 4.16–4.18 (TechPreviewNoUpgrade only).
+    #[arg(long, value_name = "API", default_value = "v1", value_parser = ["v1", "v1alpha1"], requires = "pinned_image_set_out")]
+    pinned_image_set_api: String,
+    /// The machine config pool a PinnedImageSet is for (its
+    /// `machineconfiguration.openshift.io/role` label); repeatable, one set per pool. Use
+    /// `master` on single-node and compact clusters. [default: worker]
+    #[arg(long, value_name = "NAME", requires = "pinned_image_set_out")]
+    pool: Vec<String>,
     /// Verify and plan only: change nothing.
     #[arg(long)]
     dry_run: bool,
@@ -325,6 +337,16 @@ struct LoadArgs {
     /// The lock file that serialises loads.
     #[arg(long, value_name = "FILE", default_value = load::DEFAULT_LOCK)]
     lock_file: PathBuf,
+    /// Kubelet's configuration (KubeletConfiguration, YAML or JSON), for the free space it
+    /// keeps (`evictionHard` `imagefs.available`, `nodefs.available`;
+    /// `imageGCHighThresholdPercent`). [default: /var/lib/kubelet/config.yaml, else
+    /// /etc/kubernetes/kubelet.conf, else kubelet's defaults: 15 %, 10 %, 85 %]
+    #[arg(long, value_name = "FILE", overrides_with = "kubelet_config")]
+    kubelet_config: Option<PathBuf>,
+    /// Keep at least this much free on the store's filesystem (bytes, or 16Gi, 500M…), when
+    /// more than kubelet keeps. MCO keeps 16Gi free when it pulls a PinnedImageSet.
+    #[arg(long, value_name = "SIZE")]
+    min_free: Option<load::space::MinFree>,
     #[command(flatten)]
     jobs: Jobs,
     /// A bundle that carries layers this delta bundle leaves out (the layers it omits must be
@@ -775,6 +797,13 @@ fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         confirm_timeout: std::time::Duration::from_secs(a.confirm_timeout),
         no_confirm: a.no_confirm,
         pinned_image_set_out: a.pinned_image_set_out,
+        pinned_image_set_api: a
+            .pinned_image_set_api
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!(e))?,
+        pools: a.pool,
+        kubelet_config: a.kubelet_config,
+        min_free: a.min_free,
         dry_run: a.dry_run,
         no_pin: a.no_pin,
         jobs: a.jobs.get(),
@@ -921,9 +950,18 @@ fn print_load(
             }
         };
         for f in &s.filesystems {
+            let kept = f.reserve.as_ref().map_or(String::new(), |r| {
+                format!(
+                    ", {} of it kept free: {} {}, {}",
+                    human(r.bytes),
+                    r.rule,
+                    r.threshold,
+                    Shown(&r.from)
+                )
+            });
             writeln!(
                 out,
-                "space: {} needed on {} ({} free; {from})",
+                "space: {} needed on {}{kept} ({} free; {from})",
                 human(f.needed),
                 shown_path(&f.path),
                 human(f.free)

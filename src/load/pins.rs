@@ -1,7 +1,7 @@
 //! CRI-O `pinned_images` drop-in: render, merge, write atomically, and audit the drop-in dir.
 //!
-//! Owns the file `crio.conf.d/50-pinned-images` (or whatever path the caller picks) and the
-//! `PinnedImageSet` manifest offered for MCO-managed nodes. It does not reload CRI-O
+//! Owns the file `crio.conf.d/50-pinned-images` (or whatever path the caller picks); the
+//! `PinnedImageSet` manifest is [`crate::pinned_image_set`]'s. It does not reload CRI-O
 //! ([`super::reload`]) or ask the CRI whether the pins took effect ([`super::confirm`]).
 //!
 //! Facts this module relies on (see `field-notes.md`, cri-o `internal/storage/image.go`
@@ -570,49 +570,6 @@ pub fn mco_warning(drop_in: &Path, markers: &[PathBuf]) -> String {
     )
 }
 
-/// A Kubernetes DNS-1123 subdomain (metadata.name rules).
-fn valid_k8s_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            let b = label.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
-/// Render a `PinnedImageSet` manifest for `refs` (sorted, unique), targeting the pool
-/// `role` through the `machineconfiguration.openshift.io/role` label.
-///
-/// # Errors
-/// `name` or `role` is not a valid Kubernetes name; a pin is empty or a pattern.
-pub fn pinned_image_set_manifest(
-    name: &str,
-    role: &str,
-    refs: &[PinnedRef],
-) -> Result<String, PinsError> {
-    for n in [name, role] {
-        if !valid_k8s_name(n) {
-            return Err(PinsError::BadManifestName {
-                name: n.to_string(),
-            });
-        }
-    }
-    let pins: BTreeSet<String> = refs.iter().map(validate_ours).collect::<Result<_, _>>()?;
-    let mut out = format!(
-        "apiVersion: machineconfiguration.openshift.io/v1\nkind: PinnedImageSet\nmetadata:\n  name: {name}\n  labels:\n    machineconfiguration.openshift.io/role: {role}\nspec:\n  pinnedImages:\n"
-    );
-    for p in pins {
-        // Pins are validated references: no quotes or backslashes to escape.
-        let _ = writeln!(out, "    - name: \"{p}\"");
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,38 +806,12 @@ mod tests {
     }
 
     #[test]
-    fn mco_detection_and_manifest() {
+    fn mco_detection() {
         let root = tempfile::tempdir().unwrap();
         assert!(detect_mco(root.path()).is_empty());
         fs_err::create_dir_all(root.path().join("etc/machine-config-daemon")).unwrap();
         let found = detect_mco(root.path());
         assert_eq!(found.len(), 1);
         assert!(mco_warning(Path::new(MCO_DROP_IN), &found).contains("50-pinned-images"));
-
-        let y = pinned_image_set_manifest(
-            "pinbundle-x",
-            "worker",
-            &[
-                pin("quay.io/b", DB),
-                pin("quay.io/a", DA),
-                pin("quay.io/a", DA),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            y,
-            format!(
-                "apiVersion: machineconfiguration.openshift.io/v1\nkind: PinnedImageSet\nmetadata:\n  name: pinbundle-x\n  labels:\n    machineconfiguration.openshift.io/role: worker\nspec:\n  pinnedImages:\n    - name: \"quay.io/a@{DA}\"\n    - name: \"quay.io/b@{DB}\"\n"
-            )
-        );
-        let v: serde_json::Value = serde_saphyr::from_str(&y).unwrap();
-        assert_eq!(
-            v["spec"]["pinnedImages"][1]["name"],
-            format!("quay.io/b@{DB}")
-        );
-        assert!(matches!(
-            pinned_image_set_manifest("Bad_Name", "worker", &[]),
-            Err(PinsError::BadManifestName { .. })
-        ));
     }
 }

@@ -3,12 +3,15 @@
 //! in the store and which must be imported. The facts they decide from (the store's records,
 //! its layers, free space) are gathered by [`super::run`].
 
+use std::collections::BTreeSet;
+
 use anyhow::{Result, bail};
 
 use super::report::ImageStatus;
 use super::storage::ImageRecord;
 use crate::bundle::format::{BundleManifest, ImageEntry, media};
 use crate::platform::Platform;
+use crate::reference::Digest;
 
 /// Refuses when an image is an index that carries no manifest for `platform` (a variant is
 /// only compared when `platform` names one).
@@ -30,6 +33,23 @@ pub fn check_platforms(manifest: &BundleManifest, platform: &Platform) -> Result
         }
     }
     Ok(())
+}
+
+/// The blobs skopeo fetches to import `img` on `platform`: all of a single-platform image's;
+/// of an index, the index and the instances `platform` matches (those skopeo may pick), none
+/// of the other platforms' (a bundle may carry them, a delta may omit them, neither is
+/// copied).
+pub fn import_blobs<'m>(img: &'m ImageEntry, platform: &Platform) -> BTreeSet<&'m Digest> {
+    if !media::is_index(&img.media_type) {
+        return img.blobs.iter().collect();
+    }
+    let mut blobs = BTreeSet::from([&img.digest]);
+    for p in img.platforms.iter().filter(|p| platform.matches_entry(p)) {
+        blobs.insert(&p.digest);
+        blobs.insert(&p.config);
+        blobs.extend(&p.layers);
+    }
+    blobs
 }
 
 /// Whether `record` (the store's image named `name@digest`, if any) is `img` as the bundle
@@ -70,7 +90,6 @@ pub fn missing(
 mod tests {
     use super::*;
     use crate::bundle::format::PlatformEntry;
-    use crate::reference::Digest;
 
     fn image(name: &str, tag: Option<&str>, media_type: &str) -> ImageEntry {
         ImageEntry {
@@ -149,5 +168,41 @@ mod tests {
         // A single-platform image is not checked here: skopeo takes what it is.
         let m = manifest(vec![image("q.io/b", None, media::OCI_MANIFEST)]);
         assert!(check_platforms(&m, &p("linux/amd64")).is_ok());
+    }
+
+    #[test]
+    fn an_index_imports_only_the_matching_platform() {
+        let entry = |arch: &str, variant: Option<&str>| PlatformEntry {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: variant.map(str::to_string),
+            digest: Digest::of(format!("m-{arch}").as_bytes()),
+            media_type: media::OCI_MANIFEST.into(),
+            config: Digest::of(format!("c-{arch}").as_bytes()),
+            layers: vec![Digest::of(format!("l-{arch}").as_bytes())],
+        };
+        let mut img = image("q.io/a", Some("v1"), media::OCI_INDEX);
+        img.platforms = vec![entry("amd64", None), entry("arm64", Some("v8"))];
+        img.blobs = img
+            .platforms
+            .iter()
+            .flat_map(|p| [p.digest.clone(), p.config.clone(), p.layers[0].clone()])
+            .chain([img.digest.clone()])
+            .collect();
+        let p = |s: &str| s.parse::<Platform>().unwrap();
+        let arm = &img.platforms[1];
+        assert_eq!(
+            import_blobs(&img, &p("linux/arm64")),
+            BTreeSet::from([&img.digest, &arm.digest, &arm.config, &arm.layers[0]])
+        );
+        assert_eq!(import_blobs(&img, &p("linux/arm64/v8")).len(), 4);
+        assert_eq!(
+            import_blobs(&img, &p("linux/s390x")),
+            BTreeSet::from([&img.digest])
+        );
+        // A single-platform image: everything it lists.
+        let mut single = image("q.io/b", None, media::OCI_MANIFEST);
+        single.blobs = vec![Digest::of(b"x"), Digest::of(b"y")];
+        assert_eq!(import_blobs(&single, &p("linux/s390x")).len(), 2);
     }
 }

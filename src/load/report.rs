@@ -277,6 +277,7 @@ mod tests {
                 unpacked: 4,
                 staged: 5,
                 filesystems: Vec::new(),
+                warnings: Vec::new(),
             }),
             store: Some(StoreReport {
                 root: "/r".into(),

@@ -19,7 +19,7 @@ use super::policy::{self, Admission};
 use super::report::{
     CarriedResult, CriResult, ImageResult, ImageStatus, LoadReport, OtherPinResult, PinsResult,
 };
-use super::space::{SpaceCheck, SpaceReport};
+use super::space::{MinFree, SpaceCheck, SpaceReport};
 use super::storage::{self, ImportOptions, ImportOutcome, Skopeo, Store};
 use super::store_config::{self, CrossCheck, PreparedStore, StoreFlags, StoreReport};
 use super::{confirm, pins, plan, reload};
@@ -27,6 +27,7 @@ use crate::bundle::format::{BundleManifest, ImageEntry};
 use crate::bundle::{BundleSet, SetOptions};
 use crate::delta;
 use crate::error::error_chain;
+use crate::pinned_image_set;
 use crate::platform::Platform;
 use crate::progress::Reporter;
 use crate::reference::PinnedRef;
@@ -61,6 +62,11 @@ pub struct LoadOptions {
     /// Do not ask CRI-O over the CRI whether the pins took effect (`--no-confirm`).
     pub no_confirm: bool,
     pub pinned_image_set_out: Option<PathBuf>,
+    /// The API version of the PinnedImageSets written (OpenShift 4.16–4.18: `v1alpha1`).
+    pub pinned_image_set_api: crate::pinned_image_set::Api,
+    /// The pools (`machineconfiguration.openshift.io/role`) a set is written for; `worker`
+    /// when empty.
+    pub pools: Vec<String>,
     /// Check and plan only; change nothing.
     pub dry_run: bool,
     /// Import only; leave the drop-in and CRI-O alone.
@@ -94,6 +100,10 @@ pub struct LoadOptions {
     pub default_policy_dir: PathBuf,
     /// The deadline of each skopeo copy.
     pub import_timeout: storage::CopyTimeout,
+    /// Kubelet's configuration, for its disk thresholds; its usual places when `None`.
+    pub kubelet_config: Option<PathBuf>,
+    /// Free space to keep on the store's filesystem (`--min-free`), when more than kubelet's.
+    pub min_free: Option<MinFree>,
 }
 
 /// Runs `load`. `Err` is an operational failure before anything changed; a failure after
@@ -208,6 +218,9 @@ struct Plan {
     bases: Vec<Arc<BundleSet>>,
     delta: Option<delta::LoadPlan>,
     space: SpaceReport,
+    /// The PinnedImageSets for `--pinned-image-set-out`, rendered (so a bad pool name is
+    /// refused before anything changes).
+    pinned_image_sets: Option<String>,
     warnings: Vec<String>,
     /// CRI-O's configuration, read once: the store, the policy and the pins come from it.
     #[allow(dead_code)] // until the pins phase reads it
@@ -234,6 +247,13 @@ fn make_plan(
     // The drop-in dir must be one CRI-O can reload and our file one we can merge into:
     // refuse now, before anything is looked up or imported, rather than after.
     let refs: Vec<PinnedRef> = manifest.images.iter().map(pin_of).collect();
+    let pinned_image_sets = match &opts.pinned_image_set_out {
+        Some(_) => Some(pinned_image_set::render(
+            opts.pinned_image_set_api,
+            &pinned_image_set::sets(&pinned_image_set_name(bundle), &opts.pools, &refs)?,
+        )),
+        None => None,
+    };
     if !opts.no_pin {
         pins::plan(&crio, &opts.crio_config_dir, &opts.drop_in, &refs)?;
     }
@@ -253,9 +273,14 @@ fn make_plan(
         })
         .collect::<Result<Vec<_>>>()?;
     let (statuses, missing) = plan::missing(manifest, &records, opts.dry_run);
+    // What skopeo fetches for each: of an index, only this platform's instance.
+    let imports: Vec<_> = missing
+        .iter()
+        .map(|&i| (i, plan::import_blobs(&manifest.images[i], &platform)))
+        .collect();
 
     // A delta: every layer it omits must already be in the store or in a `--base` bundle.
-    let (bases, delta) = plan_delta(opts, &store.store, manifest, &missing, &mut warnings)?;
+    let (bases, delta) = plan_delta(opts, &store.store, manifest, &imports, &mut warnings)?;
     let reused = delta
         .as_ref()
         .map(delta::LoadPlan::reused)
@@ -273,8 +298,19 @@ fn make_plan(
             .as_ref()
             .is_some_and(|s| s.verified_by.is_some()),
         jobs: opts.jobs,
+        kubelet_config: opts.kubelet_config.as_deref(),
+        min_free: opts.min_free.as_ref(),
     }
-    .run(manifest, &missing, &reused, reporter)?;
+    .run(
+        manifest,
+        &imports
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect(),
+        &reused,
+        reporter,
+    )?;
+    warnings.extend(space.warnings.iter().cloned());
     Ok(Plan {
         refs,
         missing,
@@ -282,6 +318,7 @@ fn make_plan(
         bases,
         delta,
         space,
+        pinned_image_sets,
         warnings,
         crio,
         store,
@@ -351,7 +388,7 @@ fn plan_delta(
     opts: &LoadOptions,
     store: &Store,
     manifest: &BundleManifest,
-    missing: &[usize],
+    imports: &[(usize, std::collections::BTreeSet<&crate::reference::Digest>)],
     warnings: &mut Vec<String>,
 ) -> Result<(Vec<Arc<BundleSet>>, Option<delta::LoadPlan>)> {
     let mut bases = Vec::new();
@@ -369,7 +406,7 @@ fn plan_delta(
     let in_store = store
         .layer_digests()
         .context("reading the store's layers")?;
-    let plan = delta::plan_load(manifest, missing, &bases, &in_store)?;
+    let plan = delta::plan_load(manifest, imports, &bases, &in_store)?;
     Ok((bases, Some(plan)))
 }
 
@@ -451,10 +488,10 @@ fn import_and_pin(
     if !plan.missing.is_empty() {
         import(opts, bundle, plan, applied, reporter)?;
     }
-    if let Some(out) = &opts.pinned_image_set_out {
-        let name = pinned_image_set_name(bundle);
-        let yaml = pins::pinned_image_set_manifest(&name, "worker", &plan.refs)?;
-        fs_err::write(out, yaml)?;
+    if let (Some(out), Some(yaml)) = (&opts.pinned_image_set_out, &plan.pinned_image_sets) {
+        let (staged, mut file) = crate::atomic::Stage::new(out).create()?;
+        std::io::Write::write_all(&mut file, yaml.as_bytes()).map_err(|e| staged.write_error(e))?;
+        staged.commit(file)?;
     }
     if opts.no_pin {
         return Ok(false);
@@ -878,8 +915,8 @@ fn with_statuses(images: &[ImageEntry], statuses: &[ImageStatus]) -> Vec<ImageRe
         .collect()
 }
 
-/// A Kubernetes name for the PinnedImageSet: `pinbundle-` and the first 12 hex digits of the
-/// bundle manifest's digest, so the same bundle always gives the same name.
+/// The start of the PinnedImageSets' names: `pinbundle-` and the first 12 hex digits of the
+/// bundle manifest's digest, so the same bundle always gives the same names.
 fn pinned_image_set_name(bundle: &BundleSet) -> String {
     let d = crate::reference::Digest::of(bundle.manifest_bytes());
     format!("pinbundle-{}", &d.hex()[..12])

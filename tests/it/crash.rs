@@ -128,6 +128,7 @@ fn create_killed_anywhere_leaves_nothing_or_a_complete_bundle() {
 fn load_cmd(dir: &Path, bundle: &Path) -> Command {
     let mut c = pinbundle();
     c.arg("load")
+        .args(crate::load::kubelet_off())
         .arg(bundle)
         .arg("--storage-root")
         .arg(dir.join("storage"))

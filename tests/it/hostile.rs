@@ -299,6 +299,7 @@ fn run_case(dir: &Path, c: &Case) -> Result<(), String> {
     let runroot = d.join("run");
     let o = run(pinbundle()
         .arg("load")
+        .args(crate::load::kubelet_off())
         .arg(&bundle)
         .arg("--storage-root")
         .arg(&storage)

@@ -209,6 +209,7 @@ pub(crate) fn load_command(
         .arg(bundle)
         .args(store.args())
         .args(crio_config_args(drop_in))
+        .args(kubelet_off())
         .arg("--crio-drop-in")
         .arg(drop_in)
         .arg("--cri-socket")
@@ -220,6 +221,15 @@ pub(crate) fn load_command(
         c.arg("--no-confirm");
     }
     c
+}
+
+/// Every kubelet threshold off (tests/it/kubelet-off.yaml): no load test reads this machine's
+/// kubelet files or depends on how full its disk is.
+pub(crate) fn kubelet_off() -> [&'static str; 2] {
+    [
+        "--kubelet-config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/kubelet-off.yaml"),
+    ]
 }
 
 /// CRI-O's configuration as the test's CRI-O reads it: the drop-in's directory, and no main
@@ -537,10 +547,11 @@ fn load_in_a_network_namespace_with_only_loopback() {
     let o = run(Command::new("ip")
         .args(["netns", "exec", &ns, "sh", "-c"])
         .arg(format!(
-            "ip link set lo up && '{}' load '{}' {} --crio-config /nonexistent --crio-config-dir '{}' --crio-drop-in '{}' --cri-socket /nonexistent --no-confirm --reload none --lock-file '{}' --json",
+            "ip link set lo up && '{}' load '{}' {} --kubelet-config '{}' --crio-config /nonexistent --crio-config-dir '{}' --crio-drop-in '{}' --cri-socket /nonexistent --no-confirm --reload none --lock-file '{}' --json",
             env!("CARGO_BIN_EXE_pinbundle"),
             bundle.display(),
             store.args().join(" "),
+            kubelet_off()[1],
             dir.path().join("crio.conf.d").display(),
             drop_in.display(),
             dir.path().join("l").display()

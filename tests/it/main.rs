@@ -15,6 +15,7 @@ mod load;
 mod load_store;
 mod load_policy;
 mod load_pins;
+mod load_space;
 mod oracle;
 mod rehashed;
 mod reserialise;

@@ -263,6 +263,7 @@ fn bytes_changed_after_verify_roll_back_the_images_this_load_added() {
         pinbundle()
             .env("PATH", &path)
             .arg("load")
+            .args(crate::load::kubelet_off())
             .arg(&bundle)
             .args(node.store.args())
             .args(crate::load::crio_config_args(&node.drop_in))

@@ -425,6 +425,7 @@ fn load_refuses_untrusted_bundles_before_touching_anything() {
     // The human output names the key ids too.
     let o = run(pinbundle()
         .arg("load")
+        .args(crate::load::kubelet_off())
         .arg(&by_bad)
         .args(store.args())
         .args(crate::load::crio_config_args(&drop_in))

@@ -31,6 +31,7 @@ fn settings() -> insta::Settings {
     s.add_filter(r#""seconds": [0-9.e+-]+"#, r#""seconds": "[seconds]""#);
     s.add_filter(r"in [0-9]+\.[0-9]s\b", "in [seconds]s");
     s.add_filter(r#""free": [0-9]+"#, r#""free": "[free]""#);
+    s.add_filter(r#""capacity": [0-9]+"#, r#""capacity": "[capacity]""#);
     s.add_filter(r"\([0-9.]+ [KMGT]?i?B free;", "([free] free;");
     s.add_filter(r"pid [0-9]+", "pid [pid]");
     s

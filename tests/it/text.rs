@@ -121,6 +121,7 @@ impl Node {
         let d = &self.dir;
         run(pinbundle()
             .arg("load")
+            .args(crate::load::kubelet_off())
             .arg(bundle)
             .arg("--storage-root")
             .arg(d.join("storage"))

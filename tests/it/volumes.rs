@@ -342,6 +342,7 @@ fn a_three_volume_set_verifies_alone_and_together_extracts_and_loads_in_any_orde
     let store = Store::new(m.dir.path(), "vfs");
     let o = run(pinbundle()
         .arg("load")
+        .args(crate::load::kubelet_off())
         .args([c, a, b])
         .args(store.args())
         .arg("--no-pin")
@@ -386,6 +387,7 @@ fn missing_foreign_and_damaged_volumes_are_named_before_anything_is_loaded() {
     let drop_in = m.dir.path().join("crio.conf.d/50-pinned-images");
     let o = run(pinbundle()
         .arg("load")
+        .args(crate::load::kubelet_off())
         .args([c, a])
         .args(store.args())
         .args(crate::load::crio_config_args(&drop_in))
