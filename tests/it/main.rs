@@ -12,6 +12,7 @@ mod delta;
 mod hostile;
 mod hostile_registry;
 mod load;
+mod ops;
 mod oracle;
 mod rehashed;
 mod reserialise;
