@@ -53,3 +53,29 @@ fn refused_connection_is_not_retried() {
         assert!(!err.contains("gave up after"), "retried: {err}");
     }
 }
+
+/// A size that is not one is refused before anything is fetched, naming the text and the
+/// units; `--help` says what the units mean.
+#[test]
+fn volume_sizes_are_explained() {
+    let dir = tempdir();
+    let out = dir.path().join("b.pinbundle");
+    for (bad, says) in [
+        ("4.7X", "unknown unit \"X\""),
+        ("4,7G", "\"4,7G\""),
+        ("1K", "too small"),
+    ] {
+        let o = run(pinbundle()
+            .args(["create", "127.0.0.1:1/x/y:v1", "--volume-size", bad, "-o"])
+            .arg(&out));
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+        assert!(!err.contains("cannot connect"), "{bad}: fetched: {err}");
+    }
+    let help = text(&run(pinbundle().args(["create", "--help"])).stdout);
+    for says in ["4.7G", "4,700,000,000", "GiB", "dvd-dl", "bd25"] {
+        assert!(help.contains(says), "{says} not in create --help");
+    }
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}
