@@ -139,6 +139,11 @@ struct CreateArgs {
     /// Keep every platform of multi-platform images.
     #[arg(long, conflicts_with = "platform")]
     all_platforms: bool,
+    /// Carry an image that lacks some of the platforms asked for (it must still have one).
+    /// Without, `create` fails naming the image and the platforms it has, whether it is an
+    /// index or a single-platform image (whose config says its platform).
+    #[arg(long, conflicts_with = "all_platforms")]
+    allow_missing_platforms: bool,
     /// Registry credentials file (containers auth.json or Docker config.json format; an
     /// OpenShift pull secret works). Default: $REGISTRY_AUTH_FILE,
     /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json.
@@ -625,6 +630,7 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         output: a.output,
         platforms: a.platform,
         all_platforms: a.all_platforms,
+        allow_missing_platforms: a.allow_missing_platforms,
         client: ClientOptions {
             insecure_registries: a.insecure_registry,
             ca_files: a.ca_file,

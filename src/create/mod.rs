@@ -65,6 +65,9 @@ pub struct CreateOptions {
     /// Platforms kept from indexes; empty means linux/amd64.
     pub platforms: Vec<Platform>,
     pub all_platforms: bool,
+    /// Carry an image that lacks some of `platforms` (it must still have one of them);
+    /// without, every image must have every platform asked for.
+    pub allow_missing_platforms: bool,
     pub client: ClientOptions,
     pub cache_dir: PathBuf,
     pub jobs: usize,
@@ -200,6 +203,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     );
     fetcher.fetch_all(&runtime, plan.read_from_cache(true).cloned())?;
     let config_platforms = fetch::config_platforms(&resolved, &cache)?;
+    resolve::check_single_platforms(&resolved, &config_platforms, opts)?;
     let source = HeadSource {
         resolved: &resolved,
         config_platforms: &config_platforms,

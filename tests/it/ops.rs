@@ -79,3 +79,71 @@ fn volume_sizes_are_explained() {
     }
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 }
+
+/// Every platform asked for must be in every image, an index or a single-platform image
+/// (whose config says its platform), or `create` fails naming the image and what it has;
+/// `--allow-missing-platforms` carries what there is, as long as there is one.
+#[test]
+fn missing_platforms_are_refused_naming_the_image() {
+    let env = crate::create::Env::new();
+    let dir = tempdir();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("b.pinbundle");
+    let single = env.image("oci-one").tag_reference();
+    let index = env.image("index").tag_reference();
+    let refused = |refs: &[String], extra: &[&str], names: &str, missing: &str, has: &str| {
+        let o = env.create(&cache, &out, refs, extra);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        for says in [names, missing, has] {
+            assert!(err.contains(says), "{extra:?}: {says:?} not in {err}");
+        }
+        assert!(!out.exists(), "{extra:?}: wrote {}", out.display());
+    };
+    // A single-platform amd64 image asked for arm64: refused, not carried silently.
+    refused(
+        std::slice::from_ref(&single),
+        &["--platform", "linux/arm64/v8"],
+        &single,
+        "no manifest for linux/arm64/v8",
+        "it has: linux/amd64",
+    );
+    // With amd64 too, one missing platform is still refused without the flag …
+    let both = ["--platform", "linux/amd64", "--platform", "linux/s390x"];
+    refused(
+        &[single.clone(), index.clone()],
+        &both,
+        "--allow-missing-platforms",
+        "no manifest for linux/s390x",
+        "it has:",
+    );
+    refused(
+        std::slice::from_ref(&index),
+        &both,
+        &index,
+        "no manifest for linux/s390x",
+        "linux/amd64, linux/arm64/v8",
+    );
+    // … and with it both images are carried, with what they have.
+    let mut allowed = both.to_vec();
+    allowed.push("--allow-missing-platforms");
+    let o = env.create(&cache, &out, &[single.clone(), index.clone()], &allowed);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let inspect = crate::create::inspect_json(&out);
+    let images = inspect["images"].as_array().expect("images");
+    assert_eq!(images.len(), 2, "{inspect}");
+    for image in images {
+        let platforms = image["platforms"].as_array().expect("platforms");
+        assert_eq!(platforms.len(), 1, "{image}");
+        assert_eq!(platforms[0]["architecture"], "amd64", "{image}");
+    }
+    std::fs::remove_file(&out).expect("remove");
+    // An image with none of them is refused even with the flag.
+    refused(
+        std::slice::from_ref(&single),
+        &["--platform", "linux/arm64", "--allow-missing-platforms"],
+        &single,
+        "no manifest for linux/arm64",
+        "it has: linux/amd64",
+    );
+}
