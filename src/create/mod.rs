@@ -167,6 +167,21 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         bail!("no image references given (arguments, --from-file or --pinned-image-set)");
     }
     let output = write::open_output(opts)?;
+    // A run killed too hard to clean up (SIGKILL, a power cut) left its temporary files; the
+    // one just staged is locked, so it stays.
+    let abandoned = crate::atomic::remove_abandoned(&opts.output);
+    if !abandoned.is_empty() {
+        let names: Vec<String> = abandoned
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        reporter.notice(&format!(
+            "removed what an interrupted run left of {}: {}",
+            opts.output.display(),
+            names.join(", ")
+        ));
+    }
     let cache = BlobCache::open(&opts.cache_dir).context("creating the blob cache")?;
     let base = match &opts.base {
         Some(p) => Some(
