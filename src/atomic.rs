@@ -133,11 +133,18 @@ impl Stage {
                 source,
             })?
             .into_parts();
+        // Held until the rename or the drop (on a second descriptor of the same open file, so
+        // closing the writer's does not release it): a later run removes only temporary
+        // files nobody holds ([`remove_abandoned`]). A file system without flock still works.
+        let lock = file.try_clone().ok().filter(|l| {
+            rustix::fs::flock(l, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+        });
         Ok((
             Staged {
                 tmp,
                 dest: self.dest,
                 mode: self.mode,
+                lock,
             },
             file,
         ))
@@ -150,6 +157,7 @@ pub struct Staged {
     tmp: TempPath,
     dest: PathBuf,
     mode: u32,
+    lock: Option<File>,
 }
 
 impl Staged {
@@ -183,13 +191,22 @@ impl Staged {
 
     /// Gives the file its mode and syncs it: `file` is the handle it was written with, closed
     /// here. What remains is the rename.
+    ///
+    /// A file system that cannot hold a mode (FAT32 and exFAT refuse a chmod with EPERM,
+    /// files there take the mount's fmask) does not fail the file: [`Sealed::mode_refused`]
+    /// says so.
     pub fn seal(self, file: File) -> Result<Sealed, Error> {
-        file.set_permissions(std::fs::Permissions::from_mode(self.mode))
-            .and_then(|()| file.sync_all())
-            .map_err(|source| self.write_error(source))?;
+        let mode_refused = match file.set_permissions(std::fs::Permissions::from_mode(self.mode)) {
+            Ok(()) => false,
+            Err(e) if cannot_hold_mode(&e) => true,
+            Err(e) => return Err(self.write_error(e)),
+        };
+        file.sync_all().map_err(|source| self.write_error(source))?;
         Ok(Sealed {
             tmp: self.tmp,
             dest: self.dest,
+            mode_refused,
+            _lock: self.lock,
         })
     }
 
@@ -206,9 +223,16 @@ impl Staged {
 pub struct Sealed {
     tmp: TempPath,
     dest: PathBuf,
+    mode_refused: bool,
+    _lock: Option<File>,
 }
 
 impl Sealed {
+    /// Whether the file system refused the file's mode (the file keeps the one it gives).
+    pub fn mode_refused(&self) -> bool {
+        self.mode_refused
+    }
+
     /// Renames the file into place (replacing what was there). The directory still needs a
     /// [`sync_dir`] for the new name to survive a crash.
     pub fn rename(self) -> Result<PathBuf, Error> {
@@ -220,6 +244,61 @@ impl Sealed {
         })?;
         Ok(self.dest)
     }
+}
+
+/// Whether a failed chmod means the file system cannot store a mode at all (vfat and exfat
+/// answer EPERM to a mode they cannot represent; others ENOTSUP), not a fault.
+pub fn cannot_hold_mode(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(rustix::io::Errno::from_raw_os_error),
+        // On Linux EOPNOTSUPP is ENOTSUP.
+        Some(rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP)
+    )
+}
+
+/// Removes the temporary files an earlier run left for `dest` (`.NAME.XXXXXX.partial`) or,
+/// when writing volumes, for `dest.NNN` (`.NAME.NNN.XXXXXX.partial`) — a run killed before it
+/// could clean up (SIGKILL, a power cut). One a running process holds locked is left alone.
+/// Best effort; returns what was removed.
+pub fn remove_abandoned(dest: &Path) -> Vec<PathBuf> {
+    let Some(name) = dest.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Vec::new();
+    };
+    let prefix = format!(".{name}.");
+    let Ok(entries) = fs_err::read_dir(parent_dir(dest)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some(middle) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".partial"))
+        else {
+            continue;
+        };
+        // tempfile's six random characters, after a volume number or not.
+        let random = match middle.split_once('.') {
+            Some((n, r)) if n.len() == 3 && n.bytes().all(|b| b.is_ascii_digit()) => r,
+            Some(_) => continue,
+            None => middle,
+        };
+        if random.len() != 6 || !random.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            continue;
+        }
+        let path = e.path();
+        let unheld = fs_err::OpenOptions::new()
+            .read(true)
+            .open(&path)
+            .is_ok_and(|f| {
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
+            });
+        if unheld && e.file_type().is_ok_and(|t| t.is_file()) && fs_err::remove_file(&path).is_ok()
+        {
+            removed.push(path);
+        }
+    }
+    removed
 }
 
 /// Syncs directory `dir`, so renames and removals in it are durable.
@@ -308,6 +387,55 @@ mod tests {
         assert_eq!(fs_err::read(&dest).unwrap(), b"new");
         let mode = fs_err::metadata(&dest).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_mode_the_file_system_cannot_hold_is_not_an_error() {
+        for errno in [rustix::io::Errno::PERM, rustix::io::Errno::NOTSUP] {
+            let e = io::Error::from_raw_os_error(errno.raw_os_error());
+            assert!(cannot_hold_mode(&e), "{e}");
+        }
+        for errno in [rustix::io::Errno::IO, rustix::io::Errno::NOSPC] {
+            let e = io::Error::from_raw_os_error(errno.raw_os_error());
+            assert!(!cannot_hold_mode(&e), "{e}");
+        }
+        assert!(!cannot_hold_mode(&io::Error::other("x")));
+    }
+
+    #[test]
+    fn abandoned_temporary_files_are_removed_but_not_held_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("b.pinbundle");
+        let (held, _file) = Stage::new(&dest).create().unwrap();
+        let (held_volume, _volume) = Stage::new(dir.path().join("b.pinbundle.002"))
+            .create()
+            .unwrap();
+        // What a killed run leaves: its files, no longer locked by anyone.
+        let abandoned = [
+            ".b.pinbundle.Ab3xY9.partial",
+            ".b.pinbundle.001.zz99QQ.partial",
+        ];
+        let others = [
+            ".b.pinbundle.x.partial",
+            ".b.pinbundle.other.Ab3xY9.partial",
+            ".c.pinbundle.Ab3xY9.partial",
+            "b.pinbundle",
+        ];
+        for name in abandoned.iter().chain(&others) {
+            fs_err::write(dir.path().join(name), b"x").unwrap();
+        }
+        let mut removed = remove_abandoned(&dest);
+        removed.sort();
+        let mut expected: Vec<PathBuf> = abandoned.iter().map(|n| dir.path().join(n)).collect();
+        expected.sort();
+        assert_eq!(removed, expected);
+        assert!(held.path().exists() && held_volume.path().exists());
+        for name in others {
+            assert!(dir.path().join(name).exists(), "{name}");
+        }
+        // Once a run drops its staged file, nothing is left to sweep.
+        drop(held);
+        assert!(remove_abandoned(&dest).is_empty());
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - [`pinned_image_set`] renders OpenShift `PinnedImageSet` manifests for a bundle's pins.
 //! - [`atomic`] stages a file and renames it into place, synced: every output file.
 //! - [`input`] reads small files a person names: regular files only, with a cap.
-//! - [`text`] escapes text from bundles and registries before a person sees it.
+//! - [`text`] escapes text from bundles and registries before a person sees it; [`size`]
+//!   parses the byte sizes a person types.
 //! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
 //!   signals CRI-O or writes under `/etc`.
 
@@ -35,5 +36,6 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod sign;
+pub mod size;
 pub mod text;
 pub mod verify;

@@ -121,9 +121,15 @@ struct CreateArgs {
     /// The bundle file to write (with --volume-size: FILE.001, FILE.002, …).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
-    /// Write volumes of at most SIZE bytes (`fat32` = 4 GiB − 1, `4G`, `700M`) instead of one
-    /// file. Each volume is a complete bundle file, verifiable alone; a blob larger than the
-    /// room left is cut between volumes and joined again on read.
+    /// Write volumes of at most SIZE bytes instead of one file. Each volume is a complete
+    /// bundle file, verifiable alone; a blob larger than the room left is cut between volumes
+    /// and joined again on read.
+    ///
+    /// SIZE is a number with an optional unit: K, M, G, T (or KB, MB, GB, TB) are powers of
+    /// 1000, so `4.7G` is 4,700,000,000 bytes; KiB, MiB, GiB, TiB are powers of 1024, so
+    /// `4GiB` is 4,294,967,296; no unit (or B) is bytes. Or a medium: `fat32` (4 GiB − 1, the
+    /// largest file FAT32 holds), `dvd` (4,700,000,000), `dvd-dl` (8,500,000,000), `bd25`
+    /// (25,025,314,816).
     #[arg(long, value_name = "SIZE", value_parser = parse_volume_size)]
     volume_size: Option<u64>,
     /// Platform to keep from multi-platform images, OS/ARCH[/VARIANT]; repeatable.
@@ -133,6 +139,11 @@ struct CreateArgs {
     /// Keep every platform of multi-platform images.
     #[arg(long, conflicts_with = "platform")]
     all_platforms: bool,
+    /// Carry an image that lacks some of the platforms asked for (it must still have one).
+    /// Without, `create` fails naming the image and the platforms it has, whether it is an
+    /// index or a single-platform image (whose config says its platform).
+    #[arg(long, conflicts_with = "all_platforms")]
+    allow_missing_platforms: bool,
     /// Registry credentials file (containers auth.json or Docker config.json format; an
     /// OpenShift pull secret works). Default: $REGISTRY_AUTH_FILE,
     /// $XDG_RUNTIME_DIR/containers/auth.json, ~/.docker/config.json.
@@ -171,9 +182,10 @@ struct CreateArgs {
     /// may pause (`30`, `30s`, `2m`).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     timeout: std::time::Duration,
-    /// The slowest a blob may arrive (bytes per second, `1K`, `64K`), measured over each
-    /// --timeout: a registry that trickles is abandoned (and retried).
-    #[arg(long, value_name = "RATE", default_value = "1K", value_parser = parse_rate)]
+    /// The slowest a blob may arrive, in bytes per second (`1KiB`, `64K`; units as for
+    /// --volume-size), measured over each --timeout: a registry that trickles is abandoned
+    /// (and retried).
+    #[arg(long, value_name = "RATE", default_value = "1KiB", value_parser = parse_rate)]
     min_rate: u64,
     /// The most one image may take: resolving it (every manifest, token, retry and backoff),
     /// and each blob's download with its retries.
@@ -487,16 +499,7 @@ fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
 
 /// Bytes per second: `1024`, `1K`, `2M` (binary multiples).
 fn parse_rate(s: &str) -> std::result::Result<u64, String> {
-    let bad = || format!("invalid rate \"{s}\": expected bytes per second, e.g. 1K or 64K");
-    let (number, shift) = match s.strip_suffix(['K', 'k']) {
-        Some(n) => (n, 10),
-        None => match s.strip_suffix(['M', 'm']) {
-            Some(n) => (n, 20),
-            None => (s, 0),
-        },
-    };
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    n.checked_mul(1 << shift).ok_or_else(bad)
+    pinbundle::size::parse_bytes(s).map_err(|e| format!("{e} (bytes per second)"))
 }
 
 fn parse_volume_size(s: &str) -> std::result::Result<u64, String> {
@@ -696,6 +699,7 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         output: a.output,
         platforms: a.platform,
         all_platforms: a.all_platforms,
+        allow_missing_platforms: a.allow_missing_platforms,
         client: ClientOptions {
             insecure_registries: a.insecure_registry,
             ca_files: a.ca_file,
@@ -1786,7 +1790,7 @@ mod tests {
             panic!("not create")
         };
         assert_eq!(c.timeout, Duration::from_millis(500));
-        assert_eq!(c.min_rate, 64 << 10);
+        assert_eq!(c.min_rate, 64_000);
         assert_eq!(c.image_timeout, Duration::from_secs(120));
         assert_eq!(c.retries, 0);
         let cli = Cli::try_parse_from(["pinbundle", "create", "a:1", "-o", "x"]).unwrap();
@@ -1799,7 +1803,9 @@ mod tests {
         for bad in ["0", "-1s", "1d", "x", ""] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert!(parse_rate("1G").is_err());
+        assert!(parse_rate("1X").is_err());
+        assert_eq!(parse_rate("64K"), Ok(64_000));
+        assert_eq!(parse_rate("64KiB"), Ok(64 << 10));
         assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
     }
 

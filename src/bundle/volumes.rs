@@ -40,32 +40,35 @@ pub fn volume_path(base: &Path, index: u32) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Parses a volume size: `fat32` (4 GiB − 1 byte) or a number with an optional binary unit
-/// (`700M`, `4G`, `4GiB`, `65536`).
+/// Named volume sizes: the largest file each medium takes.
+pub const VOLUME_PRESETS: &[(&str, u64)] = &[
+    ("fat32", FAT32_MAX),
+    // Single-layer DVD±R, as makers count it (4.7 GB).
+    ("dvd", 4_700_000_000),
+    // Dual-layer DVD±R (8.5 GB).
+    ("dvd-dl", 8_500_000_000),
+    // Single-layer Blu-ray: 12,219,392 sectors of 2048 bytes.
+    ("bd25", 25_025_314_816),
+];
+
+/// Parses a volume size: a preset of [`VOLUME_PRESETS`] (`fat32`, `dvd`, `dvd-dl`, `bd25`)
+/// or a size as [`crate::size::parse_bytes`] reads it (`4.7G` decimal, `4GiB` binary,
+/// `65536` bytes); at least [`MIN_VOLUME_SIZE`].
 pub fn parse_volume_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    if t.eq_ignore_ascii_case("fat32") {
-        return Ok(FAT32_MAX);
-    }
-    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (number, unit) = t.split_at(end);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected e.g. 700M, 4G or fat32"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        other => return Err(format!("invalid size {text:?}: unknown unit {other:?}")),
+    let size = match VOLUME_PRESETS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(t))
+    {
+        Some(&(_, size)) => size,
+        None => crate::size::parse_bytes(t).map_err(|e| {
+            let names: Vec<&str> = VOLUME_PRESETS.iter().map(|(n, _)| *n).collect();
+            format!("{e}; or one of {}", names.join(", "))
+        })?,
     };
-    let size = number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("invalid size {text:?}: too large"))?;
     if size < MIN_VOLUME_SIZE {
         return Err(format!(
-            "volume size {size} is too small (at least {MIN_VOLUME_SIZE} bytes)"
+            "volume size {size} bytes is too small (at least {MIN_VOLUME_SIZE} bytes, 64KiB)"
         ));
     }
     Ok(size)
@@ -421,12 +424,24 @@ mod tests {
     fn volume_sizes_parse() {
         assert_eq!(parse_volume_size("fat32"), Ok(FAT32_MAX));
         assert_eq!(parse_volume_size("FAT32"), Ok(FAT32_MAX));
-        assert_eq!(parse_volume_size("700M"), Ok(700 << 20));
-        assert_eq!(parse_volume_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_volume_size("dvd"), Ok(4_700_000_000));
+        assert_eq!(parse_volume_size("dvd-dl"), Ok(8_500_000_000));
+        assert_eq!(parse_volume_size("bd25"), Ok(25_025_314_816));
+        assert_eq!(parse_volume_size("4.7G"), Ok(4_700_000_000));
+        assert_eq!(parse_volume_size("700M"), Ok(700_000_000));
+        assert_eq!(parse_volume_size("700MiB"), Ok(700 << 20));
+        assert_eq!(parse_volume_size("4GiB"), Ok(4 << 30));
         assert_eq!(parse_volume_size("65536"), Ok(65536));
-        assert!(parse_volume_size("1K").is_err());
-        assert!(parse_volume_size("4X").is_err());
+        // Below the minimum.
+        assert!(parse_volume_size("64K").unwrap_err().contains("too small"));
+        assert_eq!(parse_volume_size("64KiB"), Ok(MIN_VOLUME_SIZE));
+        let err = parse_volume_size("4X").unwrap_err();
+        assert!(
+            err.contains("unknown unit") && err.contains("dvd-dl"),
+            "{err}"
+        );
         assert!(parse_volume_size("").is_err());
+        assert!(parse_volume_size("dvd2").is_err());
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct CreateOptions {
     /// Platforms kept from indexes; empty means linux/amd64.
     pub platforms: Vec<Platform>,
     pub all_platforms: bool,
+    /// Carry an image that lacks some of `platforms` (it must still have one of them);
+    /// without, every image must have every platform asked for.
+    pub allow_missing_platforms: bool,
     pub client: ClientOptions,
     pub cache_dir: PathBuf,
     pub jobs: usize,
@@ -164,6 +167,21 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         bail!("no image references given (arguments, --from-file or --pinned-image-set)");
     }
     let output = write::open_output(opts)?;
+    // A run killed too hard to clean up (SIGKILL, a power cut) left its temporary files; the
+    // one just staged is locked, so it stays.
+    let abandoned = crate::atomic::remove_abandoned(&opts.output);
+    if !abandoned.is_empty() {
+        let names: Vec<String> = abandoned
+            .iter()
+            .filter_map(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        reporter.notice(&format!(
+            "removed what an interrupted run left of {}: {}",
+            opts.output.display(),
+            names.join(", ")
+        ));
+    }
     let cache = BlobCache::open(&opts.cache_dir).context("creating the blob cache")?;
     let base = match &opts.base {
         Some(p) => Some(
@@ -200,6 +218,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     );
     fetcher.fetch_all(&runtime, plan.read_from_cache(true).cloned())?;
     let config_platforms = fetch::config_platforms(&resolved, &cache)?;
+    resolve::check_single_platforms(&resolved, &config_platforms, opts)?;
     let source = HeadSource {
         resolved: &resolved,
         config_platforms: &config_platforms,

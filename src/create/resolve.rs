@@ -46,11 +46,9 @@ pub(super) fn resolve_all(
         }
     }
     reporter.message(&format!("resolving {} references", refs.len()));
-    let platforms = if opts.platforms.is_empty() {
-        vec![Platform::linux_amd64()]
-    } else {
-        opts.platforms.clone()
-    };
+    let platforms = requested(opts);
+    let all_platforms = opts.all_platforms;
+    let allow_missing = opts.allow_missing_platforms;
     let held = AtomicU64::new(0);
     runtime.block_on(async {
         use futures_util::{StreamExt as _, TryStreamExt as _};
@@ -59,7 +57,7 @@ pub(super) fn resolve_all(
             async move {
                 tokio::time::timeout(
                     opts.image_timeout,
-                    resolve(client, r, platforms, opts.all_platforms, held),
+                    resolve(client, r, platforms, (all_platforms, allow_missing), held),
                 )
                 .await
                 .map_err(|_| {
@@ -76,6 +74,65 @@ pub(super) fn resolve_all(
     })
 }
 
+/// The platforms asked for: `--platform`, or linux/amd64.
+fn requested(opts: &CreateOptions) -> Vec<Platform> {
+    if opts.platforms.is_empty() {
+        vec![Platform::linux_amd64()]
+    } else {
+        opts.platforms.clone()
+    }
+}
+
+/// The error for an image that lacks `missing` of the platforms asked for.
+fn missing_platforms(what: &str, missing: &[&Platform], has: &[String]) -> anyhow::Error {
+    let has = if has.is_empty() {
+        "none".to_string()
+    } else {
+        has.join(", ")
+    };
+    if missing.is_empty() {
+        return anyhow::anyhow!("{what} has no runnable manifest (it has: {has})");
+    }
+    let missing: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
+    anyhow::anyhow!(
+        "{what} has no manifest for {} (it has: {has}); ask only for platforms it has, or pass --allow-missing-platforms to carry it without them",
+        missing.join(", "),
+    )
+}
+
+/// Every single-manifest image must be of every platform asked for (its config says which
+/// it is), as an index must have an entry for each ([`resolve`] checks those): otherwise the
+/// bundle would fail only on the node. With `--allow-missing-platforms`, of one of them.
+pub(super) fn check_single_platforms(
+    resolved: &[Resolved],
+    config_platforms: &std::collections::HashMap<Digest, Platform>,
+    opts: &CreateOptions,
+) -> Result<()> {
+    if opts.all_platforms {
+        return Ok(());
+    }
+    let wanted = requested(opts);
+    for r in resolved {
+        for i in r.instances.iter().filter(|i| i.platform.is_none()) {
+            let Some(has) = config_platforms.get(&i.manifest.digest) else {
+                continue;
+            };
+            let matches =
+                |w: &Platform| w.matches(&has.os, &has.architecture, has.variant.as_deref());
+            let missing: Vec<&Platform> = wanted.iter().filter(|w| !matches(w)).collect();
+            let none_match = missing.len() == wanted.len();
+            if !missing.is_empty() && (!opts.allow_missing_platforms || none_match) {
+                let what = format!(
+                    "{} (a single-platform image, manifest {})",
+                    r.reference, i.manifest.digest
+                );
+                return Err(missing_platforms(&what, &missing, &[has.to_string()]));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Counts `m` into the manifest bytes the run holds, refusing past [`MAX_MANIFEST_BYTES`].
 fn hold(held: &AtomicU64, m: &RawManifest, what: &str) -> Result<()> {
     let total = held.fetch_add(m.bytes.len() as u64, Ordering::Relaxed) + m.bytes.len() as u64;
@@ -90,7 +147,7 @@ async fn resolve(
     client: &RegistryClient,
     reference: &Reference,
     platforms: &[Platform],
-    all_platforms: bool,
+    (all_platforms, allow_missing): (bool, bool),
     held: &AtomicU64,
 ) -> Result<Resolved> {
     let root = client
@@ -117,6 +174,8 @@ async fn resolve(
             }
             let mut chosen: Vec<(Digest, Platform)> = Vec::new();
             let mut available = Vec::new();
+            // Which of `platforms` some runnable entry has.
+            let mut found = vec![false; platforms.len()];
             for d in index.manifests() {
                 let Some(p) = d.platform() else { continue };
                 let (os, arch, variant) = (
@@ -129,6 +188,9 @@ async fn resolve(
                     continue;
                 }
                 let shown = crate::platform::shown(&os, &arch, variant.as_deref()).to_string();
+                for (hit, w) in found.iter_mut().zip(platforms) {
+                    *hit |= w.matches(&os, &arch, variant.as_deref());
+                }
                 let wanted = all_platforms
                     || platforms
                         .iter()
@@ -149,13 +211,19 @@ async fn resolve(
                     .map_err(|why| anyhow::anyhow!("{what}: entry {digest}: {why}"))?;
                 chosen.push((digest, plat));
             }
-            if chosen.is_empty() {
-                let wanted: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
-                bail!(
-                    "{what} has no manifest for {} (available: {})",
-                    wanted.join(", "),
-                    available.join(", ")
-                );
+            let missing: Vec<&Platform> = platforms
+                .iter()
+                .zip(&found)
+                .filter(|(_, hit)| !**hit)
+                .map(|(p, _)| p)
+                .collect();
+            if chosen.is_empty() || (!all_platforms && !allow_missing && !missing.is_empty()) {
+                let missing = if chosen.is_empty() && !all_platforms {
+                    platforms.iter().collect()
+                } else {
+                    missing
+                };
+                return Err(missing_platforms(&what, &missing, &available));
             }
             let mut out = Vec::new();
             for (digest, plat) in chosen {

@@ -46,6 +46,8 @@ const MAX_TOKEN_LEN: usize = 64 << 10;
 const SHOWN: usize = 200;
 /// How many redirects a request follows.
 const MAX_REDIRECTS: usize = 5;
+/// The longest the plain-HTTP probe after a failed TLS handshake waits for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 // The media types are those of the one table, [`media`]; these names are kept for callers.
 pub use crate::bundle::format::media::{
@@ -83,9 +85,7 @@ pub enum Error {
     },
     #[error("{registry} denied access to {reference} (403 Forbidden)")]
     Denied { registry: String, reference: String },
-    #[error(
-        "cannot connect to registry {registry} for {reference} (gave up after {attempts} attempts)"
-    )]
+    #[error("cannot connect to registry {registry} for {reference}{}", gave_up(*attempts))]
     Unreachable {
         registry: String,
         reference: String,
@@ -93,7 +93,11 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
-    #[error("transfer of {what} from {registry} failed (gave up after {attempts} attempts)")]
+    #[error(
+        "{registry} answers plain HTTP, not HTTPS, for {reference}: if it is meant to be reached without TLS, pass --insecure-registry {registry}"
+    )]
+    PlainHttp { registry: String, reference: String },
+    #[error("transfer of {what} from {registry} failed{}", gave_up(*attempts))]
     Network {
         registry: String,
         what: String,
@@ -186,6 +190,15 @@ pub enum Error {
     },
     #[error(transparent)]
     Auth(#[from] AuthError),
+}
+
+/// " (gave up after N attempts)", or nothing when there was one attempt (not retried).
+fn gave_up(attempts: u32) -> String {
+    if attempts > 1 {
+        format!(" (gave up after {attempts} attempts)")
+    } else {
+        String::new()
+    }
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -719,6 +732,13 @@ impl RegistryClient {
                 error: Error::Io { path, source },
                 ..
             }) => return Step::Keep(Error::Io { path, source }),
+            // The bytes that did arrive are still good: a later run, reaching it, resumes.
+            Err(Failure {
+                error: error @ (Error::Unreachable { .. } | Error::PlainHttp { .. }),
+                transient: false,
+            }) => {
+                return Step::Keep(finish_error(error, target, *attempt + 1));
+            }
             Err(failure) if failure.transient && retry => {}
             Err(failure) if failure.transient => {
                 return Step::Keep(finish_error(failure.error, target, *attempt + 1));
@@ -1003,9 +1023,47 @@ impl RegistryClient {
                 what,
                 format!("no response within {} s", timeout.as_secs_f64()),
             )),
-            Ok(Err(e)) => Err(transport(e, target, what)),
+            Ok(Err(e)) => {
+                let failure = transport(e, target, what);
+                // A TLS failure may be a plain-HTTP registry on the port: say so, with the flag.
+                if target.scheme == "https"
+                    && matches!(failure.error, Error::Unreachable { .. })
+                    && self.answers_plain_http(target).await
+                {
+                    return Err(Failure::fatal(Error::PlainHttp {
+                        registry: target.registry.clone(),
+                        reference: target.reference.clone(),
+                    }));
+                }
+                Err(failure)
+            }
             Ok(Ok(r)) => Ok(r),
         }
+    }
+
+    /// Whether `target`'s API host answers a plain-HTTP request on its HTTPS port. Sends
+    /// nothing but `GET /v2/` with a Host header (no credentials), and waits briefly.
+    async fn answers_plain_http(&self, target: &Target) -> bool {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let Ok(url) = reqwest::Url::parse(&format!("https://{}/", target.api_host)) else {
+            return false;
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return false;
+        };
+        let wait = self.inner.request_timeout.min(PROBE_TIMEOUT);
+        let probe = async {
+            let mut stream = tokio::net::TcpStream::connect(format!("{host}:{port}")).await?;
+            let request = format!(
+                "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                target.api_host
+            );
+            stream.write_all(request.as_bytes()).await?;
+            let mut head = [0u8; 5];
+            stream.read_exact(&mut head).await?;
+            Ok::<_, std::io::Error>(&head == b"HTTP/")
+        };
+        matches!(tokio::time::timeout(wait, probe).await, Ok(Ok(true)))
     }
 
     /// The authorization that answers a 401's `WWW-Authenticate` challenge.
@@ -1404,8 +1462,16 @@ fn transport(e: reqwest::Error, target: &Target, what: &str) -> Failure {
             source: Box::new(e.without_url()),
         });
     }
-    let transient =
-        e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode();
+    // A refused connection or a failed TLS handshake (a certificate not trusted, a peer that
+    // does not speak TLS) will fail the same way a moment later: give up at once.
+    let permanent = e.is_connect()
+        && !e.is_timeout()
+        && matches!(
+            io_kind(&e),
+            Some(std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::InvalidData)
+        );
+    let transient = !permanent
+        && (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body() || e.is_decode());
     let error = if e.is_connect() {
         Error::Unreachable {
             registry: target.registry.clone(),
@@ -1422,6 +1488,19 @@ fn transport(e: reqwest::Error, target: &Target, what: &str) -> Failure {
         }
     };
     Failure { error, transient }
+}
+
+/// The kind of the first I/O error under `e`: hyper keeps the socket's and the TLS
+/// handshake's error as a source.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = err.source();
+    }
+    None
 }
 
 /// `url` without user info, query or fragment: blob GETs may be redirected to signed URLs.

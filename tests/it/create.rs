@@ -556,7 +556,7 @@ fn a_blob_that_fails_mid_run_stops_the_writer_and_leaves_nothing() {
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let cache = dir.path().join("cache");
-    for extra in [&[][..], &["--volume-size", "300K"][..]] {
+    for extra in [&[][..], &["--volume-size", "300KiB"][..]] {
         let o = env.create(
             &cache,
             &out_dir.join("b.pinbundle"),

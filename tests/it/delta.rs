@@ -495,7 +495,7 @@ fn a_delta_and_its_base_as_volume_sets_load_together() {
         &cache,
         &v1,
         &[r.v1().tag_reference()],
-        &["--volume-size", "600K"],
+        &["--volume-size", "600KiB"],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let first = sets.join("v1.pinbundle.001");
@@ -504,7 +504,7 @@ fn a_delta_and_its_base_as_volume_sets_load_together() {
         &cache,
         &delta,
         &[r.v2().tag_reference()],
-        &["--volume-size", "600K", "--base", first.to_str().unwrap()],
+        &["--volume-size", "600KiB", "--base", first.to_str().unwrap()],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     // The same delta as from the whole v1 bundle: a base's identity does not depend on how

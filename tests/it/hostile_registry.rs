@@ -34,7 +34,7 @@ const FLAGS: &[&str] = &[
     "--image-timeout",
     "6s",
     "--min-rate",
-    "1K",
+    "1KiB",
 ];
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -958,7 +958,7 @@ fn silent_and_trickling_servers_are_abandoned_within_the_deadline() {
             "no response within 1 s",
             deadline,
         ),
-        // 5 bytes/s against --min-rate 1K.
+        // 5 bytes/s against --min-rate 1KiB.
         (
             "trickle-blob",
             one("trickle-blob"),

@@ -16,6 +16,7 @@ mod load_store;
 mod load_policy;
 mod load_pins;
 mod load_space;
+mod ops;
 mod oracle;
 mod rehashed;
 mod reserialise;

@@ -146,6 +146,7 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
         output: bundle.clone(),
         platforms: vec![Platform::linux_amd64()],
         all_platforms: false,
+        allow_missing_platforms: false,
         client: ClientOptions {
             insecure_registries: vec![registry.host.clone()],
             ..ClientOptions::default()

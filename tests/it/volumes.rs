@@ -409,7 +409,7 @@ fn missing_foreign_and_damaged_volumes_are_named_before_anything_is_loaded() {
         &m.dir.path().join("cache"),
         &other.join("o.pinbundle"),
         &m.refs[1..],
-        &["--volume-size", "100K"],
+        &["--volume-size", "100KiB"],
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let stranger = other.join("o.pinbundle.001");
