@@ -39,10 +39,10 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     Verify(VerifyArgs),
     Inspect(InspectArgs),
-    Load(LoadArgs),
+    Load(Box<LoadArgs>),
     Keygen(KeygenArgs),
     IndexExport(IndexExportArgs),
     Diff(DiffArgs),
@@ -526,7 +526,7 @@ impl Reporter for Quiet {
 fn run(cli: Cli) -> Result<ExitCode> {
     let reporter = reporter(cli.no_progress);
     match cli.command {
-        Command::Create(a) => cmd_create(a, &*reporter),
+        Command::Create(a) => cmd_create(*a, &*reporter),
         Command::Verify(a) => {
             let opts = verify::VerifyOptions::read(a.jobs.get(), &a.trust_key, None)?;
             let set_opts = pinbundle::bundle::SetOptions {
@@ -541,7 +541,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Load(a) => cmd_load(a, &*reporter),
+        Command::Load(a) => cmd_load(*a, &*reporter),
         Command::Keygen(a) => cmd_keygen(a),
         Command::IndexExport(a) => {
             let identity = delta::export_index(&a.bundle, &a.output)?;
