@@ -198,7 +198,7 @@ pub struct SpaceReport {
 /// What to check.
 pub struct SpaceCheck<'a> {
     pub store: &'a Store,
-    /// skopeo's `--tmpdir`; `$TMPDIR` or `/var/tmp` when `None`.
+    /// skopeo's `--tmpdir`; `/var/tmp` when `None`.
     pub tmpdir: Option<&'a Path>,
     /// The bundle, then any `--base` bundles: where layers are measured from.
     pub sources: Vec<&'a BundleSet>,
@@ -503,17 +503,11 @@ fn gc_warning(fs: &FsSpace, kubelet: &Kubelet) -> Option<String> {
     })
 }
 
-/// Where skopeo stages blobs: `--tmpdir`, else `$TMPDIR`, else `/var/tmp` (containers/image's
-/// order for big files).
+/// Where skopeo stages blobs: `--tmpdir`, else `/var/tmp`. containers/image's big-file temp
+/// dir never reads `$TMPDIR` (`internal/tmpdir`; skopeo 1.9 seen staging in /var/tmp with
+/// TMPDIR set elsewhere).
 fn big_files_tmpdir(explicit: Option<&Path>) -> PathBuf {
-    explicit
-        .map(Path::to_path_buf)
-        .or_else(|| {
-            std::env::var_os("TMPDIR")
-                .filter(|t| !t.is_empty())
-                .map(PathBuf::from)
-        })
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+    explicit.map_or_else(|| PathBuf::from("/var/tmp"), Path::to_path_buf)
 }
 
 /// The closest existing ancestor of `p` (the store may not exist yet).
