@@ -891,6 +891,37 @@ fn print_load(
             writeln!(out, "            {}", Shown(e))?;
         }
     }
+    print_load_node(out, r)?;
+    if let Some(d) = &r.delta {
+        let sum =
+            |v: &[delta::OmittedSource]| v.iter().map(|s| s.size).fold(0, u64::saturating_add);
+        writeln!(
+            out,
+            "delta: {} layers ({}) reused from the store, {} ({}) from base bundles",
+            d.from_storage.len(),
+            human(sum(&d.from_storage)),
+            d.from_bases.len(),
+            human(sum(&d.from_bases))
+        )?;
+    }
+    if let Some(rl) = &r.reload {
+        writeln!(out, "reload: {}", Shown(rl))?;
+    }
+    print_load_space_and_cri(out, r)?;
+    for w in &r.warnings {
+        writeln!(err, "warning: {}", Shown(w))?;
+    }
+    if let Some(e) = &r.error {
+        writeln!(err, "error: {}", Shown(e))?;
+        if let Some(rb) = &r.rolled_back {
+            writeln!(err, "rolled back: {}", Shown(&rb.summary()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The lines of what `load` read from the node: store, policy, pins.
+fn print_load_node(out: &mut dyn Write, r: &load::LoadReport) -> std::io::Result<()> {
     if let Some(s) = &r.store {
         writeln!(out, "store: {}", Shown(&s.summary()))?;
     }
@@ -931,21 +962,11 @@ fn print_load(
             )?;
         }
     }
-    if let Some(d) = &r.delta {
-        let sum =
-            |v: &[delta::OmittedSource]| v.iter().map(|s| s.size).fold(0, u64::saturating_add);
-        writeln!(
-            out,
-            "delta: {} layers ({}) reused from the store, {} ({}) from base bundles",
-            d.from_storage.len(),
-            human(sum(&d.from_storage)),
-            d.from_bases.len(),
-            human(sum(&d.from_bases))
-        )?;
-    }
-    if let Some(rl) = &r.reload {
-        writeln!(out, "reload: {}", Shown(rl))?;
-    }
+    Ok(())
+}
+
+/// The space and CRI lines of a load report.
+fn print_load_space_and_cri(out: &mut dyn Write, r: &load::LoadReport) -> std::io::Result<()> {
     if let Some(s) = &r.space {
         let from = match s.sizes {
             load::space::Sizes::Declared => "sizes signed by a trusted key",
@@ -993,15 +1014,6 @@ fn print_load(
                 o.status,
                 Shown(&o.entry)
             )?;
-        }
-    }
-    for w in &r.warnings {
-        writeln!(err, "warning: {}", Shown(w))?;
-    }
-    if let Some(e) = &r.error {
-        writeln!(err, "error: {}", Shown(e))?;
-        if let Some(rb) = &r.rolled_back {
-            writeln!(err, "rolled back: {}", Shown(&rb.summary()))?;
         }
     }
     Ok(())
