@@ -452,19 +452,31 @@ fn fit(
             .ok_or(SpaceError::Overflow)
     };
     let add = |a: u64, b: u64| a.checked_add(b).ok_or(SpaceError::Overflow);
-    let mut per_fs: BTreeMap<u64, FsSpace> = BTreeMap::new();
+    // The store's filesystem first, then the temp dir's when it is another: a stable order
+    // for the report, whatever the device numbers.
+    let mut per_fs: Vec<(u64, FsSpace)> = Vec::new();
     for (fs, u, st, image_fs) in [(store, unpacked, 0, true), (tmp, 0, staged, false)] {
-        let e = per_fs.entry(fs.fsid).or_insert(FsSpace {
-            path: fs.path,
-            needed: 0,
-            free: fs.free,
-            capacity: fs.capacity,
-            image_filesystem: false,
-            unpacked: 0,
-            staged: 0,
-            margin: 0,
-            reserve: None,
-        });
+        let i = match per_fs.iter().position(|(id, _)| *id == fs.fsid) {
+            Some(i) => i,
+            None => {
+                per_fs.push((
+                    fs.fsid,
+                    FsSpace {
+                        path: fs.path,
+                        needed: 0,
+                        free: fs.free,
+                        capacity: fs.capacity,
+                        image_filesystem: false,
+                        unpacked: 0,
+                        staged: 0,
+                        margin: 0,
+                        reserve: None,
+                    },
+                ));
+                per_fs.len() - 1
+            }
+        };
+        let e = &mut per_fs[i].1;
         e.image_filesystem |= image_fs;
         e.unpacked = add(e.unpacked, u)?;
         e.staged = add(e.staged, st)?;

@@ -43,6 +43,13 @@ fn push(registry: &TestRegistry, image: &Image) -> Pushed {
         .unwrap()
 }
 
+/// The report's entry for the store's filesystem, which comes first.
+fn image_fs(report: &Value) -> &Value {
+    let fs = &report["space"]["filesystems"][0];
+    assert_eq!(fs["imageFilesystem"], true, "{report}");
+    fs
+}
+
 /// A tmpfs of `mib` MiB at `dir/name`, unmounted when dropped.
 struct Tmpfs(PathBuf);
 
@@ -201,7 +208,7 @@ fn kubelet_thresholds_from_its_config_refuse_what_its_defaults_admit() {
     let default = kubelet("default.yaml", "15%");
     let (o, r) = small.load(&["--kubelet-config", default.to_str().unwrap()]);
     assert!(o.status.success(), "{}\n{r}", text(&o.stderr));
-    let fs0 = &r["space"]["filesystems"][0];
+    let fs0 = image_fs(&r);
     assert_eq!(fs0["reserve"]["rule"], "imagefs.available", "{r}");
     assert_eq!(fs0["reserve"]["bytes"], 15 << 20, "{r}");
     assert!(small.loaded());
@@ -219,10 +226,7 @@ fn min_free_refuses_and_says_so() {
     assert!(err.contains("(--min-free 30Mi, the command line)"), "{err}");
     let (o, r) = small.load(&["--min-free", "15Mi"]);
     assert!(o.status.success(), "{}\n{r}", text(&o.stderr));
-    assert_eq!(
-        r["space"]["filesystems"][0]["reserve"]["rule"],
-        "--min-free"
-    );
+    assert_eq!(image_fs(&r)["reserve"]["rule"], "--min-free");
     assert!(small.loaded());
 }
 
