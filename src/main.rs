@@ -23,6 +23,8 @@ use pinbundle::sign;
 use pinbundle::text::{Shown, escape};
 use pinbundle::verify;
 
+mod cli;
+
 /// Carry container images to air-gapped Kubernetes/OpenShift nodes in one verifiable bundle.
 ///
 /// Exit codes: 0 success; 1 a check failed (`verify` found damage, `load` could not confirm);
