@@ -9,7 +9,9 @@
 //!   server used by `load`.
 //! - [`sign`] reads minisign keys, signs `pinbundle.json` and checks signatures.
 //! - [`delta`] holds what delta bundles need: bases, identities, load planning, `diff`.
-//! - [`pinned_image_set`] renders OpenShift `PinnedImageSet` manifests for a bundle's pins.
+//! - [`pinned_image_set`] renders OpenShift `PinnedImageSet` manifests for a bundle's pins;
+//!   [`mirror`] maps a bundle's repositories onto a site mirror and renders the files that
+//!   send nodes there.
 //! - [`atomic`] stages a file and renames it into place, synced: every output file.
 //! - [`input`] reads small files a person names: regular files only, with a cap.
 //! - [`text`] escapes text from bundles and registries before a person sees it; [`size`]
@@ -30,6 +32,7 @@ pub mod input;
 pub mod layer;
 pub mod load;
 pub mod manifest;
+pub mod mirror;
 pub mod pinned_image_set;
 pub mod platform;
 pub mod progress;

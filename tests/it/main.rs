@@ -16,6 +16,7 @@ mod load_pins;
 mod load_policy;
 mod load_space;
 mod load_store;
+mod mirror;
 mod ops;
 mod oracle;
 mod rehashed;
