@@ -29,38 +29,73 @@ fn with_dropins(tool: &str, dropins: &Path, home: &Path) -> Command {
     c
 }
 
+/// A real registry acting as the site mirror, holding one image where the mapping keeps
+/// `example.invalid/ns/app` (`site/ns/app`), and the mappings of that repository (asked for
+/// by tag) and of `example.invalid/ns/other` (by digest only).
+struct Site {
+    registry: TestRegistry,
+    mirror: Mirror,
+    maps: Vec<mirror::Mapping>,
+    digest: String,
+}
+
+impl Site {
+    fn new() -> Site {
+        let registry = TestRegistry::start().unwrap();
+        let mut t = TarBuilder::new();
+        t.file("etc/site", b"mirrored\n".to_vec());
+        let layer = t
+            .build(Compression::Gzip, Compression::Gzip.oci_media_type())
+            .unwrap();
+        let image = image_from_single(
+            "ns/app",
+            "v1",
+            single(Flavor::Oci, "ns/app", &LINUX_AMD64, vec![layer]).unwrap(),
+        );
+        let pushed = RegistryClient::new(registry.addr(), None)
+            .unwrap()
+            .push_image("site/", &image)
+            .unwrap();
+        let mirror: Mirror = format!("{}/site", registry.addr()).parse().unwrap();
+        let app: Reference = "example.invalid/ns/app:v1".parse().unwrap();
+        let other: Reference = "example.invalid/ns/other".parse().unwrap();
+        let maps = mirror::mappings(&mirror, &[(app, true), (other, false)]).unwrap();
+        assert_eq!(
+            maps[0].mirror,
+            format!("{}/site/ns/app", registry.addr()),
+            "{maps:?}"
+        );
+        Site {
+            registry,
+            mirror,
+            maps,
+            digest: pushed.digest,
+        }
+    }
+}
+
+/// Kills and reaps a daemon the test started, however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn skopeo_and_podman_pull_by_the_original_name_from_the_mirror() {
     if !crate::load::is_root() {
         eprintln!("SKIPPED: needs root for a private mount namespace");
         return;
     }
-    let registry = TestRegistry::start().unwrap();
-    let mut t = TarBuilder::new();
-    t.file("etc/site", b"mirrored\n".to_vec());
-    let layer = t
-        .build(Compression::Gzip, Compression::Gzip.oci_media_type())
-        .unwrap();
-    // Kept where the mirror mapping puts `example.invalid/ns/app`: `site/ns/app`.
-    let image = image_from_single(
-        "ns/app",
-        "v1",
-        single(Flavor::Oci, "ns/app", &LINUX_AMD64, vec![layer]).unwrap(),
-    );
-    let pushed = RegistryClient::new(registry.addr(), None)
-        .unwrap()
-        .push_image("site/", &image)
-        .unwrap();
-    let mirror: Mirror = format!("{}/site", registry.addr()).parse().unwrap();
-    let app: Reference = "example.invalid/ns/app:v1".parse().unwrap();
-    let other: Reference = "example.invalid/ns/other".parse().unwrap();
-    let maps = mirror::mappings(&mirror, &[(app, true), (other, false)]).unwrap();
-    assert_eq!(
-        maps[0].mirror,
-        format!("{}/site/ns/app", registry.addr()),
-        "{maps:?}"
-    );
-
+    let Site {
+        registry,
+        maps,
+        digest,
+        ..
+    } = Site::new();
     let dir = tempdir();
     let conf = dir.path().join("dropins");
     let empty = dir.path().join("empty");
@@ -71,7 +106,7 @@ fn skopeo_and_podman_pull_by_the_original_name_from_the_mirror() {
         mirror::registries_conf(&maps, &Transport::PlainHttp),
     )
     .unwrap();
-    let by_digest = format!("docker://example.invalid/ns/app@{}", pushed.digest);
+    let by_digest = format!("docker://example.invalid/ns/app@{}", digest);
     let inspect = |conf: &Path, image: &str| {
         run(with_dropins("skopeo", conf, dir.path())
             .args(["inspect", "--raw"])
@@ -85,14 +120,14 @@ fn skopeo_and_podman_pull_by_the_original_name_from_the_mirror() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(
         pinbundle::reference::Digest::of(&o.stdout).to_string(),
-        pushed.digest
+        digest
     );
     // Asked for by tag, so tag pulls are mirrored too.
     let o = inspect(&conf, "docker://example.invalid/ns/app:v1");
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(
         pinbundle::reference::Digest::of(&o.stdout).to_string(),
-        pushed.digest
+        digest
     );
     // `other` was only ever pinned by digest: its tags are not sent to the mirror.
     let o = inspect(&conf, "docker://example.invalid/ns/other:v1");
@@ -123,5 +158,88 @@ fn skopeo_and_podman_pull_by_the_original_name_from_the_mirror() {
         "{{.Digest}}",
         &by_digest["docker://".len()..],
     ]);
-    assert_eq!(text(&o.stdout).trim(), pushed.digest);
+    assert_eq!(text(&o.stdout).trim(), digest);
+}
+
+#[test]
+fn containerd_pulls_by_the_original_name_through_hosts_toml() {
+    if !crate::load::is_root() {
+        eprintln!("SKIPPED: needs root to run containerd");
+        return;
+    }
+    let site = Site::new();
+    let dir = tempdir();
+    let certs = dir.path().join("certs.d");
+    for f in mirror::containerd_hosts(&site.mirror, &site.maps, &Transport::PlainHttp) {
+        let d = certs.join(&f.registry);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("hosts.toml"), f.contents).unwrap();
+    }
+    let sock = dir.path().join("containerd.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{sock}\"\n",
+            root = dir.path().join("root").display(),
+            state = dir.path().join("state").display(),
+            sock = sock.display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+    let daemon = Command::new("containerd")
+        .arg("--config")
+        .arg(&config)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _daemon = KillOnDrop(daemon);
+    let ctr = |args: &[&str]| {
+        let mut c = Command::new("ctr");
+        c.arg("--address")
+            .arg(&sock)
+            .args(["--namespace", "it"])
+            .args(args);
+        run(&mut c)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ctr(&["version"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "containerd did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let hosts = certs.to_str().unwrap();
+    let by_digest = format!("example.invalid/ns/app@{}", site.digest);
+    let pull = |image: &str| {
+        ctr(&[
+            "image",
+            "pull",
+            "--snapshotter",
+            "native",
+            "--hosts-dir",
+            hosts,
+            image,
+        ])
+    };
+    let o = pull(&by_digest);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = pull("example.invalid/ns/app:v1");
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = ctr(&["image", "ls"]);
+    let listed = text(&o.stdout);
+    assert!(listed.contains("example.invalid/ns/app:v1"), "{listed}");
+    assert!(listed.contains(&site.digest), "{listed}");
+    // Without the hosts file the original registry is asked, and does not exist.
+    let o = ctr(&[
+        "image",
+        "pull",
+        "--snapshotter",
+        "native",
+        "example.invalid/ns/other:v1",
+    ]);
+    assert!(!o.status.success());
+    drop(site.registry);
 }
