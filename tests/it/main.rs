@@ -19,6 +19,7 @@ mod load_store;
 mod ops;
 mod oracle;
 mod rehashed;
+mod release;
 mod reserialise;
 mod rollback;
 mod server;
