@@ -15,8 +15,9 @@ use pinbundle::bundle::{BundleSet, SetOptions};
 use pinbundle::pinned_image_set::Api;
 use pinbundle::release::{ManifestError, ManifestFile, ManifestOptions, cluster_manifests};
 
-/// Write the cluster manifests of a release bundle (one made with `create --release`): for
-/// each release, the ConfigMap of its signatures (namespace `openshift-config-managed`, what
+/// Write a release bundle's cluster manifests: signature ConfigMaps and PinnedImageSets.
+///
+/// For each release of a bundle made with `create --release`: the ConfigMap of its signatures (namespace `openshift-config-managed`, what
 /// `oc adm upgrade` verifies an offline release against) and its PinnedImageSets (the release
 /// image and every component, at most 500 per set, labelled with the release's name and
 /// version), one file each, in DIR, for `oc apply -f DIR`.
