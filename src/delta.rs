@@ -450,6 +450,10 @@ pub struct DiffReport {
     pub new: DiffSide,
     pub images: Vec<ImageChange>,
     pub blobs: BlobDiff,
+    /// NEW's OpenShift releases, each with its bytes new and shared with OLD (absent when
+    /// NEW has none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<crate::release::ReleaseSummary>,
 }
 
 fn side(b: &Base) -> DiffSide {
@@ -540,6 +544,7 @@ pub fn diff(old: &Base, new: &Base) -> DiffReport {
         new: side(new),
         images,
         blobs,
+        releases: crate::release::summaries(nm, Some(om)),
     }
 }
 

@@ -38,6 +38,7 @@ pub mod platform;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod release;
 pub mod sign;
 pub mod size;
 pub mod text;

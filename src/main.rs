@@ -48,6 +48,7 @@ enum Command {
     Keygen(KeygenArgs),
     IndexExport(IndexExportArgs),
     Diff(DiffArgs),
+    Manifests(Box<cli::manifests::ManifestsArgs>),
 }
 
 /// Write a bundle's index (its exact `pinbundle.json`), a small file to pass to
@@ -120,6 +121,32 @@ struct CreateArgs {
     /// Read references from an OpenShift PinnedImageSet YAML (`spec.pinnedImages[].name`).
     #[arg(long, value_name = "FILE")]
     pinned_image_set: Vec<PathBuf>,
+    /// An OpenShift release image (`quay.io/openshift-release-dev/ocp-release:4.16.1-x86_64`,
+    /// or by digest); repeatable. Carries the release image (named `repo@sha256:…`, what
+    /// `oc adm upgrade --to-image` takes) and every component its
+    /// `release-manifests/image-references` names, under those exact names; blobs shared by
+    /// several releases are carried once. `--platform` picks the architecture of a
+    /// multi-architecture release.
+    #[arg(long = "release", value_name = "REF")]
+    releases: Vec<String>,
+    /// Where release signatures are fetched from: `URL/sha256=<hex>/signature-<n>`.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = pinbundle::release::DEFAULT_SIGNATURE_STORE
+    )]
+    release_signature_store: String,
+    /// Carry no release signatures (the store is not reachable, or the cluster does not
+    /// verify): `oc adm upgrade` then needs --force on a disconnected cluster. Overrides
+    /// --release-signature-store.
+    #[arg(long)]
+    no_release_signatures: bool,
+    /// With --release: also write the cluster manifests (signature ConfigMaps and
+    /// PinnedImageSets) into DIR, as `pinbundle manifests` does.
+    #[arg(long, value_name = "DIR", requires = "releases")]
+    manifests_out: Option<PathBuf>,
+    #[command(flatten)]
+    manifest_sets: cli::manifests::SetArgs,
     /// The bundle file to write (with --volume-size: FILE.001, FILE.002, …).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
@@ -564,6 +591,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             show(a.json, &report, |out, _, r| print_diff(out, r))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Manifests(a) => cli::manifests::run(*a, false),
         Command::Inspect(a) => {
             let report = verify::inspect_paths(&a.bundle)?;
             show(a.json, &report, |out, _, r| print_inspect(out, r))?;
@@ -684,6 +712,11 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
     for f in &a.pinned_image_set {
         references.extend(create::read_pinned_image_set(f)?);
     }
+    let mut releases = Vec::new();
+    for r in &a.releases {
+        releases.push(r.parse::<Reference>()?);
+    }
+    let manifest_opts = a.manifest_sets.options()?;
     let cache_dir = match a.cache_dir {
         Some(d) => d,
         None => default_cache_dir()?,
@@ -720,9 +753,28 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         source_date_epoch,
         sign_key,
         base: a.base,
+        release: create::ReleaseOptions {
+            references: releases,
+            signature_store: (!a.no_release_signatures).then_some(a.release_signature_store),
+        },
     };
     let report = create::create(&opts, reporter)?;
     show(a.json, &report, |_, err, r| print_create(err, r))?;
+    if let Some(dir) = &a.manifests_out {
+        let set = pinbundle::bundle::BundleSet::open(
+            &[report
+                .volumes
+                .first()
+                .map_or(report.output.clone(), |v| v.path.clone())],
+            pinbundle::bundle::SetOptions {
+                allow_partial: false,
+                find_siblings: true,
+            },
+        )?;
+        let written = cli::manifests::write(&set, dir, &manifest_opts)?;
+        // stdout holds create's --json document: the list goes to stderr.
+        cli::manifests::print(false, &written)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1247,6 +1299,7 @@ fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Res
         human(m.totals.size),
         human(m.totals.uncompressed_size)
     )?;
+    cli::manifests::print_releases(out, &r.release_summary, "earlier releases")?;
     if let Some(b) = &m.base {
         let (carried, omitted): (Vec<_>, Vec<_>) = m.blobs.iter().partition(|b| b.carried);
         let size = |v: &[&pinbundle::bundle::format::BlobEntry]| {
@@ -1333,6 +1386,7 @@ fn print_diff(out: &mut dyn Write, r: &delta::DiffReport) -> std::io::Result<()>
             )?,
         }
     }
+    cli::manifests::print_releases(out, &r.releases, "old")?;
     writeln!(out, "blobs:")?;
     for (what, c) in [
         ("only in new", r.blobs.only_new),
@@ -1567,6 +1621,7 @@ mod tests {
                 shared: delta::Count::default(),
                 only_old: delta::Count { blobs: 1, size: 5 },
             },
+            releases: Vec::new(),
         };
         assert_eq!(
             text(|o| print_diff(o, &r)),
@@ -1615,6 +1670,7 @@ mod tests {
             members: 4,
             signature: None,
             volumes: None,
+            release_summary: Vec::new(),
             manifest: serde_json::from_value(manifest).unwrap(),
         };
         assert_eq!(

@@ -135,15 +135,26 @@ pub fn sets(
 
 /// `sets` as one YAML stream of `api`'s documents, separated by `---`.
 pub fn render(api: Api, sets: &[PinnedImageSet]) -> String {
+    render_labelled(api, sets, &[])
+}
+
+/// [`render`], with `labels` beside the role label of every set (e.g. a release's name and
+/// version). Keys and values must be valid label keys and values (checked by
+/// [`is_label_value`] for values); values are quoted, so `4.16` stays a string.
+pub fn render_labelled(api: Api, sets: &[PinnedImageSet], labels: &[(&str, &str)]) -> String {
     let mut out = String::new();
     for set in sets {
         let _ = write!(
             out,
-            "---\napiVersion: {}\nkind: PinnedImageSet\nmetadata:\n  name: {}\n  labels:\n    {ROLE_LABEL}: {}\nspec:\n  pinnedImages:\n",
+            "---\napiVersion: {}\nkind: PinnedImageSet\nmetadata:\n  name: {}\n  labels:\n    {ROLE_LABEL}: {}\n",
             api.api_version(),
             set.name,
             set.pool
         );
+        for (k, v) in labels {
+            let _ = writeln!(out, "    {k}: \"{v}\"");
+        }
+        out.push_str("spec:\n  pinnedImages:\n");
         for image in &set.images {
             // Exact references (checked by `sets`): nothing in them needs escaping.
             let _ = writeln!(out, "    - name: \"{image}\"");
@@ -166,6 +177,17 @@ fn exact_pins(refs: &[PinnedRef]) -> Result<Vec<String>, Error> {
         pins.insert(s);
     }
     Ok(pins.into_iter().collect())
+}
+
+/// A Kubernetes label value: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+pub fn is_label_value(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// A DNS-1123 label: a pool name that is also a valid label value.

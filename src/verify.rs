@@ -873,6 +873,10 @@ pub struct InspectReport {
     pub signature: Option<SignatureInfo>,
     /// The volume set, `null` for a whole bundle.
     pub volumes: Option<VolumesReport>,
+    /// The OpenShift releases, grouped: bytes new and shared with the releases before each
+    /// (absent when there are none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub release_summary: Vec<crate::release::ReleaseSummary>,
     #[serde(flatten)]
     pub manifest: BundleManifest,
 }
@@ -926,6 +930,7 @@ pub fn inspect_paths(inputs: &[PathBuf]) -> Result<InspectReport, InspectError> 
         members: b.volumes().iter().map(|v| v.index().members.len()).sum(),
         signature,
         volumes: VolumesReport::of(&b),
+        release_summary: crate::release::summaries(b.manifest(), None),
         manifest: b.manifest().clone(),
     })
 }

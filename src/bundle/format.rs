@@ -206,6 +206,10 @@ pub struct BundleManifest {
     /// Digests of the OCI layout's own files, so this manifest covers every member.
     pub layout: LayoutDigests,
     pub images: Vec<ImageEntry>,
+    /// The OpenShift releases expanded into `images` (section 10), in the order given.
+    /// Absent when there are none, so bundles without releases are unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<ReleaseEntry>,
     /// Every blob in the bundle, sorted by digest, each once.
     pub blobs: Vec<BlobEntry>,
     pub totals: Totals,
@@ -225,6 +229,7 @@ impl BundleManifest {
                 index_json: Digest::of(b""),
             },
             images: Vec::new(),
+            releases: Vec::new(),
             blobs: Vec::new(),
             totals: Totals {
                 images: 0,
@@ -295,6 +300,35 @@ pub struct ImageEntry {
     pub uncompressed_size: u64,
 }
 
+/// One OpenShift release image expanded into its components (bundle-format.md, section 10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseEntry {
+    /// The reference as given to `create --release`, normalised.
+    pub reference: String,
+    /// The release image by digest (`name@sha256:…`): what `oc adm upgrade --to-image` takes,
+    /// and one of `images`.
+    pub image: String,
+    /// The digest of the release image's top-level manifest (or index): what its signatures
+    /// sign.
+    pub digest: Digest,
+    /// `release-metadata`'s `version`.
+    pub version: String,
+    /// `release-metadata`'s `previous`: the versions this one updates from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous: Vec<String>,
+    /// The architecture of the release image's manifest (its config's, or its index
+    /// entry's), e.g. `amd64`.
+    pub architecture: String,
+    /// `image-references`: each tag name with its component, exactly as the payload names it
+    /// (`name@sha256:…`), sorted by tag name. Each is one of `images`.
+    pub components: std::collections::BTreeMap<String, String>,
+    /// The release's signatures, in the store's order (`signature-1`, …): blobs of kind
+    /// `signature` in `blobs`. Empty when created with `--no-release-signatures`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<Digest>,
+}
+
 /// One platform-specific image manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -317,6 +351,8 @@ pub enum BlobKind {
     Manifest,
     Config,
     Layer,
+    /// A release signature (section 10): no image uses it.
+    Signature,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -377,6 +413,8 @@ pub mod media {
     pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
     pub const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
     pub const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    /// A release signature carried as a blob (section 10).
+    pub const RELEASE_SIGNATURE: &str = "application/vnd.pinbundle.release-signature.v1";
     pub const DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
     pub const DOCKER_SCHEMA1_SIGNED: &str =
         "application/vnd.docker.distribution.manifest.v1+prettyjws";

@@ -182,7 +182,7 @@ fn uncompressed_size(cache: &BlobCache, b: &BlobEntry, source: &Reference) -> Re
     Ok(n)
 }
 
-fn platform_of_config(bytes: &[u8], digest: &Digest) -> Result<Platform> {
+pub(super) fn platform_of_config(bytes: &[u8], digest: &Digest) -> Result<Platform> {
     #[derive(serde::Deserialize)]
     struct Config {
         os: Option<String>,

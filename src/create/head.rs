@@ -9,7 +9,7 @@ use super::plan::PlannedBlob;
 use super::resolve::{Instance, Resolved};
 use crate::bundle::format::{
     BlobEntry, BundleManifest, FORMAT_NAME, FORMAT_VERSION, ImageEntry, LayoutDigests,
-    PlatformEntry, Totals, media,
+    PlatformEntry, ReleaseEntry, Totals, media,
 };
 use crate::delta::Base;
 use crate::manifest;
@@ -24,6 +24,8 @@ pub(super) struct HeadSource<'a> {
     pub resolved: &'a [Resolved],
     pub config_platforms: &'a HashMap<Digest, Platform>,
     pub base: Option<&'a Base>,
+    /// The releases expanded, for `pinbundle.json`'s `releases`.
+    pub releases: Vec<ReleaseEntry>,
     pub created_secs: u64,
 }
 
@@ -61,6 +63,7 @@ impl HeadSource<'_> {
                 index_json: Digest::of(&index_json),
             },
             images,
+            releases: self.releases.clone(),
             blobs: entries,
             totals,
         };

@@ -16,6 +16,7 @@ mod fetch;
 mod head;
 mod input;
 mod plan;
+mod release;
 mod resolve;
 mod write;
 
@@ -30,6 +31,7 @@ use self::fetch::Fetcher;
 use self::head::HeadSource;
 pub use self::input::{read_pinned_image_set, read_reference_file};
 use self::plan::{Plan, PlannedBlob};
+pub use self::release::ReleaseOptions;
 use self::write::{Ready, WriteJob, Written};
 use crate::bundle::format::BaseRef;
 use crate::cache::BlobCache;
@@ -85,6 +87,8 @@ pub struct CreateOptions {
     /// The most resolving one image may take (every manifest, token, retry and backoff),
     /// and the most each blob's download may take with its retries.
     pub image_timeout: std::time::Duration,
+    /// OpenShift releases to expand (`--release`) and where their signatures come from.
+    pub release: ReleaseOptions,
 }
 
 /// The summary of a `create` run (the `--json` document, whose `blobsCarried` is
@@ -163,8 +167,10 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     // Temporary files of this run are those modified since (less the file system's
     // timestamp granularity).
     let started_at = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
-    if opts.references.is_empty() {
-        bail!("no image references given (arguments, --from-file or --pinned-image-set)");
+    if opts.references.is_empty() && opts.release.references.is_empty() {
+        bail!(
+            "no image references given (arguments, --from-file, --pinned-image-set or --release)"
+        );
     }
     let output = write::open_output(opts)?;
     // A run killed too hard to clean up (SIGKILL, a power cut) left its temporary files; the
@@ -199,8 +205,23 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     let client =
         RegistryClient::new(opts.client.clone()).context("setting up the registry client")?;
 
-    let resolved = resolve::resolve_all(&runtime, &client, opts, reporter)?;
+    let releases = release::expand_all(&runtime, &client, &cache, opts, reporter)?;
+    let with_releases;
+    let opts = if releases.is_empty() {
+        opts
+    } else {
+        let mut o = opts.clone();
+        o.references
+            .extend(releases.iter().flat_map(|e| e.references.iter().cloned()));
+        with_releases = o;
+        &with_releases
+    };
+    let origins = release::Expanded::origins(&releases);
+    let resolved = resolve::resolve_all(&runtime, &client, opts, &origins, reporter)?;
     let mut plan = Plan::new(&resolved, base.as_ref(), &|d, n| cache.contains(d, n))?;
+    for e in &releases {
+        plan.add_signatures(&e.signatures, &e.references[0]);
+    }
     cache.sweep_partials(plan.blobs.keys());
 
     // Configs come first: their platforms go into pinbundle.json. Then every other blob is
@@ -223,6 +244,7 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
         resolved: &resolved,
         config_platforms: &config_platforms,
         base: base.as_ref(),
+        releases: releases.iter().map(|e| e.entry.clone()).collect(),
         created_secs: opts.source_date_epoch.unwrap_or_else(head::now_secs),
     };
     let rest: Vec<PlannedBlob> = plan.read_from_cache(false).cloned().collect();

@@ -130,6 +130,28 @@ impl Plan {
             .sum()
     }
 
+    /// Adds release signatures: small blobs held in memory, listed in `pinbundle.json` like
+    /// every other blob.
+    pub fn add_signatures(&mut self, signatures: &[Vec<u8>], source: &Reference) {
+        for s in signatures {
+            let digest = Digest::of(s);
+            self.blobs
+                .entry(digest.clone())
+                .or_insert_with(|| PlannedBlob {
+                    entry: BlobEntry {
+                        digest,
+                        size: s.len() as u64,
+                        media_type: media::RELEASE_SIGNATURE.into(),
+                        kind: BlobKind::Signature,
+                        uncompressed_size: None,
+                        carried: true,
+                    },
+                    source: source.clone(),
+                    state: BlobState::InMemory(Arc::from(&s[..])),
+                });
+        }
+    }
+
     /// The blobs read from the cache, configs (`true`) or the others.
     pub fn read_from_cache(&self, configs: bool) -> impl Iterator<Item = &PlannedBlob> {
         self.blobs.values().filter(move |b| {

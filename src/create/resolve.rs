@@ -1,6 +1,7 @@
 //! Stage 1, resolve: every reference to its manifests, raw bytes kept; for an index, the
 //! manifests of the chosen platforms.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +38,7 @@ pub(super) fn resolve_all(
     runtime: &tokio::runtime::Runtime,
     client: &RegistryClient,
     opts: &CreateOptions,
+    origins: &HashMap<Reference, String>,
     reporter: &dyn Reporter,
 ) -> Result<Vec<Resolved>> {
     let mut refs: Vec<Reference> = Vec::new();
@@ -65,7 +67,13 @@ pub(super) fn resolve_all(
                         "resolving {r} took longer than --image-timeout ({} s)",
                         opts.image_timeout.as_secs_f64()
                     )
-                })?
+                })
+                .and_then(|r| r)
+                // A release's component is named by the release and its tag name.
+                .map_err(|e| match origins.get(r) {
+                    Some(o) => e.context(o.clone()),
+                    None => e,
+                })
             }
         }))
         .buffered(opts.jobs.clamp(1, 8))
@@ -75,7 +83,7 @@ pub(super) fn resolve_all(
 }
 
 /// The platforms asked for: `--platform`, or linux/amd64.
-fn requested(opts: &CreateOptions) -> Vec<Platform> {
+pub(super) fn requested(opts: &CreateOptions) -> Vec<Platform> {
     if opts.platforms.is_empty() {
         vec![Platform::linux_amd64()]
     } else {
@@ -143,7 +151,7 @@ fn hold(held: &AtomicU64, m: &RawManifest, what: &str) -> Result<()> {
 }
 
 /// Resolves one reference to its manifests.
-async fn resolve(
+pub(super) async fn resolve(
     client: &RegistryClient,
     reference: &Reference,
     platforms: &[Platform],

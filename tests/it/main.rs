@@ -20,6 +20,7 @@ mod mirror;
 mod ops;
 mod oracle;
 mod rehashed;
+mod release;
 mod reserialise;
 mod rollback;
 mod server;

@@ -160,6 +160,7 @@ fn build_fixture(layer_size: usize, file: &str) -> Fixture {
         sign_key: None,
         base: None,
         image_timeout: std::time::Duration::from_secs(600),
+        release: Default::default(),
     };
     pinbundle::create::create(&opts, &Silent).expect("create the bundle");
     let b = Bundle::open(&bundle).expect("open the bundle");

@@ -198,6 +198,7 @@ pub fn head_for<'a>(blobs: impl Iterator<Item = &'a [u8]>) -> (Vec<u8>, Vec<u8>,
             index_json: Digest::of(&index_json),
         },
         images: Vec::new(),
+        releases: Vec::new(),
         totals: Totals {
             images: 0,
             blobs: entries.len(),
