@@ -26,14 +26,19 @@ use pinbundle::verify;
 mod cli;
 
 /// Carry container images to air-gapped Kubernetes/OpenShift nodes in one verifiable bundle.
-///
-/// Exit codes: 0 success; 1 a check failed (`verify` found damage, `load` could not confirm);
-/// 2 usage or operational error.
 #[derive(Parser, Debug)]
-#[command(name = "pinbundle", version, max_term_width = 100)]
+#[command(
+    name = "pinbundle",
+    version = cli::version::LONG_VERSION,
+    max_term_width = 100,
+    after_long_help = EXIT_CODES,
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    verbosity: cli::logging::Verbosity,
     /// Never draw progress bars (they are drawn only when stderr is a terminal).
     #[arg(long, global = true, env = "PINBUNDLE_NO_PROGRESS", value_parser = clap::builder::BoolishValueParser::new())]
     no_progress: bool,
@@ -48,7 +53,21 @@ enum Command {
     Keygen(KeygenArgs),
     IndexExport(IndexExportArgs),
     Diff(DiffArgs),
+    Version(cli::version::VersionArgs),
+    Completions(cli::completions::CompletionsArgs),
+    #[command(hide = true)]
+    Man(cli::completions::ManArgs),
 }
+
+/// The exit codes, the same for every command (the top-level help and the README).
+const EXIT_CODES: &str = "\
+Exit codes (every command):
+  0  success
+  1  a check failed or the input was refused for its content: damage, a signature or
+     policy refusal, a platform an image lacks, not enough space, a delta whose layers are
+     nowhere, pins not confirmed
+  2  usage or operational error (bad arguments, unreadable files, registry or tool
+     failures)";
 
 /// Write a bundle's index (its exact `pinbundle.json`), a small file to pass to
 /// `create --base` instead of the whole bundle.
@@ -414,6 +433,7 @@ enum ReloadArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.verbosity.init();
     match run(cli) {
         Ok(code) => code,
         // `pinbundle inspect … | head -1`: the reader has what it wanted (ripgrep does the same).
@@ -425,13 +445,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             print_error(&e);
-            // CRI-O's configuration refused for its content: the operator decides (exit 1).
-            if e.downcast_ref::<load::pins::PinsError>()
-                .is_some_and(load::pins::PinsError::is_refusal)
-            {
-                return ExitCode::from(1);
+            match pinbundle::error::classify(e.chain()) {
+                pinbundle::error::Failure::Refused => ExitCode::from(1),
+                pinbundle::error::Failure::Operational => ExitCode::from(2),
             }
-            ExitCode::from(2)
         }
     }
 }
@@ -508,8 +525,11 @@ fn parse_volume_size(s: &str) -> std::result::Result<u64, String> {
     pinbundle::bundle::volumes::parse_volume_size(s)
 }
 
-fn reporter(no_progress: bool) -> Box<dyn Reporter> {
-    if no_progress || !std::io::stderr().is_terminal() {
+fn reporter(no_progress: bool, quiet: bool) -> Box<dyn Reporter> {
+    if quiet {
+        // `-q`: errors and warnings only, and those come with the report or the error.
+        Box::new(pinbundle::progress::Silent)
+    } else if no_progress || !std::io::stderr().is_terminal() {
         Box::new(Quiet)
     } else {
         Box::new(Bars::default())
@@ -526,7 +546,7 @@ impl Reporter for Quiet {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let reporter = reporter(cli.no_progress);
+    let reporter = reporter(cli.no_progress, cli.verbosity.quiet);
     match cli.command {
         Command::Create(a) => cmd_create(*a, &*reporter),
         Command::Verify(a) => {
@@ -567,6 +587,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(a) => {
             let report = verify::inspect_paths(&a.bundle)?;
             show(a.json, &report, |out, _, r| print_inspect(out, r))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version(a) => {
+            let report = cli::version::VersionReport::get();
+            show(a.json, &report, |out, _, r| cli::version::print(out, r))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let script = cli::completions::completions(&mut cmd, &a);
+            render(|out, _| out.write_all(&script))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(a) => {
+            let written =
+                cli::completions::man(<Cli as clap::CommandFactory>::command(), &a.out_dir)?;
+            if !cli.verbosity.quiet {
+                render(|_, err| {
+                    writeln!(
+                        err,
+                        "wrote {} man pages in {}",
+                        written.len(),
+                        shown_path(&a.out_dir)
+                    )
+                })?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
