@@ -76,6 +76,7 @@ Exit codes (every command):
 /// byte-identical to one made from the bundle.
 #[derive(Args, Debug)]
 struct IndexExportArgs {
+    /// The bundle whose index to write.
     bundle: PathBuf,
     /// The file to write.
     #[arg(short, long, value_name = "FILE")]
@@ -90,7 +91,9 @@ struct IndexExportArgs {
 /// a change).
 #[derive(Args, Debug)]
 struct DiffArgs {
+    /// The earlier bundle or exported index.
     old: PathBuf,
+    /// The later bundle or exported index.
     new: PathBuf,
     /// Print as JSON on stdout.
     #[arg(long)]
@@ -671,9 +674,23 @@ fn cmd_keygen(a: KeygenArgs) -> Result<ExitCode> {
             })?,
         )
     };
-    let report = sign::keygen(&a.output, password.as_deref())?;
-    show(a.json, &report, |_, err, r| print_keygen(err, r))?;
+    let report = Versioned {
+        version: KEYGEN_JSON_VERSION,
+        report: sign::keygen(&a.output, password.as_deref())?,
+    };
+    show(a.json, &report, |_, err, r| print_keygen(err, &r.report))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The version of `keygen --json`'s document.
+const KEYGEN_JSON_VERSION: u32 = 1;
+
+/// A library report with the `version` every `--json` document starts with.
+#[derive(serde::Serialize)]
+struct Versioned<T> {
+    version: u32,
+    #[serde(flatten)]
+    report: T,
 }
 
 fn print_keygen(err: &mut dyn Write, r: &sign::KeygenReport) -> std::io::Result<()> {
@@ -728,7 +745,17 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         references.extend(create::read_reference_file(f)?);
     }
     for f in &a.pinned_image_set {
-        references.extend(create::read_pinned_image_set(f)?);
+        let listed = create::read_pinned_image_set(f)?;
+        // MCO pulls a PinnedImageSet's entries by digest only; one by tag is carried (and
+        // pinned by digest), but the set itself would be refused by the cluster.
+        for r in listed.iter().filter(|r| r.digest().is_none()) {
+            eprintln!(
+                "warning: {}: {} is a tag, not a digest; carried pinned by the digest it resolves to, but MCO refuses a PinnedImageSet entry by tag: list it as name@sha256:…",
+                shown_path(f),
+                Shown(&r.to_string())
+            );
+        }
+        references.extend(listed);
     }
     let cache_dir = match a.cache_dir {
         Some(d) => d,
@@ -786,13 +813,13 @@ fn print_create(err: &mut dyn Write, r: &create::CreateReport) -> std::io::Resul
     }
     writeln!(
         err,
-        "wrote {}: {} images, {} blobs ({}), file {}; fetched {} blobs ({}), {} from cache, in {:.1}s",
+        "wrote {}: {}, {} ({}), file {}; fetched {} ({}), {} from cache, in {:.1}s",
         shown_path(&r.output),
-        r.images.len(),
-        r.blobs,
+        count(r.images.len(), "image"),
+        count(r.blobs, "blob"),
         human(r.size),
         human(r.bundle_size),
-        r.blobs_fetched,
+        count(r.blobs_fetched, "blob"),
         human(r.bytes_fetched),
         r.blobs_cached,
         r.seconds
@@ -803,11 +830,11 @@ fn print_create(err: &mut dyn Write, r: &create::CreateReport) -> std::io::Resul
     if let Some(base) = &r.base {
         writeln!(
             err,
-            "delta of {} (created {}): {} blobs carried, {} layers ({}) left to the base",
+            "delta of {} (created {}): {} carried, {} ({}) left to the base",
             base.manifest,
             Shown(&base.created),
-            r.blobs_carried(),
-            r.blobs_omitted,
+            count(r.blobs_carried(), "blob"),
+            count(r.blobs_omitted, "layer"),
             human(r.bytes_omitted)
         )?;
     }
@@ -902,9 +929,9 @@ fn print_load(
     if !r.problems.is_empty() {
         writeln!(
             out,
-            "{}: refused (damaged or not signed by a trusted key), nothing was changed; {} problem(s):",
+            "{}: refused, nothing was changed; {}:",
             shown_path(&r.bundle),
-            r.problems.len()
+            count(r.problems.len(), "problem")
         )?;
         print_problems(out, &r.problems)?;
         return Ok(());
@@ -929,7 +956,7 @@ fn print_load(
         };
         writeln!(
             out,
-            "{:<11} {:<18} {}  {}",
+            "{:<11} {:<18} {:>10}  {}",
             i.status,
             pinned,
             human(i.size),
@@ -945,8 +972,8 @@ fn print_load(
             |v: &[delta::OmittedSource]| v.iter().map(|s| s.size).fold(0, u64::saturating_add);
         writeln!(
             out,
-            "delta: {} layers ({}) reused from the store, {} ({}) from base bundles",
-            d.from_storage.len(),
+            "delta: {} ({}) reused from the store, {} ({}) from base bundles",
+            count(d.from_storage.len(), "layer"),
             human(sum(&d.from_storage)),
             d.from_bases.len(),
             human(sum(&d.from_bases))
@@ -997,15 +1024,15 @@ fn print_load_node(out: &mut dyn Write, r: &load::LoadReport) -> std::io::Result
         let what = if p.changed { "updated" } else { "unchanged" };
         writeln!(
             out,
-            "pins: {} {what} ({} entries)",
+            "pins: {} {what} ({})",
             shown_path(&p.drop_in),
-            p.entries
+            count(p.entries, "entry")
         )?;
         if let Some(c) = &p.carried {
             writeln!(
                 out,
-                "pins: carried {} entries from {}, whose list ours replaces",
-                c.entries,
+                "pins: carried {} from {}, whose list ours replaces",
+                count(c.entries, "entry"),
                 shown_path(&c.from)
             )?;
         }
@@ -1192,18 +1219,18 @@ fn print_verify(out: &mut dyn Write, r: &verify::VerifyReport) -> std::io::Resul
     if r.ok() {
         writeln!(
             out,
-            "{}: OK ({} images, {} members, {} checked)",
+            "{}: OK ({}, {}, {} checked)",
             shown_path(&r.bundle),
-            r.images,
-            r.members_checked,
+            count(r.images, "image"),
+            count(r.members_checked, "member"),
             human(r.bytes_checked)
         )?;
     } else {
         writeln!(
             out,
-            "{}: FAILED, {} problem(s)",
+            "{}: FAILED, {}",
             shown_path(&r.bundle),
-            r.problems.len()
+            count(r.problems.len(), "problem")
         )?;
         print_problems(out, &r.problems)?;
     }
@@ -1287,9 +1314,9 @@ fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Res
     }
     writeln!(
         out,
-        "content: {} images, {} blobs, {} ({} uncompressed)",
-        m.totals.images,
-        m.totals.blobs,
+        "content: {}, {}, {} ({} uncompressed)",
+        count(m.totals.images, "image"),
+        count(m.totals.blobs, "blob"),
         human(m.totals.size),
         human(m.totals.uncompressed_size)
     )?;
@@ -1300,12 +1327,12 @@ fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Res
         };
         writeln!(
             out,
-            "delta:   of {} (created {})\n         carries {} blobs ({}), omits {} layers ({}): `load` needs them in the store or `--base`",
+            "delta:   of {} (created {})\n         carries {} ({}), omits {} ({}): `load` needs them in the store or `--base`",
             b.manifest,
             Shown(&b.created),
-            carried.len(),
+            count(carried.len(), "blob"),
             human(size(&carried)),
-            omitted.len(),
+            count(omitted.len(), "layer"),
             human(size(&omitted))
         )?;
     }
@@ -1322,10 +1349,10 @@ fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Res
             let plat = pinbundle::platform::Platform::from(p).to_string();
             writeln!(
                 out,
-                "  {:<16} {} ({} layers)",
+                "  {:<16} {} ({})",
                 escape(&plat),
                 p.digest,
-                p.layers.len()
+                count(p.layers.len(), "layer")
             )?;
         }
         writeln!(
@@ -1396,17 +1423,16 @@ fn print_diff(out: &mut dyn Write, r: &delta::DiffReport) -> std::io::Result<()>
 }
 
 fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+    pinbundle::size::human(n)
+}
+
+/// `1 image`, `2 images`, `1 entry`, `3 entries`.
+fn count(n: impl TryInto<u64>, noun: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("{n} {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
     }
 }
 
@@ -1562,7 +1588,7 @@ mod tests {
         assert_eq!(
             text(|o| print_verify(o, &r)),
             "signature: not read (the files could not be opened as a bundle)\n\
-             /m/b.pinbundle: FAILED, 2 problem(s)\n  \
+             /m/b.pinbundle: FAILED, 2 problems\n  \
              file: not a bundle\n  \
              blobs/sha256/ab: digest\\nmismatch (breaks a:1, b:2)\n"
         );
@@ -1669,14 +1695,14 @@ mod tests {
                 "bundle:  /m/b.pinbundle (4.9 KiB)\n\
                  format:  pinbundle v1, by t, created 2024-01-01T00:00:00Z\n\
                  signed:  no\n\
-                 content: 1 images, 2 blobs, 2.1 KiB (4.0 KiB uncompressed)\n\
+                 content: 1 image, 2 blobs, 2.1 KiB (4.0 KiB uncompressed)\n\
                  delta:   of {} (created 2023-12-01T00:00:00Z)\n         \
-                 carries 1 blobs (100 B), omits 1 layers (2.0 KiB): `load` needs them in the store or `--base`\n\
+                 carries 1 blob (100 B), omits 1 layer (2.0 KiB): `load` needs them in the store or `--base`\n\
                  \n\
                  r/app:v1\n  \
                  pin:    r/app@{}\n  \
                  type:   application/vnd.oci.image.index.v1+json\n  \
-                 linux/arm64/v8   {} (1 layers)\n  \
+                 linux/arm64/v8   {} (1 layer)\n  \
                  size:   4.0 KiB (8.0 KiB uncompressed)\n",
                 d('b'),
                 d('a'),
@@ -1701,8 +1727,8 @@ mod tests {
         print_load(&mut out, &mut err, &r).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "/m/b.pinbundle: refused (damaged or not signed by a trusted key), nothing was \
-             changed; 1 problem(s):\n  pinbundle.json: frame 0: bad\n"
+            "/m/b.pinbundle: refused, nothing was \
+             changed; 1 problem:\n  pinbundle.json: frame 0: bad\n"
         );
         assert!(err.is_empty());
 
@@ -1730,7 +1756,7 @@ mod tests {
         print_load(&mut out, &mut err, &r).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "failed                         1.0 MiB  r/app@sha256:ab\n            \
+            "failed                            1.0 MiB  r/app@sha256:ab\n            \
              skopeo\\rsaid no\n\
              cri: cri-o 1.31: NOT confirmed (timed out)\n"
         );
