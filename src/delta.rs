@@ -336,16 +336,21 @@ fn unavailable_message(base: &Option<BaseRef>, missing: &[MissingBlob]) -> Strin
         .map(|m| m.size)
         .fold(0u64, u64::saturating_add);
     let mut s = format!(
-        "this delta bundle does not carry {} layer(s) ({} bytes) that are neither in this node's containers-storage nor in a bundle given with `--base`; nothing was changed. Missing:",
-        missing.len(),
-        total
+        "this delta bundle does not carry {} ({}) that {} neither in this node's containers-storage nor in a bundle given with `--base`; nothing was changed. Missing:",
+        if missing.len() == 1 {
+            "1 layer".to_string()
+        } else {
+            format!("{} layers", missing.len())
+        },
+        crate::size::human(total),
+        if missing.len() == 1 { "is" } else { "are" }
     );
     for m in missing {
         let _ = write!(
             s,
-            " {} ({} bytes), needed by {};",
+            " {} ({}), needed by {};",
             m.digest,
-            m.size,
+            crate::size::human(m.size),
             m.images.join(", ")
         );
     }

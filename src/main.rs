@@ -26,14 +26,19 @@ use pinbundle::verify;
 mod cli;
 
 /// Carry container images to air-gapped Kubernetes/OpenShift nodes in one verifiable bundle.
-///
-/// Exit codes: 0 success; 1 a check failed (`verify` found damage, `load` could not confirm);
-/// 2 usage or operational error.
 #[derive(Parser, Debug)]
-#[command(name = "pinbundle", version, max_term_width = 100)]
+#[command(
+    name = "pinbundle",
+    version = cli::version::LONG_VERSION,
+    max_term_width = 100,
+    after_long_help = EXIT_CODES,
+    after_help = EXIT_CODES
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    verbosity: cli::logging::Verbosity,
     /// Never draw progress bars (they are drawn only when stderr is a terminal).
     #[arg(long, global = true, env = "PINBUNDLE_NO_PROGRESS", value_parser = clap::builder::BoolishValueParser::new())]
     no_progress: bool,
@@ -49,7 +54,21 @@ enum Command {
     IndexExport(IndexExportArgs),
     Diff(DiffArgs),
     Manifests(Box<cli::manifests::ManifestsArgs>),
+    Version(cli::version::VersionArgs),
+    Completions(cli::completions::CompletionsArgs),
+    #[command(hide = true)]
+    Man(cli::completions::ManArgs),
 }
+
+/// The exit codes, the same for every command (the top-level help and the README).
+const EXIT_CODES: &str = "\
+Exit codes (every command):
+  0  success
+  1  a check failed or the input was refused for its content: damage, a signature or
+     policy refusal, a platform an image lacks, not enough space, a delta whose layers are
+     nowhere, pins not confirmed
+  2  usage or operational error (bad arguments, unreadable files, registry or tool
+     failures)";
 
 /// Write a bundle's index (its exact `pinbundle.json`), a small file to pass to
 /// `create --base` instead of the whole bundle.
@@ -58,6 +77,7 @@ enum Command {
 /// byte-identical to one made from the bundle.
 #[derive(Args, Debug)]
 struct IndexExportArgs {
+    /// The bundle whose index to write.
     bundle: PathBuf,
     /// The file to write.
     #[arg(short, long, value_name = "FILE")]
@@ -72,7 +92,9 @@ struct IndexExportArgs {
 /// a change).
 #[derive(Args, Debug)]
 struct DiffArgs {
+    /// The earlier bundle or exported index.
     old: PathBuf,
+    /// The later bundle or exported index.
     new: PathBuf,
     /// Print as JSON on stdout.
     #[arg(long)]
@@ -441,6 +463,7 @@ enum ReloadArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cli.verbosity.init();
     match run(cli) {
         Ok(code) => code,
         // `pinbundle inspect … | head -1`: the reader has what it wanted (ripgrep does the same).
@@ -452,13 +475,10 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             print_error(&e);
-            // CRI-O's configuration refused for its content: the operator decides (exit 1).
-            if e.downcast_ref::<load::pins::PinsError>()
-                .is_some_and(load::pins::PinsError::is_refusal)
-            {
-                return ExitCode::from(1);
+            match pinbundle::error::classify(e.chain()) {
+                pinbundle::error::Failure::Refused => ExitCode::from(1),
+                pinbundle::error::Failure::Operational => ExitCode::from(2),
             }
-            ExitCode::from(2)
         }
     }
 }
@@ -535,8 +555,11 @@ fn parse_volume_size(s: &str) -> std::result::Result<u64, String> {
     pinbundle::bundle::volumes::parse_volume_size(s)
 }
 
-fn reporter(no_progress: bool) -> Box<dyn Reporter> {
-    if no_progress || !std::io::stderr().is_terminal() {
+fn reporter(no_progress: bool, quiet: bool) -> Box<dyn Reporter> {
+    if quiet {
+        // `-q`: errors and warnings only, and those come with the report or the error.
+        Box::new(pinbundle::progress::Silent)
+    } else if no_progress || !std::io::stderr().is_terminal() {
         Box::new(Quiet)
     } else {
         Box::new(Bars::default())
@@ -553,7 +576,7 @@ impl Reporter for Quiet {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let reporter = reporter(cli.no_progress);
+    let reporter = reporter(cli.no_progress, cli.verbosity.quiet);
     match cli.command {
         Command::Create(a) => cmd_create(*a, &*reporter),
         Command::Verify(a) => {
@@ -595,6 +618,32 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Inspect(a) => {
             let report = verify::inspect_paths(&a.bundle)?;
             show(a.json, &report, |out, _, r| print_inspect(out, r))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Version(a) => {
+            let report = cli::version::VersionReport::get();
+            show(a.json, &report, |out, _, r| cli::version::print(out, r))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions(a) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let script = cli::completions::completions(&mut cmd, &a);
+            render(|out, _| out.write_all(&script))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(a) => {
+            let written =
+                cli::completions::man(<Cli as clap::CommandFactory>::command(), &a.out_dir)?;
+            if !cli.verbosity.quiet {
+                render(|_, err| {
+                    writeln!(
+                        err,
+                        "wrote {} man pages in {}",
+                        written.len(),
+                        shown_path(&a.out_dir)
+                    )
+                })?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -653,9 +702,23 @@ fn cmd_keygen(a: KeygenArgs) -> Result<ExitCode> {
             })?,
         )
     };
-    let report = sign::keygen(&a.output, password.as_deref())?;
-    show(a.json, &report, |_, err, r| print_keygen(err, r))?;
+    let report = Versioned {
+        version: KEYGEN_JSON_VERSION,
+        report: sign::keygen(&a.output, password.as_deref())?,
+    };
+    show(a.json, &report, |_, err, r| print_keygen(err, &r.report))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The version of `keygen --json`'s document.
+const KEYGEN_JSON_VERSION: u32 = 1;
+
+/// A library report with the `version` every `--json` document starts with.
+#[derive(serde::Serialize)]
+struct Versioned<T> {
+    version: u32,
+    #[serde(flatten)]
+    report: T,
 }
 
 fn print_keygen(err: &mut dyn Write, r: &sign::KeygenReport) -> std::io::Result<()> {
@@ -710,7 +773,17 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
         references.extend(create::read_reference_file(f)?);
     }
     for f in &a.pinned_image_set {
-        references.extend(create::read_pinned_image_set(f)?);
+        let listed = create::read_pinned_image_set(f)?;
+        // MCO pulls a PinnedImageSet's entries by digest only; one by tag is carried (and
+        // pinned by digest), but the set itself would be refused by the cluster.
+        for r in listed.iter().filter(|r| r.digest().is_none()) {
+            eprintln!(
+                "warning: {}: {} is a tag, not a digest; carried pinned by the digest it resolves to, but MCO refuses a PinnedImageSet entry by tag: list it as name@sha256:…",
+                shown_path(f),
+                Shown(&r.to_string())
+            );
+        }
+        references.extend(listed);
     }
     let mut releases = Vec::new();
     for r in &a.releases {
@@ -792,13 +865,13 @@ fn print_create(err: &mut dyn Write, r: &create::CreateReport) -> std::io::Resul
     }
     writeln!(
         err,
-        "wrote {}: {} images, {} blobs ({}), file {}; fetched {} blobs ({}), {} from cache, in {:.1}s",
+        "wrote {}: {}, {} ({}), file {}; fetched {} ({}), {} from cache, in {:.1}s",
         shown_path(&r.output),
-        r.images.len(),
-        r.blobs,
+        count(r.images.len(), "image"),
+        count(r.blobs, "blob"),
         human(r.size),
         human(r.bundle_size),
-        r.blobs_fetched,
+        count(r.blobs_fetched, "blob"),
         human(r.bytes_fetched),
         r.blobs_cached,
         r.seconds
@@ -809,11 +882,11 @@ fn print_create(err: &mut dyn Write, r: &create::CreateReport) -> std::io::Resul
     if let Some(base) = &r.base {
         writeln!(
             err,
-            "delta of {} (created {}): {} blobs carried, {} layers ({}) left to the base",
+            "delta of {} (created {}): {} carried, {} ({}) left to the base",
             base.manifest,
             Shown(&base.created),
-            r.blobs_carried(),
-            r.blobs_omitted,
+            count(r.blobs_carried(), "blob"),
+            count(r.blobs_omitted, "layer"),
             human(r.bytes_omitted)
         )?;
     }
@@ -908,9 +981,9 @@ fn print_load(
     if !r.problems.is_empty() {
         writeln!(
             out,
-            "{}: refused (damaged or not signed by a trusted key), nothing was changed; {} problem(s):",
+            "{}: refused, nothing was changed; {}:",
             shown_path(&r.bundle),
-            r.problems.len()
+            count(r.problems.len(), "problem")
         )?;
         print_problems(out, &r.problems)?;
         return Ok(());
@@ -935,7 +1008,7 @@ fn print_load(
         };
         writeln!(
             out,
-            "{:<11} {:<18} {}  {}",
+            "{:<11} {:<18} {:>10}  {}",
             i.status,
             pinned,
             human(i.size),
@@ -951,8 +1024,8 @@ fn print_load(
             |v: &[delta::OmittedSource]| v.iter().map(|s| s.size).fold(0, u64::saturating_add);
         writeln!(
             out,
-            "delta: {} layers ({}) reused from the store, {} ({}) from base bundles",
-            d.from_storage.len(),
+            "delta: {} ({}) reused from the store, {} ({}) from base bundles",
+            count(d.from_storage.len(), "layer"),
             human(sum(&d.from_storage)),
             d.from_bases.len(),
             human(sum(&d.from_bases))
@@ -1003,15 +1076,15 @@ fn print_load_node(out: &mut dyn Write, r: &load::LoadReport) -> std::io::Result
         let what = if p.changed { "updated" } else { "unchanged" };
         writeln!(
             out,
-            "pins: {} {what} ({} entries)",
+            "pins: {} {what} ({})",
             shown_path(&p.drop_in),
-            p.entries
+            count(p.entries, "entry")
         )?;
         if let Some(c) = &p.carried {
             writeln!(
                 out,
-                "pins: carried {} entries from {}, whose list ours replaces",
-                c.entries,
+                "pins: carried {} from {}, whose list ours replaces",
+                count(c.entries, "entry"),
                 shown_path(&c.from)
             )?;
         }
@@ -1198,18 +1271,18 @@ fn print_verify(out: &mut dyn Write, r: &verify::VerifyReport) -> std::io::Resul
     if r.ok() {
         writeln!(
             out,
-            "{}: OK ({} images, {} members, {} checked)",
+            "{}: OK ({}, {}, {} checked)",
             shown_path(&r.bundle),
-            r.images,
-            r.members_checked,
+            count(r.images, "image"),
+            count(r.members_checked, "member"),
             human(r.bytes_checked)
         )?;
     } else {
         writeln!(
             out,
-            "{}: FAILED, {} problem(s)",
+            "{}: FAILED, {}",
             shown_path(&r.bundle),
-            r.problems.len()
+            count(r.problems.len(), "problem")
         )?;
         print_problems(out, &r.problems)?;
     }
@@ -1293,9 +1366,9 @@ fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Res
     }
     writeln!(
         out,
-        "content: {} images, {} blobs, {} ({} uncompressed)",
-        m.totals.images,
-        m.totals.blobs,
+        "content: {}, {}, {} ({} uncompressed)",
+        count(m.totals.images, "image"),
+        count(m.totals.blobs, "blob"),
         human(m.totals.size),
         human(m.totals.uncompressed_size)
     )?;
@@ -1307,12 +1380,12 @@ fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Res
         };
         writeln!(
             out,
-            "delta:   of {} (created {})\n         carries {} blobs ({}), omits {} layers ({}): `load` needs them in the store or `--base`",
+            "delta:   of {} (created {})\n         carries {} ({}), omits {} ({}): `load` needs them in the store or `--base`",
             b.manifest,
             Shown(&b.created),
-            carried.len(),
+            count(carried.len(), "blob"),
             human(size(&carried)),
-            omitted.len(),
+            count(omitted.len(), "layer"),
             human(size(&omitted))
         )?;
     }
@@ -1329,10 +1402,10 @@ fn print_inspect(out: &mut dyn Write, r: &verify::InspectReport) -> std::io::Res
             let plat = pinbundle::platform::Platform::from(p).to_string();
             writeln!(
                 out,
-                "  {:<16} {} ({} layers)",
+                "  {:<16} {} ({})",
                 escape(&plat),
                 p.digest,
-                p.layers.len()
+                count(p.layers.len(), "layer")
             )?;
         }
         writeln!(
@@ -1404,17 +1477,16 @@ fn print_diff(out: &mut dyn Write, r: &delta::DiffReport) -> std::io::Result<()>
 }
 
 fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+    pinbundle::size::human(n)
+}
+
+/// `1 image`, `2 images`, `1 entry`, `3 entries`.
+fn count(n: impl TryInto<u64>, noun: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("{n} {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
     }
 }
 
@@ -1570,7 +1642,7 @@ mod tests {
         assert_eq!(
             text(|o| print_verify(o, &r)),
             "signature: not read (the files could not be opened as a bundle)\n\
-             /m/b.pinbundle: FAILED, 2 problem(s)\n  \
+             /m/b.pinbundle: FAILED, 2 problems\n  \
              file: not a bundle\n  \
              blobs/sha256/ab: digest\\nmismatch (breaks a:1, b:2)\n"
         );
@@ -1679,14 +1751,14 @@ mod tests {
                 "bundle:  /m/b.pinbundle (4.9 KiB)\n\
                  format:  pinbundle v1, by t, created 2024-01-01T00:00:00Z\n\
                  signed:  no\n\
-                 content: 1 images, 2 blobs, 2.1 KiB (4.0 KiB uncompressed)\n\
+                 content: 1 image, 2 blobs, 2.1 KiB (4.0 KiB uncompressed)\n\
                  delta:   of {} (created 2023-12-01T00:00:00Z)\n         \
-                 carries 1 blobs (100 B), omits 1 layers (2.0 KiB): `load` needs them in the store or `--base`\n\
+                 carries 1 blob (100 B), omits 1 layer (2.0 KiB): `load` needs them in the store or `--base`\n\
                  \n\
                  r/app:v1\n  \
                  pin:    r/app@{}\n  \
                  type:   application/vnd.oci.image.index.v1+json\n  \
-                 linux/arm64/v8   {} (1 layers)\n  \
+                 linux/arm64/v8   {} (1 layer)\n  \
                  size:   4.0 KiB (8.0 KiB uncompressed)\n",
                 d('b'),
                 d('a'),
@@ -1711,8 +1783,8 @@ mod tests {
         print_load(&mut out, &mut err, &r).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "/m/b.pinbundle: refused (damaged or not signed by a trusted key), nothing was \
-             changed; 1 problem(s):\n  pinbundle.json: frame 0: bad\n"
+            "/m/b.pinbundle: refused, nothing was \
+             changed; 1 problem:\n  pinbundle.json: frame 0: bad\n"
         );
         assert!(err.is_empty());
 
@@ -1740,7 +1812,7 @@ mod tests {
         print_load(&mut out, &mut err, &r).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "failed                         1.0 MiB  r/app@sha256:ab\n            \
+            "failed                            1.0 MiB  r/app@sha256:ab\n            \
              skopeo\\rsaid no\n\
              cri: cri-o 1.31: NOT confirmed (timed out)\n"
         );

@@ -23,8 +23,12 @@ use crate::reference::{Digest, Reference};
 use crate::sign::{self, SignatureInfo, TrustedKey};
 use crate::text::Shown;
 
-/// The version of the `--json` documents of `verify` and `inspect`.
+/// The version of `inspect --json`'s document.
 pub const JSON_VERSION: u32 = 1;
+
+/// The version of `verify --json`'s document: 2 since its fields are camelCase like every
+/// other command's (`membersChecked`, `bytesChecked`).
+pub const VERIFY_JSON_VERSION: u32 = 2;
 
 /// One problem found.
 #[derive(Debug, Clone, Serialize)]
@@ -65,7 +69,8 @@ impl VerifyReport {
     }
 }
 
-/// By hand, for the derived `ok`; the fields in the order `verify --json` has always had.
+/// By hand, for the derived `ok`; the fields in the order `verify --json` has always had
+/// (camelCase since version 2).
 impl Serialize for VerifyReport {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
@@ -74,8 +79,8 @@ impl Serialize for VerifyReport {
         st.serialize_field("bundle", &self.bundle)?;
         st.serialize_field("ok", &self.ok())?;
         st.serialize_field("images", &self.images)?;
-        st.serialize_field("members_checked", &self.members_checked)?;
-        st.serialize_field("bytes_checked", &self.bytes_checked)?;
+        st.serialize_field("membersChecked", &self.members_checked)?;
+        st.serialize_field("bytesChecked", &self.bytes_checked)?;
         st.serialize_field("signature", &self.signature)?;
         st.serialize_field("volumes", &self.volumes)?;
         match &self.base {
@@ -171,7 +176,7 @@ pub fn verify_paths(
         Err(e @ bundle::Error::Io { .. }) => return Err(e),
         Err(e) => {
             return Ok(VerifyReport {
-                version: JSON_VERSION,
+                version: VERIFY_JSON_VERSION,
                 bundle: inputs.first().cloned().unwrap_or_default(),
                 images: 0,
                 members_checked: 0,
@@ -206,7 +211,7 @@ pub fn verify_open(
     if let Some(p) = refusal {
         if !opts.trusted_keys.is_empty() {
             return Ok(VerifyReport {
-                version: JSON_VERSION,
+                version: VERIFY_JSON_VERSION,
                 bundle: bundle.path().to_path_buf(),
                 images: manifest.images.len(),
                 members_checked: 0,
@@ -358,7 +363,7 @@ fn verify_members(
     problems.extend(check_totals(manifest));
     problems.sort_by(|a, b| (&a.member, &a.error).cmp(&(&b.member, &b.error)));
     Ok(VerifyReport {
-        version: JSON_VERSION,
+        version: VERIFY_JSON_VERSION,
         bundle: bundle.path().to_path_buf(),
         images: manifest.images.len(),
         members_checked: bundle
@@ -943,7 +948,7 @@ mod tests {
     fn json_document_is_unchanged() {
         let d = Digest::of(b"x");
         let r = VerifyReport {
-            version: JSON_VERSION,
+            version: VERIFY_JSON_VERSION,
             bundle: "b".into(),
             images: 1,
             members_checked: 2,
@@ -964,14 +969,14 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"version":1,"bundle":"b","ok":false,"images":1,"members_checked":2,"bytes_checked":3,"signature":null,"volumes":null,"base":{"manifest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","created":"t"},"problems":[{"member":null,"digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":[],"error":"e"}],"opened":true}"#
+            r#"{"version":2,"bundle":"b","ok":false,"images":1,"membersChecked":2,"bytesChecked":3,"signature":null,"volumes":null,"base":{"manifest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","created":"t"},"problems":[{"member":null,"digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":[],"error":"e"}],"opened":true}"#
         );
         let mut r = r;
         r.base = None;
         r.problems.clear();
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"version":1,"bundle":"b","ok":true,"images":1,"members_checked":2,"bytes_checked":3,"signature":null,"volumes":null,"problems":[],"opened":true}"#
+            r#"{"version":2,"bundle":"b","ok":true,"images":1,"membersChecked":2,"bytesChecked":3,"signature":null,"volumes":null,"problems":[],"opened":true}"#
         );
     }
 }

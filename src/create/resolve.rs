@@ -99,13 +99,16 @@ fn missing_platforms(what: &str, missing: &[&Platform], has: &[String]) -> anyho
         has.join(", ")
     };
     if missing.is_empty() {
-        return anyhow::anyhow!("{what} has no runnable manifest (it has: {has})");
+        return anyhow::Error::new(crate::error::Refused(format!(
+            "{what} has no runnable manifest (it has: {has})"
+        )));
     }
     let missing: Vec<String> = missing.iter().map(|p| p.to_string()).collect();
-    anyhow::anyhow!(
+    // Refused for its content (exit 1), not an operational failure.
+    anyhow::Error::new(crate::error::Refused(format!(
         "{what} has no manifest for {} (it has: {has}); ask only for platforms it has, or pass --allow-missing-platforms to carry it without them",
         missing.join(", "),
-    )
+    )))
 }
 
 /// Every single-manifest image must be of every platform asked for (its config says which

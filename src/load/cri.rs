@@ -231,6 +231,7 @@ impl CriClient {
         Resp: prost::Message + Default + Send + Sync + 'static,
     {
         let socket = self.socket.clone();
+        tracing::debug!(method, socket = %socket.display(), "CRI call");
         let call_err = |source: tonic::Status| CriError::Call {
             socket: socket.clone(),
             method,

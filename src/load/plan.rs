@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::report::ImageStatus;
 use super::storage::ImageRecord;
@@ -25,11 +25,13 @@ pub fn check_platforms(manifest: &BundleManifest, platform: &Platform) -> Result
                 .iter()
                 .map(|p| crate::platform::shown(&p.os, &p.architecture, None).to_string())
                 .collect();
-            bail!(
+            // Refused for its content (exit 1).
+            return Err(crate::error::Refused(format!(
                 "{} carries no {platform} image (it has {}); re-create the bundle with `--platform {platform}` or pass `--platform`",
                 img.reference,
                 carried.join(", ")
-            );
+            ))
+            .into());
         }
     }
     Ok(())

@@ -148,7 +148,8 @@ pub fn reload_or_restart(
             command: format!("systemctl restart {CRIO_UNIT}"),
         }),
         ReloadMode::None => Ok(ReloadOutcome::Skipped {
-            command: format!("systemctl reload {CRIO_UNIT}   # or: kill -HUP $(pidof crio)"),
+            // One command a person can paste (a shell comment inside backticks could not be).
+            command: format!("systemctl reload {CRIO_UNIT}"),
         }),
         ReloadMode::Systemd => systemd_reload(env),
         ReloadMode::Signal => signal(env),
@@ -253,6 +254,7 @@ fn systemd_restart(env: &ReloadEnv) -> Result<ReloadOutcome, ReloadError> {
 fn systemctl(env: &ReloadEnv, verb: &str) -> Result<(), ReloadError> {
     let program = env.systemctl.display().to_string();
     let args = format!("{verb} {CRIO_UNIT}");
+    tracing::info!(program, verb, unit = CRIO_UNIT, "asking systemd");
     let out = Command::new(&env.systemctl)
         .args([verb, CRIO_UNIT])
         .stdin(Stdio::null())
@@ -333,6 +335,7 @@ fn signal(env: &ReloadEnv) -> Result<ReloadOutcome, ReloadError> {
         pid,
         source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
     })?;
+    tracing::info!(pid, "SIGHUP to crio");
     rustix::process::kill_process(target, rustix::process::Signal::HUP).map_err(|e| {
         ReloadError::Signal {
             pid,

@@ -744,7 +744,8 @@ fn reload_crio(
             applied.warnings.push(format!(
                 "CRI-O was not reloaded; run `{command}` to apply the pins"
             ));
-            applied.reload = Some(format!("skipped: run `{command}`"));
+            // The command is in the warning; said once.
+            applied.reload = Some("skipped (--reload none)".into());
         }
         Err(e @ reload::ReloadError::CannotRestart { .. }) => {
             applied.warnings.push(format!(

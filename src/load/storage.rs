@@ -558,6 +558,7 @@ impl Skopeo {
         what: &str,
     ) -> Result<Output> {
         let argv = self.argv(args);
+        tracing::debug!(argv = %argv, "running skopeo");
         let mut cmd = Command::new(&self.program);
         cmd.args(args)
             .stdin(Stdio::null())

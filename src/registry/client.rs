@@ -991,7 +991,13 @@ impl RegistryClient {
             if let Authorization::Header(value) = &authorization {
                 request = request.header(header::AUTHORIZATION, value.clone());
             }
+            tracing::debug!(url, what, "registry GET");
             let response = self.within_timeout(request.send(), target, what).await?;
+            tracing::debug!(
+                url,
+                status = response.status().as_u16(),
+                "registry answered"
+            );
             if response.status() != reqwest::StatusCode::UNAUTHORIZED || challenged {
                 if response.status() == reqwest::StatusCode::UNAUTHORIZED {
                     return Err(Failure::fatal(unauthorized(target)));
@@ -1364,6 +1370,11 @@ impl RegistryClient {
         let delay = base.saturating_mul(1u64 << attempt.min(20)).min(max);
         // Full jitter over the upper half keeps retries of parallel downloads apart.
         let jittered = delay / 2 + rand::rng().random_range(0..=delay / 2);
+        tracing::info!(
+            attempt = attempt + 1,
+            delay_ms = jittered,
+            "registry request failed; retrying"
+        );
         tokio::time::sleep(Duration::from_millis(jittered)).await;
     }
 }

@@ -6,6 +6,7 @@
 mod bundle;
 mod cli;
 mod client;
+mod conventions;
 mod crash;
 mod create;
 mod delta;

@@ -265,7 +265,7 @@ fn unsigned_wrong_key_swapped_and_altered_signatures_are_refused() {
         e.contains(&id1) && e.contains(&id2) && e.contains("not trusted"),
         "{e}"
     );
-    assert_eq!(report["members_checked"], 0, "refused before reading blobs");
+    assert_eq!(report["membersChecked"], 0, "refused before reading blobs");
     // Either of several trusted keys will do.
     let (code, report, _) = verify(&signed, &[&pk2, &pk1]);
     assert_eq!(code, Some(0), "{report}");
