@@ -18,6 +18,7 @@ mod load_space;
 mod load_store;
 mod ops;
 mod oracle;
+mod plan;
 mod rehashed;
 mod reserialise;
 mod rollback;
