@@ -1006,9 +1006,13 @@ fn print_load(
             None if r.dry_run || r.error.is_some() => "",
             None => "pin not confirmed",
         };
+        let platform = i
+            .platform
+            .as_ref()
+            .map_or(String::new(), |p| format!("  {}", Shown(p)));
         writeln!(
             out,
-            "{:<11} {:<18} {:>10}  {}",
+            "{:<11} {:<18} {:>10}  {}{platform}",
             i.status,
             pinned,
             human(i.size),
@@ -1032,9 +1036,23 @@ fn print_load(
         )?;
     }
     if let Some(rl) = &r.reload {
-        writeln!(out, "reload: {}", Shown(rl))?;
+        let would = if r.dry_run { "would be " } else { "" };
+        let why = r
+            .reload_reason
+            .as_ref()
+            .map_or(String::new(), |w| format!(" ({})", Shown(w)));
+        writeln!(out, "reload: {would}{}{why}", Shown(rl))?;
     }
     print_load_space_and_cri(out, r)?;
+    if r.dry_run {
+        let count = |s: load::ImageStatus| r.images.iter().filter(|i| i.status == s).count();
+        writeln!(
+            out,
+            "dry run: nothing was changed; {} to import, {} already present (skipped)",
+            pinbundle::progress::count(count(load::ImageStatus::WouldLoad), "image"),
+            count(load::ImageStatus::Present)
+        )?;
+    }
     for w in &r.warnings {
         writeln!(err, "warning: {}", Shown(w))?;
     }
@@ -1047,8 +1065,9 @@ fn print_load(
     Ok(())
 }
 
-/// The lines of what `load` read from the node: store, policy, pins.
+/// The lines of what `load` checked and read from the node: signature, store, policy, pins.
 fn print_load_node(out: &mut dyn Write, r: &load::LoadReport) -> std::io::Result<()> {
+    print_load_signature(out, r.signature.as_ref())?;
     if let Some(s) = &r.store {
         writeln!(out, "store: {}", Shown(&s.summary()))?;
     }
@@ -1073,23 +1092,60 @@ fn print_load_node(out: &mut dyn Write, r: &load::LoadReport) -> std::io::Result
         )?;
     }
     if let Some(p) = &r.pins {
-        let what = if p.changed { "updated" } else { "unchanged" };
+        let what = match (r.dry_run, p.changed) {
+            (false, true) => "updated",
+            (false, false) => "unchanged",
+            (true, true) => "would be updated",
+            (true, false) => "would stay unchanged",
+        };
+        let added = if r.dry_run { "to add" } else { "added" };
         writeln!(
             out,
-            "pins: {} {what} ({})",
+            "pins: {} {what} ({}: {} {added}, {} already there)",
             shown_path(&p.drop_in),
-            count(p.entries, "entry")
+            count(p.entries, "entry"),
+            p.added.len(),
+            p.already_there.len()
         )?;
         if let Some(c) = &p.carried {
+            let carried = if r.dry_run { "would carry" } else { "carried" };
             writeln!(
                 out,
-                "pins: carried {} from {}, whose list ours replaces",
+                "pins: {carried} {} from {}, whose list ours replaces",
                 count(c.entries, "entry"),
                 shown_path(&c.from)
             )?;
         }
     }
     Ok(())
+}
+
+/// The signature line of a load that verified: who signed, and whether a trusted key checked it.
+fn print_load_signature(
+    out: &mut dyn Write,
+    sig: Option<&pinbundle::sign::SignatureInfo>,
+) -> std::io::Result<()> {
+    let Some(sig) = sig else {
+        // A load with trusted keys refuses an unsigned bundle, so none is configured here.
+        return writeln!(
+            out,
+            "signature: none (the bundle is unsigned and no trusted key is configured)"
+        );
+    };
+    let comment = Shown(&sig.trusted_comment);
+    match &sig.verified_by {
+        Some(by) => writeln!(
+            out,
+            "signature: good, key {}, trusted comment \"{comment}\" (trusted key {})",
+            sig.key_id,
+            shown_path(by)
+        ),
+        None => writeln!(
+            out,
+            "signature: well-formed, key {}, trusted comment \"{comment}\" (not checked: no trusted key is configured)",
+            sig.key_id
+        ),
+    }
 }
 
 /// The space and CRI lines of a load report.
@@ -1490,10 +1546,33 @@ fn count(n: impl TryInto<u64>, noun: &str) -> String {
     }
 }
 
-/// Progress bars on a terminal.
+/// Progress bars on a terminal; each phase leaves one line saying what it did.
 #[derive(Default)]
 struct Bars {
-    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+    bar: std::sync::Mutex<Option<Phase>>,
+}
+
+/// The phase a [`Bars`] draws.
+struct Phase {
+    pb: indicatif::ProgressBar,
+    name: String,
+    started: std::time::Instant,
+}
+
+impl Bars {
+    /// Clears the bar and leaves `line(phase)` and the phase's duration in its place.
+    fn end(&self, line: impl FnOnce(&Phase) -> String) {
+        if let Ok(mut b) = self.bar.lock()
+            && let Some(p) = b.take()
+        {
+            p.pb.finish_and_clear();
+            eprintln!(
+                "{} in {:.1} s",
+                escape(&line(&p)),
+                p.started.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 impl Reporter for Bars {
@@ -1501,35 +1580,53 @@ impl Reporter for Bars {
         let pb = indicatif::ProgressBar::new(total);
         pb.set_style(
             indicatif::ProgressStyle::with_template(
-                "{msg:30} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                // The item in flight first: on a narrow terminal the tail is cut, not the name.
+                "{prefix} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        pb.set_message(escape(phase).into_owned());
+        pb.set_prefix(escape(phase).into_owned());
         if let Ok(mut b) = self.bar.lock() {
-            *b = Some(pb);
+            *b = Some(Phase {
+                pb,
+                name: phase.to_string(),
+                started: std::time::Instant::now(),
+            });
         }
     }
     fn advance(&self, n: u64) {
         if let Ok(b) = self.bar.lock()
-            && let Some(pb) = b.as_ref()
+            && let Some(p) = b.as_ref()
         {
-            pb.inc(n);
+            p.pb.inc(n);
+        }
+    }
+    fn step(&self, what: &str) {
+        if let Ok(b) = self.bar.lock()
+            && let Some(p) = b.as_ref()
+        {
+            p.pb.set_message(escape(what).into_owned());
         }
     }
     fn finish(&self) {
-        if let Ok(mut b) = self.bar.lock()
-            && let Some(pb) = b.take()
-        {
-            pb.finish_and_clear();
-        }
+        self.end(|p| {
+            format!(
+                "{}: {} of {}",
+                p.name,
+                human(p.pb.position()),
+                human(p.pb.length().unwrap_or(0))
+            )
+        });
+    }
+    fn done(&self, result: &str) {
+        self.end(|_| result.to_string());
     }
     fn message(&self, msg: &str) {
         if let Ok(b) = self.bar.lock() {
             let msg = escape(msg);
             match b.as_ref() {
-                Some(pb) => pb.println(msg),
+                Some(p) => p.pb.println(msg),
                 None => eprintln!("{msg}"),
             }
         }
@@ -1797,6 +1894,7 @@ mod tests {
             pinned: None,
             size: 1 << 20,
             uncompressed_size: 3 << 20,
+            platform: None,
             error: Some("skopeo\rsaid no".into()),
             policy: None,
         }];
@@ -1814,6 +1912,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "failed                            1.0 MiB  r/app@sha256:ab\n            \
              skopeo\\rsaid no\n\
+             signature: none (the bundle is unsigned and no trusted key is configured)\n\
              cri: cri-o 1.31: NOT confirmed (timed out)\n"
         );
         assert_eq!(

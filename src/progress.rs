@@ -10,6 +10,14 @@ pub trait Reporter: Send + Sync {
     fn advance(&self, _n: u64) {}
     /// The current phase is over.
     fn finish(&self) {}
+    /// What the current phase is working on now (e.g. the image being imported), shown next
+    /// to its progress.
+    fn step(&self, _what: &str) {}
+    /// The current phase is over and `result` says what it did (`verified 12 blobs, 730.0
+    /// MiB`); a reporter that draws progress leaves it as the phase's last line.
+    fn done(&self, _result: &str) {
+        self.finish()
+    }
     /// A one-line message about a step (e.g. a retry).
     fn message(&self, _msg: &str) {}
     /// A message a person should see even when no progress is drawn, e.g. that `load` waits
@@ -23,3 +31,39 @@ pub trait Reporter: Send + Sync {
 pub struct Silent;
 
 impl Reporter for Silent {}
+
+/// `n` and the noun, plural unless `n` is 1 (`1 blob`, `12 blobs`).
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// Bytes in binary units, one decimal (`730.0 MiB`), as the CLI shows sizes.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_and_bytes() {
+        assert_eq!(super::count(1, "blob"), "1 blob");
+        assert_eq!(super::count(0, "image"), "0 images");
+        assert_eq!(super::bytes(1023), "1023 B");
+        assert_eq!(super::bytes(730 << 20), "730.0 MiB");
+    }
+}

@@ -233,9 +233,19 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     }
     let fetcher = Fetcher::new(opts, &client, &cache, &ready, reporter);
     let (blobs_fetched, blobs_cached) = (plan.blobs_to_fetch(), plan.blobs_cached());
+    // One count for the bar: the bytes fetched, which the writer follows closely; only when
+    // everything is cached, the bytes the writer reads from the cache. (Both at once made
+    // the total twice the bundle.)
+    let (total, writer_reporter): (u64, &dyn Reporter) = match plan.bytes_to_fetch() {
+        0 => (plan.bytes_from_cache(), reporter),
+        n => (n, &crate::progress::Silent),
+    };
     reporter.start(
-        &format!("fetching {blobs_fetched} blobs ({blobs_cached} cached), writing"),
-        plan.bytes_to_fetch() + plan.bytes_to_write(),
+        &format!(
+            "fetching {} ({blobs_cached} cached), writing",
+            crate::progress::count(blobs_fetched, "blob")
+        ),
+        total,
     );
     fetcher.fetch_all(&runtime, plan.read_from_cache(true).cloned())?;
     let config_platforms = fetch::config_platforms(&resolved, &cache)?;
@@ -257,15 +267,22 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
             source: &source,
             ready: &ready,
             cache: &cache,
-            reporter,
+            reporter: writer_reporter,
         },
         || fetcher.fetch_all(&runtime, rest),
-    )?;
+    )
+    .inspect_err(|_| reporter.finish())?;
     let fetched = FetchCounts {
         blobs_fetched,
         blobs_cached,
         bytes_fetched: fetcher.fetched_bytes.load(Ordering::Relaxed),
     };
+    reporter.done(&format!(
+        "fetched {}, {} ({blobs_cached} cached); wrote {}",
+        crate::progress::count(blobs_fetched, "blob"),
+        crate::progress::bytes(fetched.bytes_fetched),
+        crate::progress::bytes(written.bundle_size)
+    ));
     Ok(CreateReport::new(opts, written, fetched, started))
 }
 

@@ -121,11 +121,12 @@ impl Plan {
             .sum()
     }
 
-    /// How many bytes the bundle carries.
-    pub fn bytes_to_write(&self) -> u64 {
+    /// How many bytes the writer reads from the cache: the blobs the bundle carries that
+    /// are not held in memory.
+    pub fn bytes_from_cache(&self) -> u64 {
         self.blobs
             .values()
-            .filter(|b| b.state != BlobState::LeftToBase)
+            .filter(|b| b.state != BlobState::LeftToBase && b.state.bytes().is_none())
             .map(|b| b.entry.size)
             .sum()
     }
@@ -302,8 +303,8 @@ mod tests {
         assert!(manifests.iter().all(|b| b.state.bytes().is_some()));
         let configs = b"config-a".len() as u64 + b"config-b".len() as u64;
         assert_eq!(plan.bytes_to_fetch(), 130 + configs);
-        let manifest_bytes: u64 = manifests.iter().map(|b| b.entry.size).sum();
-        assert_eq!(plan.bytes_to_write(), 130 + configs + manifest_bytes);
+        // The writer reads everything but the manifests (held in memory) from the cache.
+        assert_eq!(plan.bytes_from_cache(), 130 + configs);
     }
 
     #[test]

@@ -354,7 +354,6 @@ pub(super) fn write(
         out.rewrite_head(&members.refs()).with_context(out_err)?;
         out.finish().with_context(out_err)
     })?;
-    reporter.finish();
     let bundle_size = written.size();
     let volumes: Vec<CreatedVolume> = match written.set {
         Some(_) => written

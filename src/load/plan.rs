@@ -54,6 +54,40 @@ pub fn import_blobs<'m>(img: &'m ImageEntry, platform: &Platform) -> BTreeSet<&'
     blobs
 }
 
+/// The platform skopeo takes of `img` on `platform`: an index's first matching instance (as
+/// containers/image picks), a single-platform image's own; `None` when the bundle does not say.
+pub fn chosen_platform(img: &ImageEntry, platform: &Platform) -> Option<Platform> {
+    let entry = if media::is_index(&img.media_type) {
+        img.platforms.iter().find(|p| platform.matches_entry(p))
+    } else {
+        img.platforms.first()
+    };
+    entry.map(Platform::from)
+}
+
+/// The bytes skopeo reads from the loopback registry for each image of `imports`, in order:
+/// its blobs not read already for an earlier one (skopeo reuses those from the store) and not
+/// `reused` from the store by a delta. They add up to what the whole import reads.
+pub fn import_bytes(
+    manifest: &BundleManifest,
+    imports: &[(usize, BTreeSet<&Digest>)],
+    reused: &BTreeSet<Digest>,
+) -> Vec<u64> {
+    let sizes: std::collections::HashMap<&Digest, u64> =
+        manifest.blobs.iter().map(|b| (&b.digest, b.size)).collect();
+    let mut seen: BTreeSet<&Digest> = BTreeSet::new();
+    imports
+        .iter()
+        .map(|(_, blobs)| {
+            blobs
+                .iter()
+                .filter(|d| !reused.contains(**d) && seen.insert(**d))
+                .map(|d| sizes.get(*d).copied().unwrap_or(0))
+                .fold(0u64, u64::saturating_add)
+        })
+        .collect()
+}
+
 /// Whether `record` (the store's image named `name@digest`, if any) is `img` as the bundle
 /// would leave it: with a tag, the store must also carry the `name:tag` name.
 pub fn is_present(img: &ImageEntry, record: Option<&ImageRecord>) -> bool {
@@ -170,6 +204,56 @@ mod tests {
         // A single-platform image is not checked here: skopeo takes what it is.
         let m = manifest(vec![image("q.io/b", None, media::OCI_MANIFEST)]);
         assert!(check_platforms(&m, &p("linux/amd64")).is_ok());
+    }
+
+    #[test]
+    fn bytes_read_per_image_count_each_blob_once() {
+        let (a, b, c) = (Digest::of(b"a"), Digest::of(b"b"), Digest::of(b"c"));
+        let blob = |d: &Digest, size| crate::bundle::format::BlobEntry {
+            digest: d.clone(),
+            size,
+            media_type: media::OCI_LAYER_GZIP.into(),
+            kind: crate::bundle::format::BlobKind::Layer,
+            uncompressed_size: None,
+            carried: true,
+        };
+        let m = BundleManifest::for_test(
+            Vec::new(),
+            vec![blob(&a, 10), blob(&b, 200), blob(&c, 3000)],
+        );
+        let imports = [(0, BTreeSet::from([&a, &b])), (1, BTreeSet::from([&b, &c]))];
+        assert_eq!(import_bytes(&m, &imports, &BTreeSet::new()), [210, 3000]);
+        // A layer a delta takes from the store is not read at all.
+        assert_eq!(
+            import_bytes(&m, &imports, &BTreeSet::from([c.clone()])),
+            [210, 0]
+        );
+    }
+
+    #[test]
+    fn the_platform_taken() {
+        let entry = |arch: &str| PlatformEntry {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: None,
+            digest: Digest::of(arch.as_bytes()),
+            media_type: media::OCI_MANIFEST.into(),
+            config: Digest::of(b"c"),
+            layers: Vec::new(),
+        };
+        let p = |s: &str| s.parse::<Platform>().unwrap();
+        let mut index = image("q.io/a", Some("v1"), media::OCI_INDEX);
+        index.platforms = vec![entry("amd64"), entry("arm64")];
+        let shown =
+            |img: &ImageEntry, on: &str| chosen_platform(img, &p(on)).map(|p| p.to_string());
+        assert_eq!(shown(&index, "linux/arm64").as_deref(), Some("linux/arm64"));
+        assert_eq!(shown(&index, "linux/s390x"), None);
+        let mut single = image("q.io/b", None, media::OCI_MANIFEST);
+        single.platforms = vec![entry("amd64")];
+        assert_eq!(
+            shown(&single, "linux/arm64").as_deref(),
+            Some("linux/amd64")
+        );
     }
 
     #[test]

@@ -192,7 +192,8 @@ pub fn reload_or_restart(
     }
 }
 
-fn systemd_active(env: &ReloadEnv) -> bool {
+/// Whether systemd reports the CRI-O unit active.
+pub(crate) fn systemd_active(env: &ReloadEnv) -> bool {
     Command::new(&env.systemctl)
         .args(["is-active", CRIO_UNIT])
         .stdin(Stdio::null())

@@ -27,7 +27,11 @@ pub struct LoadReport {
     pub signature: Option<SignatureInfo>,
     pub images: Vec<ImageResult>,
     pub pins: Option<PinsResult>,
+    /// How CRI-O was (in a dry run: would be) made to read the pins.
     pub reload: Option<String>,
+    /// Why that way: the running release's row of the version table, or why it is unknown
+    /// (`null` when CRI-O was not reloaded or the choice needs no reason).
+    pub reload_reason: Option<String>,
     pub cri: Option<CriResult>,
     /// For a delta bundle: where the layers it omits come from.
     pub delta: Option<delta::LoadPlan>,
@@ -70,7 +74,7 @@ impl LoadReport {
 /// By hand, for the derived `ok`; the fields in the order `load --json` has always had.
 impl Serialize for LoadReport {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut st = s.serialize_struct("LoadReport", 18)?;
+        let mut st = s.serialize_struct("LoadReport", 19)?;
         st.serialize_field("version", &self.version)?;
         st.serialize_field("bundle", &self.bundle)?;
         st.serialize_field("dryRun", &self.dry_run)?;
@@ -85,6 +89,10 @@ impl Serialize for LoadReport {
         st.serialize_field("images", &self.images)?;
         st.serialize_field("pins", &self.pins)?;
         st.serialize_field("reload", &self.reload)?;
+        match &self.reload_reason {
+            Some(r) => st.serialize_field("reloadReason", r)?,
+            None => st.skip_field("reloadReason")?,
+        }
         st.serialize_field("cri", &self.cri)?;
         match &self.delta {
             Some(d) => st.serialize_field("delta", d)?,
@@ -121,6 +129,10 @@ pub struct ImageResult {
     pub pinned: Option<bool>,
     pub size: u64,
     pub uncompressed_size: u64,
+    /// The platform taken from the bundle for this node (`os/arch[/variant]`), absent when
+    /// the load stopped before the plan or the bundle does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// What the signature policy decided for the image's original names (absent when the
@@ -171,9 +183,14 @@ impl fmt::Display for ImageStatus {
 #[serde(rename_all = "camelCase")]
 pub struct PinsResult {
     pub drop_in: PathBuf,
+    /// Whether the drop-in changed (in a dry run: would change).
     pub changed: bool,
     /// How many entries the drop-in holds: the list CRI-O uses.
     pub entries: usize,
+    /// This bundle's pins the drop-in did not hold yet: added (in a dry run: to add).
+    pub added: Vec<String>,
+    /// This bundle's pins the drop-in already held.
+    pub already_there: Vec<String>,
     /// Entries of an earlier file (whose list ours replaces) carried into ours.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub carried: Option<CarriedResult>,
@@ -243,6 +260,7 @@ mod tests {
                 pinned: Some(true),
                 size: 1,
                 uncompressed_size: 2,
+                platform: Some("linux/amd64".into()),
                 error: Some("x".into()),
                 policy: None,
             }],
@@ -250,9 +268,12 @@ mod tests {
                 drop_in: "p".into(),
                 changed: true,
                 entries: 3,
+                added: vec!["a@sha256:1".into()],
+                already_there: Vec::new(),
                 carried: None,
             }),
             reload: Some("r".into()),
+            reload_reason: Some("why".into()),
             cri: Some(CriResult {
                 runtime: "cri-o".into(),
                 version: "1".into(),
@@ -333,7 +354,7 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         assert_eq!(
             json,
-            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":false,"problems":[{"member":"m","digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":["r"],"error":"e"}],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"rolled-back","pinned":true,"size":1,"uncompressedSize":2,"error":"x"}],"pins":{"dropIn":"p","changed":true,"entries":3},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":false,"timedOut":true},"delta":{"base":null,"fromBases":[],"fromStorage":[]},"volumes":{"set":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","count":2,"present":[],"missing":[],"incompleteBlobs":[]},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"store":{"root":"/r","runroot":"/rr","driver":"vfs","imagestore":"/i","options":["vfs.ignore_chown_errors=true"],"storageConf":null,"from":{"root":"/etc/crio/crio.conf","runroot":"default","driver":"--storage-driver","imagestore":"$STORAGE_OPTS"},"crossChecked":"/i/vfs-images"},"error":"err","rolledBack":{"removed":[],"left":[]},"warnings":["w"],"seconds":1.5}"#
+            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":false,"problems":[{"member":"m","digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","images":["r"],"error":"e"}],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"rolled-back","pinned":true,"size":1,"uncompressedSize":2,"platform":"linux/amd64","error":"x"}],"pins":{"dropIn":"p","changed":true,"entries":3,"added":["a@sha256:1"],"alreadyThere":[]},"reload":"r","reloadReason":"why","cri":{"runtime":"cri-o","version":"1","confirmed":false,"timedOut":true},"delta":{"base":null,"fromBases":[],"fromStorage":[]},"volumes":{"set":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","count":2,"present":[],"missing":[],"incompleteBlobs":[]},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"store":{"root":"/r","runroot":"/rr","driver":"vfs","imagestore":"/i","options":["vfs.ignore_chown_errors=true"],"storageConf":null,"from":{"root":"/etc/crio/crio.conf","runroot":"default","driver":"--storage-driver","imagestore":"$STORAGE_OPTS"},"crossChecked":"/i/vfs-images"},"error":"err","rolledBack":{"removed":[],"left":[]},"warnings":["w"],"seconds":1.5}"#
         );
         let mut r = full_report();
         r.problems.clear();
@@ -343,6 +364,8 @@ mod tests {
         r.rolled_back = None;
         r.store = None;
         r.images[0].error = None;
+        r.images[0].platform = None;
+        r.reload_reason = None;
         r.images[0].status = ImageStatus::Loaded;
         r.cri = Some(CriResult {
             runtime: "cri-o".into(),
@@ -353,7 +376,7 @@ mod tests {
         });
         assert_eq!(
             serde_json::to_string(&r).unwrap(),
-            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":true,"problems":[],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"loaded","pinned":true,"size":1,"uncompressedSize":2}],"pins":{"dropIn":"p","changed":true,"entries":3},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":true,"timedOut":false},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"error":null,"warnings":["w"],"seconds":1.5}"#
+            r#"{"version":1,"bundle":"b.pinbundle","dryRun":false,"ok":true,"problems":[],"signature":{"keyId":"0101010101010101","trustedComment":"c","verifiedBy":"k.pub"},"images":[{"reference":"r:1","pin":"r@sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","status":"loaded","pinned":true,"size":1,"uncompressedSize":2}],"pins":{"dropIn":"p","changed":true,"entries":3,"added":["a@sha256:1"],"alreadyThere":[]},"reload":"r","cri":{"runtime":"cri-o","version":"1","confirmed":true,"timedOut":false},"space":{"sizes":"declared","unpacked":4,"staged":5,"filesystems":[]},"error":null,"warnings":["w"],"seconds":1.5}"#
         );
     }
 

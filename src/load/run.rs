@@ -147,7 +147,10 @@ fn run(opts: &LoadOptions, reporter: &dyn Reporter) -> Result<LoadReport> {
         }
     };
     if opts.dry_run {
-        return Ok(report(opts, checked, Some(plan), None));
+        let would = plan.pins.as_ref().is_some_and(|p| p.changed);
+        let mut r = report(opts, checked, Some(plan), None);
+        (r.reload, r.reload_reason) = planned_reload(opts, would);
+        return Ok(r);
     }
     let applied = apply(opts, &bundle, &plan, reporter)?;
     Ok(report(opts, checked, Some(plan), Some(applied)))
@@ -196,7 +199,17 @@ fn check(
     let volumes = verify::VolumesReport::of(&bundle);
     let images = bundle.manifest().images.iter().map(image_result).collect();
     reporter.message(&format!("verifying {}", bundle.path().display()));
-    let verified = verify::verify_open(&bundle, verify_opts, reporter)?;
+    // The bar's last line is the result, which is known only once verify returns.
+    let verified = verify::verify_open(&bundle, verify_opts, &Unfinished(reporter))?;
+    let checked = format!(
+        "verified {}, {}",
+        crate::progress::count(bundle.blobs().count(), "blob"),
+        crate::progress::bytes(bundle.file_len())
+    );
+    reporter.done(&match verified.problems.len() {
+        0 => checked,
+        n => format!("{checked}: {}", crate::progress::count(n, "problem")),
+    });
     Ok(Checked {
         bundle: Some(bundle),
         problems: verified.problems,
@@ -214,6 +227,12 @@ struct Plan {
     missing: Vec<usize>,
     /// Each image's status before importing.
     statuses: Vec<ImageStatus>,
+    /// Each image's platform taken for this node.
+    platforms: Vec<Option<String>>,
+    /// The bytes skopeo reads for each of `missing`, in its order.
+    import_bytes: Vec<u64>,
+    /// The drop-in as it would be written (`None` with `--no-pin`).
+    pins: Option<PinsResult>,
     /// The `--base` bundles that serve a delta's omitted layers.
     bases: Vec<Arc<BundleSet>>,
     delta: Option<delta::LoadPlan>,
@@ -254,9 +273,12 @@ fn make_plan(
         )),
         None => None,
     };
-    if !opts.no_pin {
-        pins::plan(&crio, &opts.crio_config_dir, &opts.drop_in, &refs)?;
-    }
+    let planned_pins = if opts.no_pin {
+        None
+    } else {
+        let planned = pins::plan(&crio, &opts.crio_config_dir, &opts.drop_in, &refs)?;
+        Some(pins_result(&opts.drop_in, &crio, planned, &refs))
+    };
     opts.skopeo
         .version()
         .context("`load` imports with skopeo (Debian/RHEL package `skopeo`)")?;
@@ -273,6 +295,11 @@ fn make_plan(
         })
         .collect::<Result<Vec<_>>>()?;
     let (statuses, missing) = plan::missing(manifest, &records, opts.dry_run);
+    let platforms = manifest
+        .images
+        .iter()
+        .map(|img| plan::chosen_platform(img, &platform).map(|p| p.to_string()))
+        .collect();
     // What skopeo fetches for each: of an index, only this platform's instance.
     let imports: Vec<_> = missing
         .iter()
@@ -285,6 +312,7 @@ fn make_plan(
         .as_ref()
         .map(delta::LoadPlan::reused)
         .unwrap_or_default();
+    let import_bytes = plan::import_bytes(manifest, &imports, &reused);
 
     // Space, from the signed sizes or, for a bundle no trusted key signed, measured ones.
     let mut sources: Vec<&BundleSet> = vec![bundle];
@@ -315,6 +343,9 @@ fn make_plan(
         refs,
         missing,
         statuses,
+        platforms,
+        import_bytes,
+        pins: planned_pins,
         bases,
         delta,
         space,
@@ -508,21 +539,13 @@ fn import_and_pin(
     if let Some(content) = &planned.merged.content {
         pins::write_atomic(&opts.drop_in, content)?;
     }
-    let merged = planned.merged;
     applied
         .warnings
-        .extend(merged.warnings.iter().map(|w| w.to_string()));
-    let changed = merged.content.is_some();
-    applied.pins = Some(PinsResult {
-        drop_in: opts.drop_in.clone(),
-        changed,
-        entries: merged.entries.len(),
-        carried: planned.carried.map(|c| CarriedResult {
-            from: c.from,
-            entries: c.entries,
-        }),
-    });
-    applied.effective = merged.entries;
+        .extend(planned.merged.warnings.iter().map(|w| w.to_string()));
+    applied.effective = planned.merged.entries.clone();
+    let result = pins_result(&opts.drop_in, &crio, planned, &plan.refs);
+    let changed = result.changed;
+    applied.pins = Some(result);
     Ok(changed)
 }
 
@@ -556,15 +579,24 @@ fn import(
         timeout: opts.import_timeout,
     };
     let total = plan
-        .missing
+        .import_bytes
         .iter()
-        .map(|&i| manifest.images[i].size)
-        .fold(0u64, u64::saturating_add);
-    reporter.start(&format!("importing {} images", plan.missing.len()), total);
-    for &i in &plan.missing {
+        .fold(0u64, |a, &n| a.saturating_add(n));
+    let images = crate::progress::count(plan.missing.len(), "image");
+    reporter.start(&format!("importing {images}"), total);
+    for (&i, &bytes) in plan.missing.iter().zip(&plan.import_bytes) {
         let img = &manifest.images[i];
         let result = &mut applied.images[i];
-        match storage::import(server.addr(), img, &plan.store.store, &import_opts) {
+        reporter.step(&img.reference);
+        let progress = ServedProgress {
+            server: server.server(),
+            repository: BundleServer::repository_of(img),
+            bytes,
+            reporter,
+        };
+        let imported = progress
+            .follow(|| storage::import(server.addr(), img, &plan.store.store, &import_opts));
+        match imported {
             Ok(ImportOutcome::AlreadyPresent) => result.status = ImageStatus::Present,
             Ok(ImportOutcome::Imported { .. }) => result.status = ImageStatus::Loaded,
             Err(e) => {
@@ -577,10 +609,196 @@ fn import(
                 )));
             }
         }
-        reporter.advance(img.size);
     }
-    reporter.finish();
+    reporter.done(&format!(
+        "imported {images}, {}",
+        crate::progress::bytes(total)
+    ));
     Ok(())
+}
+
+/// Advances the import's progress by the bytes skopeo reads of one image from the loopback
+/// registry while it copies, up to the `bytes` planned for it (a retried read does not
+/// count twice), and by the rest when the copy ends (blobs skopeo found in the store).
+struct ServedProgress<'a> {
+    server: &'a crate::registry::server::BundleServer,
+    repository: String,
+    bytes: u64,
+    reporter: &'a dyn Reporter,
+}
+
+impl ServedProgress<'_> {
+    const POLL: Duration = Duration::from_millis(100);
+
+    fn follow<T>(&self, copy: impl FnOnce() -> T) -> T {
+        let start = self.server.served_bytes(&self.repository);
+        let served = || {
+            self.server
+                .served_bytes(&self.repository)
+                .saturating_sub(start)
+                .min(self.bytes)
+        };
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (out, shown) = std::thread::scope(|scope| {
+            let poller = scope.spawn(move || {
+                let mut shown = 0;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Self::POLL)
+                {
+                    let now = served();
+                    self.reporter.advance(now - shown);
+                    shown = now;
+                }
+                shown
+            });
+            let out = copy();
+            drop(stop);
+            (out, poller.join().unwrap_or(self.bytes))
+        });
+        self.reporter.advance(self.bytes - shown);
+        out
+    }
+}
+
+/// Passes everything on except the end of the phase, which its caller reports with the result.
+struct Unfinished<'a>(&'a dyn Reporter);
+
+impl Reporter for Unfinished<'_> {
+    fn start(&self, phase: &str, total: u64) {
+        self.0.start(phase, total)
+    }
+    fn advance(&self, n: u64) {
+        self.0.advance(n)
+    }
+    fn step(&self, what: &str) {
+        self.0.step(what)
+    }
+    fn message(&self, msg: &str) {
+        self.0.message(msg)
+    }
+    fn notice(&self, msg: &str) {
+        self.0.notice(msg)
+    }
+}
+
+/// The drop-in's part of the report from its plan: `held` is what our file holds now.
+fn pins_result(
+    drop_in: &Path,
+    crio: &CrioConfig,
+    planned: pins::PinsPlan,
+    refs: &[PinnedRef],
+) -> PinsResult {
+    let held: Vec<String> = crio
+        .pinned_images()
+        .filter(|s| s.from == drop_in)
+        .flat_map(|s| s.value.into_iter().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    let (already_there, added): (Vec<String>, Vec<String>) = refs
+        .iter()
+        .map(PinnedRef::to_string)
+        .partition(|r| held.contains(r));
+    PinsResult {
+        drop_in: drop_in.to_path_buf(),
+        changed: planned.merged.content.is_some(),
+        entries: planned.merged.entries.len(),
+        added,
+        already_there,
+        carried: planned.carried.map(|c| CarriedResult {
+            from: c.from,
+            entries: c.entries,
+        }),
+    }
+}
+
+/// How a load would make CRI-O read the pins, and why, without doing it: the choice
+/// [`reload_crio`] makes from the same facts (CRI-O's version is asked only where a load
+/// would ask it).
+fn planned_reload(opts: &LoadOptions, would_change: bool) -> (Option<String>, Option<String>) {
+    if opts.no_pin {
+        return (None, None);
+    }
+    if !would_change {
+        return (
+            Some("none: the drop-in already holds these pins".into()),
+            Some("CRI-O is reloaded only if its running pins differ from the drop-in".into()),
+        );
+    }
+    let version = if opts.no_confirm {
+        Err("CRI-O is not asked its version with --no-confirm".to_string())
+    } else if !opts.cri_socket.exists() {
+        Err(format!("no CRI socket at `{}`", opts.cri_socket.display()))
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(confirm::runtime_version(
+                    &opts.cri_socket,
+                    opts.confirm_timeout.min(Duration::from_secs(5)),
+                ))
+                .map_err(|e| error_chain(&e))
+            })
+    };
+    let (restart, reason) = match version {
+        Ok(v) => {
+            let issue = confirm::version_issue(&v.runtime_name, &v.runtime_version);
+            match issue.filter(|i| i.needs_restart()) {
+                Some(i) => (true, i.restart_reason(&v.runtime_name, &v.runtime_version)),
+                None => (
+                    false,
+                    Some(format!(
+                        "{} {} applies new pins on reload",
+                        v.runtime_name, v.runtime_version
+                    )),
+                ),
+            }
+        }
+        Err(why) => (
+            false,
+            Some(format!(
+                "{why}: its release is unknown, a reload is assumed to apply the pins"
+            )),
+        ),
+    };
+    (Some(reload_method(opts, restart)), reason)
+}
+
+/// What [`reload::reload_or_restart`] would do with `opts`' mode and environment.
+fn reload_method(opts: &LoadOptions, restart: bool) -> String {
+    use reload::ReloadMode;
+    let env = &opts.reload_env;
+    let systemd = || env.systemd_marker.exists() && reload::systemd_active(env);
+    match opts.reload {
+        ReloadMode::None if restart => "none: you would run `systemctl restart crio`".into(),
+        ReloadMode::None => "none: you would run `systemctl reload crio`".into(),
+        ReloadMode::Systemd => "systemctl reload crio".into(),
+        ReloadMode::Restart => "systemctl restart crio".into(),
+        ReloadMode::Signal => signal_target(env),
+        ReloadMode::Auto if restart && systemd() => "systemctl restart crio".into(),
+        ReloadMode::Auto if restart => {
+            "none possible: CRI-O needs a restart and systemd does not run it".into()
+        }
+        ReloadMode::Auto if systemd() => "systemctl reload crio".into(),
+        ReloadMode::Auto => signal_target(env),
+    }
+}
+
+/// The `crio` process a SIGHUP would go to.
+fn signal_target(env: &reload::ReloadEnv) -> String {
+    let pids = match env.pid {
+        Some(pid) => Ok(vec![pid]),
+        None => reload::find_crio(&env.proc_root),
+    };
+    match pids.as_deref() {
+        Ok([pid]) => format!("SIGHUP to crio (pid {pid})"),
+        Ok([]) => format!(
+            "SIGHUP to crio, but none runs (no crio in `{}`)",
+            env.proc_root.display()
+        ),
+        Ok(many) => format!("SIGHUP to crio, but several run (pids {many:?})"),
+        Err(e) => format!("SIGHUP to crio: {}", error_chain(e)),
+    }
 }
 
 /// After the drop-in is written (or found unchanged): reloads CRI-O when the pins changed
@@ -833,10 +1051,15 @@ fn report(
     let mut images = checked.images;
     let mut warnings = Vec::new();
     let (mut delta, mut space, mut store, mut decisions) = (None, None, None, Vec::new());
+    let mut dry_pins = None;
     if let Some(p) = plan {
         store = Some(p.store_report);
-        for (img, status) in images.iter_mut().zip(&p.statuses) {
+        for ((img, status), platform) in images.iter_mut().zip(&p.statuses).zip(p.platforms) {
             img.status = *status;
+            img.platform = platform;
+        }
+        if opts.dry_run {
+            dry_pins = p.pins;
         }
         warnings.extend(p.warnings);
         delta = p.delta;
@@ -845,6 +1068,9 @@ fn report(
     }
     let mut a = applied.unwrap_or_default();
     if !a.images.is_empty() {
+        for (new, old) in a.images.iter_mut().zip(&mut images) {
+            new.platform = old.platform.take();
+        }
         images = std::mem::take(&mut a.images);
     }
     for (img, d) in images.iter_mut().zip(decisions) {
@@ -858,8 +1084,9 @@ fn report(
         problems: checked.problems,
         signature: checked.signature,
         images,
-        pins: a.pins,
+        pins: a.pins.or(dry_pins),
         reload: a.reload,
+        reload_reason: None,
         cri: a.cri,
         delta,
         volumes: checked.volumes,
@@ -899,6 +1126,7 @@ fn image_result(img: &ImageEntry) -> ImageResult {
         pinned: None,
         size: img.size,
         uncompressed_size: img.uncompressed_size,
+        platform: None,
         error: None,
         policy: None,
     }

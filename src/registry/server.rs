@@ -155,6 +155,9 @@ struct Repository {
     manifests: HashMap<Digest, String>,
     /// Every blob an image of this repository lists (manifests included).
     blobs: HashSet<Digest>,
+    /// Blob body bytes handed to connections for this repository: how far a client that
+    /// copies one image at a time has got with it.
+    served: AtomicU64,
 }
 
 /// Request counters, for tests and diagnostics.
@@ -548,6 +551,14 @@ impl BundleServer {
         served_name(&image.name)
     }
 
+    /// Blob body bytes served so far under `repository` (see [`BundleServer::repository_of`]);
+    /// 0 for a repository it does not serve.
+    pub fn served_bytes(&self, repository: &str) -> u64 {
+        self.repositories
+            .get(repository)
+            .map_or(0, |r| r.served.load(Ordering::Relaxed))
+    }
+
     /// A snapshot of the request counters.
     pub fn stats(&self) -> Stats {
         let c = &self.counters;
@@ -791,7 +802,7 @@ impl BundleServer {
         let body = if head || len == 0 {
             ResponseBody::empty()
         } else {
-            self.stream_blob(source, member, digest.clone(), start, len)
+            self.stream_blob(name, source, member, digest.clone(), start, len)
         };
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -816,6 +827,7 @@ impl BundleServer {
     /// Streams `len` bytes of `source`'s `member` from `start`, produced on a blocking thread.
     fn stream_blob(
         self: &Arc<Self>,
+        name: &str,
         source: Arc<BundleSet>,
         member: BlobLoc,
         digest: Digest,
@@ -824,9 +836,11 @@ impl BundleServer {
     ) -> ResponseBody {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let server = Arc::clone(self);
+        let name = name.to_string();
         tokio::task::spawn_blocking(move || {
             let whole = start == 0 && len == member.size;
-            let result = server.produce(&source, &member, &digest, start, len, whole, &tx);
+            let send = |chunk| server.send(&tx, &name, chunk);
+            let result = server.produce(&source, &member, &digest, start, len, whole, &send);
             if let Err(e) = result {
                 // The receiver may be gone (client hung up): nothing more to do then.
                 bump(&server.counters.aborted);
@@ -849,7 +863,7 @@ impl BundleServer {
         start: u64,
         len: u64,
         whole: bool,
-        tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+        send: &dyn Fn(Bytes) -> io::Result<()>,
     ) -> Result<(), io::Error> {
         let mut reader = bundle.open_blob(member, start).take(len);
         let mut hasher = whole.then(sha2::Sha256::new);
@@ -881,7 +895,7 @@ impl BundleServer {
                 h.update(&buf);
             }
             if let Some(prev) = pending.replace(Bytes::from(buf)) {
-                self.send(tx, prev)?;
+                send(prev)?;
             }
         }
         if let Some(h) = hasher {
@@ -896,16 +910,24 @@ impl BundleServer {
             }
         }
         if let Some(last) = pending {
-            self.send(tx, last)?;
+            send(last)?;
         }
         Ok(())
     }
 
-    fn send(&self, tx: &mpsc::Sender<Result<Bytes, io::Error>>, chunk: Bytes) -> io::Result<()> {
+    fn send(
+        &self,
+        tx: &mpsc::Sender<Result<Bytes, io::Error>>,
+        repository: &str,
+        chunk: Bytes,
+    ) -> io::Result<()> {
         let n = chunk.len() as u64;
         tx.blocking_send(Ok(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
         self.counters.blob_bytes.fetch_add(n, Ordering::Relaxed);
+        if let Some(r) = self.repositories.get(repository) {
+            r.served.fetch_add(n, Ordering::Relaxed);
+        }
         Ok(())
     }
 

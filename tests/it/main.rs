@@ -20,6 +20,7 @@ mod load_store;
 mod mirror;
 mod ops;
 mod oracle;
+mod plan;
 mod rehashed;
 mod release;
 mod reserialise;

@@ -15,7 +15,7 @@ use crate::load::{Store, load};
 use crate::util::{ok, pinbundle, run, tempdir, text};
 
 /// `pinbundle keygen --unencrypted` (or with a password file); returns the key id.
-fn keygen(name: &Path, password: Option<&str>) -> String {
+pub(crate) fn keygen(name: &Path, password: Option<&str>) -> String {
     let mut c = pinbundle();
     c.arg("keygen").arg("-o").arg(name).arg("--json");
     match password {
