@@ -11,6 +11,7 @@ mod create;
 mod delta;
 mod hostile;
 mod hostile_registry;
+mod lifecycle;
 mod load;
 mod load_pins;
 mod load_policy;
