@@ -168,20 +168,15 @@ impl Locked {
 
     /// Adds `entry`, replacing one for the same pin in the same store.
     pub fn note(&mut self, mut entry: Entry) {
-        if let Some(old) = self
-            .record
-            .images
-            .iter()
-            .position(|e| e.pin == entry.pin && e.store.root == entry.store.root)
-        {
-            self.record.images.remove(old);
-        }
         // The same image loaded again, maybe under another name: still the one pinbundle
         // added (the later load found it present because the earlier one put it there).
         entry.added |=
             self.record.images.iter().any(|e| {
                 e.added && e.image_id == entry.image_id && e.store.root == entry.store.root
             });
+        self.record
+            .images
+            .retain(|e| !(e.pin == entry.pin && e.store.root == entry.store.root));
         self.record.images.push(entry);
     }
 }
