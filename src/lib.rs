@@ -17,7 +17,8 @@
 //! - [`text`] escapes text from bundles and registries before a person sees it; [`size`]
 //!   parses the byte sizes a person types.
 //! - [`create`], [`verify`] orchestrate; [`load`] is the only module that runs `skopeo`,
-//!   signals CRI-O or writes under `/etc`.
+//!   signals CRI-O or writes under `/etc`; [`lifecycle`] (`list`, `unpin`, `prune`) does so
+//!   only through `load`'s modules, and keeps the record of what `load` loaded.
 
 // The library reports through `progress::Reporter` and returns reports; only the CLI prints.
 #![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
@@ -30,6 +31,7 @@ pub mod delta;
 pub mod error;
 pub mod input;
 pub mod layer;
+pub mod lifecycle;
 pub mod load;
 pub mod manifest;
 pub mod mirror;

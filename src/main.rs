@@ -53,6 +53,9 @@ enum Command {
     Keygen(KeygenArgs),
     IndexExport(IndexExportArgs),
     Diff(DiffArgs),
+    List(cli::lifecycle::ListArgs),
+    Unpin(cli::lifecycle::UnpinArgs),
+    Prune(cli::lifecycle::PruneArgs),
     Manifests(Box<cli::manifests::ManifestsArgs>),
     Version(cli::version::VersionArgs),
     Completions(cli::completions::CompletionsArgs),
@@ -316,59 +319,14 @@ struct LoadArgs {
     /// Every `*.pub` file in this directory is a trusted key (a missing directory has none).
     #[arg(long, value_name = "DIR", default_value = sign::DEFAULT_TRUSTED_DIR)]
     trusted_dir: PathBuf,
-    /// The store's graph root, overriding CRI-O's `root` (as `crio --root`). [default: CRI-O's
-    /// configuration, else storage.conf's `graphroot`, else /var/lib/containers/storage]
-    #[arg(long, value_name = "DIR")]
-    storage_root: Option<PathBuf>,
-    /// The store's run root, overriding CRI-O's `runroot`. [default: CRI-O's configuration,
-    /// else storage.conf's `runroot`, else /run/containers/storage]
-    #[arg(long, value_name = "DIR")]
-    runroot: Option<PathBuf>,
-    /// The storage driver, overriding CRI-O's `storage_driver`. [default: CRI-O's
-    /// configuration, else $STORAGE_DRIVER or storage.conf's `driver`, else probed]
-    #[arg(long, value_name = "DRIVER", value_parser = ["overlay", "vfs"])]
-    storage_driver: Option<String>,
-    /// The storage.conf containers-storage reads (as CONTAINERS_STORAGE_CONF). [default:
-    /// /etc/containers/storage.conf, else /usr/share/containers/storage.conf]
-    #[arg(long, value_name = "FILE")]
-    storage_conf: Option<PathBuf>,
-    /// CRI-O's main configuration file, read first (as `crio --config`).
-    #[arg(long, value_name = "FILE", default_value = load::crio_config::DEFAULT_CONFIG)]
-    crio_config: PathBuf,
-    /// CRI-O's drop-in directory, every file read after the main one (as `crio --config-dir`).
-    #[arg(long, value_name = "DIR", default_value = load::crio_config::DEFAULT_CONFIG_DIR)]
-    crio_config_dir: PathBuf,
-    /// The CRI-O drop-in that holds the pins; it must be the last file of the configuration
-    /// that sets `pinned_images`. [default: CRIO_CONFIG_DIR/50-pinned-images]
-    #[arg(long, value_name = "FILE")]
-    crio_drop_in: Option<PathBuf>,
-    /// How to make CRI-O re-read its configuration: `auto` = systemd when it runs CRI-O, else
-    /// SIGHUP to the crio process, and `systemctl restart crio` on releases whose reload
-    /// mishandles pins (1.28.0–1.29.6, 1.30.0–1.30.2); `restart` always restarts; `none`
-    /// prints what to run.
-    #[arg(long, value_enum, default_value_t = ReloadArg::Auto)]
-    reload: ReloadArg,
-    /// The systemctl program (tests).
-    #[arg(long, value_name = "PROGRAM", default_value = "systemctl", hide = true)]
-    systemctl: PathBuf,
-    /// Signal this CRI-O process instead of looking for it in /proc (tests: other `crio`
-    /// processes may run on the host).
-    #[arg(long, value_name = "PID", hide = true)]
-    crio_pid: Option<i32>,
-    /// Exists when systemd runs the node (tests).
-    #[arg(
-        long,
-        value_name = "PATH",
-        default_value = "/run/systemd/system",
-        hide = true
-    )]
-    systemd_marker: PathBuf,
-    /// CRI-O's CRI socket, asked to confirm the images are present and pinned.
-    #[arg(long, value_name = "SOCKET", default_value = load::DEFAULT_CRI_SOCKET)]
-    cri_socket: PathBuf,
-    /// How long to wait for CRI-O to confirm, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    confirm_timeout: u64,
+    #[command(flatten)]
+    store: cli::node::StoreArgs,
+    #[command(flatten)]
+    crio: cli::node::CrioArgs,
+    #[command(flatten)]
+    reload: cli::node::ReloadArgs,
+    #[command(flatten)]
+    cri: cli::node::CriArgs,
     /// Do not ask CRI-O whether the pins took effect (no CRI socket here): exit 0 with the
     /// pins written but unconfirmed. Without it, unconfirmed pins exit 1.
     #[arg(long)]
@@ -422,6 +380,8 @@ struct LoadArgs {
     /// is refused before anything is touched (exit 1).
     #[arg(long, value_name = "FILE")]
     signature_policy: Option<PathBuf>,
+    #[command(flatten)]
+    state: cli::node::StateArgs,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -450,15 +410,6 @@ impl Jobs {
                 .max(floor)
         })
     }
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum ReloadArg {
-    Auto,
-    Systemd,
-    Signal,
-    Restart,
-    None,
 }
 
 fn main() -> ExitCode {
@@ -615,6 +566,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Manifests(a) => cli::manifests::run(*a, false),
+        Command::List(a) => cli::lifecycle::run_list(a),
+        Command::Unpin(a) => cli::lifecycle::run_unpin(a, &*reporter),
+        Command::Prune(a) => cli::lifecycle::run_prune(a, &*reporter),
         Command::Inspect(a) => {
             let report = verify::inspect_paths(&a.bundle)?;
             show(a.json, &report, |out, _, r| print_inspect(out, r))?;
@@ -897,35 +851,17 @@ fn print_create(err: &mut dyn Write, r: &create::CreateReport) -> std::io::Resul
 }
 
 fn cmd_load(a: LoadArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
-    let store = load::store_config::StoreFlags {
-        root: a.storage_root,
-        runroot: a.runroot,
-        driver: a.storage_driver,
-        storage_conf: a.storage_conf,
-    };
     let opts = load::LoadOptions {
         bundle: a.bundle,
-        store,
-        crio_config: a.crio_config,
-        drop_in: a
-            .crio_drop_in
-            .unwrap_or_else(|| a.crio_config_dir.join(load::run::DROP_IN_NAME)),
-        crio_config_dir: a.crio_config_dir,
-        reload: match a.reload {
-            ReloadArg::Auto => load::reload::ReloadMode::Auto,
-            ReloadArg::Systemd => load::reload::ReloadMode::Systemd,
-            ReloadArg::Signal => load::reload::ReloadMode::Signal,
-            ReloadArg::Restart => load::reload::ReloadMode::Restart,
-            ReloadArg::None => load::reload::ReloadMode::None,
-        },
-        reload_env: load::reload::ReloadEnv {
-            systemctl: a.systemctl,
-            systemd_marker: a.systemd_marker,
-            pid: a.crio_pid,
-            ..load::reload::ReloadEnv::default()
-        },
-        cri_socket: a.cri_socket,
-        confirm_timeout: std::time::Duration::from_secs(a.confirm_timeout),
+        store: a.store.flags(),
+        crio_config: a.crio.crio_config.clone(),
+        drop_in: a.crio.drop_in(),
+        crio_config_dir: a.crio.crio_config_dir,
+        reload: a.reload.mode(),
+        reload_env: a.reload.env(),
+        cri_socket: a.cri.cri_socket,
+        confirm_timeout: std::time::Duration::from_secs(a.cri.confirm_timeout),
+        state_dir: a.state.state_dir,
         no_confirm: a.no_confirm,
         pinned_image_set_out: a.pinned_image_set_out,
         pinned_image_set_api: a

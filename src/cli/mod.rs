@@ -3,6 +3,8 @@
 //! rendering of its report. `main.rs` keeps the top-level parser and the exit codes.
 
 pub mod completions;
+pub mod lifecycle;
 pub mod logging;
 pub mod manifests;
+pub mod node;
 pub mod version;

@@ -104,6 +104,8 @@ pub struct LoadOptions {
     pub kubelet_config: Option<PathBuf>,
     /// Free space to keep on the store's filesystem (`--min-free`), when more than kubelet's.
     pub min_free: Option<MinFree>,
+    /// Where the record of loaded images is kept ([`crate::lifecycle::record`]).
+    pub state_dir: PathBuf,
 }
 
 /// Runs `load`. `Err` is an operational failure before anything changed; a failure after
@@ -500,11 +502,37 @@ fn apply(
             return Ok(applied);
         }
     };
+    note_loaded(opts, bundle, plan, &before, &mut applied);
     if opts.no_pin {
         return Ok(applied);
     }
     settle_pins(opts, &plan.refs, changed, &mut applied)?;
     Ok(applied)
+}
+
+/// Records what this load put into the store, for `list` and `prune`; a failure is a
+/// warning (the images are loaded and pinned all the same).
+fn note_loaded(
+    opts: &LoadOptions,
+    bundle: &BundleSet,
+    plan: &Plan,
+    before: &[storage::ImageRecord],
+    applied: &mut Applied,
+) {
+    let imported = (!plan.missing.is_empty()).then_some(before);
+    let noted = crate::lifecycle::record::note_load(
+        &opts.state_dir,
+        &plan.store.store,
+        bundle,
+        &plan.refs,
+        imported,
+    );
+    if let Err(e) = noted {
+        applied.warnings.push(format!(
+            "the images are loaded, but the record `prune` relies on was not updated: {}",
+            error_chain(&e)
+        ));
+    }
 }
 
 /// Imports the images `plan.missing` and writes the pins (unless `--no-pin`). Returns whether
@@ -1152,7 +1180,7 @@ fn pinned_image_set_name(bundle: &BundleSet) -> String {
 }
 
 /// Takes the load lock, waiting (and saying so) while another load holds it.
-fn lock(path: &Path, reporter: &dyn Reporter) -> Result<std::fs::File> {
+pub fn lock(path: &Path, reporter: &dyn Reporter) -> Result<std::fs::File> {
     use rustix::fs::{FlockOperation, flock};
     if let Some(dir) = path.parent() {
         fs_err::create_dir_all(dir)?;

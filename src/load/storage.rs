@@ -539,6 +539,20 @@ impl Skopeo {
             .join(" ")
     }
 
+    /// Deletes the image with ID `id` from `store` (`skopeo delete`, which also removes the
+    /// layers only it used), whatever names it has.
+    ///
+    /// # Errors
+    /// skopeo failed or timed out.
+    pub fn delete_image(&self, store: &Store, id: &str) -> Result<()> {
+        let reference = store.transport(&format!("@{id}"))?;
+        self.run(
+            store,
+            &[OsString::from("delete"), OsString::from(reference)],
+        )
+        .map(drop)
+    }
+
     /// Runs skopeo with `args` under [`SMALL_TIMEOUT`].
     fn run(&self, store: &Store, args: &[OsString]) -> Result<Output> {
         let what = args.first().map_or_else(

@@ -216,7 +216,12 @@ pub(crate) fn load_command(
         .arg(socket)
         .arg("--lock-file")
         .arg(lock)
-        .args(["--confirm-timeout", "10"]);
+        .args(["--confirm-timeout", "10"])
+        // Never the machine's /var/lib/pinbundle.
+        .env(
+            "PINBUNDLE_STATE_DIR",
+            lock.with_file_name("pinbundle-state"),
+        );
     if !socket.exists() {
         c.arg("--no-confirm");
     }

@@ -12,6 +12,7 @@ mod create;
 mod delta;
 mod hostile;
 mod hostile_registry;
+mod lifecycle;
 mod load;
 mod load_pins;
 mod load_policy;
