@@ -197,8 +197,8 @@ impl Staged {
     /// says so.
     pub fn seal(self, file: File) -> Result<Sealed, Error> {
         let mode_refused = match file.set_permissions(std::fs::Permissions::from_mode(self.mode)) {
-            Ok(()) => false,
-            Err(e) if cannot_hold_mode(&e) => true,
+            Ok(()) => None,
+            Err(e) if cannot_hold_mode(&e) => Some(self.mode),
             Err(e) => return Err(self.write_error(e)),
         };
         file.sync_all().map_err(|source| self.write_error(source))?;
@@ -223,13 +223,14 @@ impl Staged {
 pub struct Sealed {
     tmp: TempPath,
     dest: PathBuf,
-    mode_refused: bool,
+    mode_refused: Option<u32>,
     _lock: Option<File>,
 }
 
 impl Sealed {
-    /// Whether the file system refused the file's mode (the file keeps the one it gives).
-    pub fn mode_refused(&self) -> bool {
+    /// The mode the file system refused to set, if it did (the file keeps the one the file
+    /// system gives it).
+    pub fn mode_refused(&self) -> Option<u32> {
         self.mode_refused
     }
 

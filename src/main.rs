@@ -847,6 +847,9 @@ fn print_create(err: &mut dyn Write, r: &create::CreateReport) -> std::io::Resul
     if let Some(sig) = &r.signature {
         writeln!(err, "signed by key {}", sig.key_id)?;
     }
+    for w in &r.warnings {
+        writeln!(err, "warning: {}", Shown(&w.to_string()))?;
+    }
     Ok(())
 }
 

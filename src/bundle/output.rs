@@ -63,6 +63,9 @@ pub struct WrittenFile {
     pub path: PathBuf,
     pub size: u64,
     pub index: SeekIndex,
+    /// The mode the file system refused to give the file (FAT32 and exFAT hold none: files
+    /// there take the mount's fmask); `None` when it was set.
+    pub mode_refused: Option<u32>,
 }
 
 /// What [`Output::finish`] wrote.
@@ -221,6 +224,7 @@ impl Output {
         }
         let mut written = Vec::with_capacity(sealed.len());
         for (s, mut w) in sealed {
+            w.mode_refused = s.mode_refused();
             w.path = s.rename()?;
             written.push(w);
         }
@@ -342,6 +346,7 @@ impl Closed {
             path: self.staged.dest().to_path_buf(),
             size: self.pos + tail.len() as u64,
             index,
+            mode_refused: None,
         };
         Ok((self.staged.seal(file)?, written))
     }

@@ -116,12 +116,14 @@ pub struct CreateReport {
     pub blobs_omitted: usize,
     pub bytes_omitted: u64,
     pub seconds: f64,
+    /// What went right but not as asked (the bundle is complete).
+    pub warnings: Vec<CreateWarning>,
 }
 
 impl Serialize for CreateReport {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct as _;
-        let mut r = s.serialize_struct("CreateReport", 16)?;
+        let mut r = s.serialize_struct("CreateReport", 17)?;
         r.serialize_field("version", &self.version)?;
         r.serialize_field("output", &self.output)?;
         r.serialize_field("images", &self.images)?;
@@ -138,7 +140,39 @@ impl Serialize for CreateReport {
         r.serialize_field("blobsOmitted", &self.blobs_omitted)?;
         r.serialize_field("bytesOmitted", &self.bytes_omitted)?;
         r.serialize_field("seconds", &self.seconds)?;
+        r.serialize_field("warnings", &self.warnings)?;
         r.end()
+    }
+}
+
+/// Something `create` could not do as asked that leaves the bundle whole (`--json`:
+/// `{"kind": "modeNotSet", "path": …, "mode": "0644"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum CreateWarning {
+    /// The file system refused to set the file's mode: FAT32 and exFAT hold no modes (the
+    /// kernel answers EPERM; files there show the mount's fmask). The file is complete.
+    ModeNotSet {
+        path: PathBuf,
+        #[serde(serialize_with = "octal_mode")]
+        mode: u32,
+    },
+}
+
+fn octal_mode<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
+impl std::fmt::Display for CreateWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CreateWarning::ModeNotSet { path, mode } => write!(
+                f,
+                "could not set mode {mode:04o} on {} (the file system refused chmod; FAT and exFAT mounts take modes from the fmask mount option)",
+                path.display()
+            ),
+        }
     }
 }
 
@@ -332,6 +366,11 @@ impl CreateReport {
             blobs_omitted: bm.totals.omitted_blobs.unwrap_or(0),
             bytes_omitted: bm.totals.omitted_size.unwrap_or(0),
             seconds: started.elapsed().as_secs_f64(),
+            warnings: written
+                .modes_refused
+                .into_iter()
+                .map(|(path, mode)| CreateWarning::ModeNotSet { path, mode })
+                .collect(),
         }
     }
 
@@ -345,7 +384,8 @@ impl CreateReport {
 mod tests {
     use super::*;
 
-    /// `--json` keeps its field order, with the derived `blobsCarried` where it always was.
+    /// `--json` keeps its field order, with the derived `blobsCarried` where it always was;
+    /// warnings last, each with its kind.
     #[test]
     fn report_json_keeps_its_fields_and_order() {
         let report = CreateReport {
@@ -364,11 +404,15 @@ mod tests {
             blobs_omitted: 2,
             bytes_omitted: 40,
             seconds: 1.5,
+            warnings: vec![CreateWarning::ModeNotSet {
+                path: "b.pinbundle".into(),
+                mode: 0o644,
+            }],
         };
         assert_eq!(report.blobs_carried(), 5);
         assert_eq!(
             serde_json::to_string(&report).unwrap(),
-            r#"{"version":1,"output":"b.pinbundle","images":[],"blobs":7,"size":100,"bundleSize":120,"volumes":[],"blobsFetched":2,"blobsCached":3,"bytesFetched":50,"signature":null,"base":null,"blobsCarried":5,"blobsOmitted":2,"bytesOmitted":40,"seconds":1.5}"#
+            r#"{"version":1,"output":"b.pinbundle","images":[],"blobs":7,"size":100,"bundleSize":120,"volumes":[],"blobsFetched":2,"blobsCached":3,"bytesFetched":50,"signature":null,"base":null,"blobsCarried":5,"blobsOmitted":2,"bytesOmitted":40,"seconds":1.5,"warnings":[{"kind":"modeNotSet","path":"b.pinbundle","mode":"0644"}]}"#
         );
     }
 }

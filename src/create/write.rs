@@ -185,6 +185,8 @@ pub(super) struct Written {
     pub signature: Option<SignatureInfo>,
     pub bundle_size: u64,
     pub volumes: Vec<CreatedVolume>,
+    /// Files whose mode the file system refused (a FAT or exFAT stick), with that mode.
+    pub modes_refused: Vec<(PathBuf, u32)>,
 }
 
 impl Head {
@@ -355,6 +357,11 @@ pub(super) fn write(
         out.finish().with_context(out_err)
     })?;
     let bundle_size = written.size();
+    let modes_refused = written
+        .files
+        .iter()
+        .filter_map(|f| Some((f.path.clone(), f.mode_refused?)))
+        .collect();
     let volumes: Vec<CreatedVolume> = match written.set {
         Some(_) => written
             .files
@@ -371,6 +378,7 @@ pub(super) fn write(
         signature: members.signature.map(|(_, info)| info),
         bundle_size,
         volumes,
+        modes_refused,
     })
 }
 

@@ -29,6 +29,7 @@ mod rollback;
 mod server;
 mod sign;
 mod snapshot;
+mod stick;
 mod text;
 mod util;
 mod volumes;
