@@ -40,7 +40,7 @@ struct Cli {
     #[command(flatten)]
     verbosity: cli::logging::Verbosity,
     /// Never draw progress bars (they are drawn only when stderr is a terminal).
-    #[arg(long, global = true, env = "PINBUNDLE_NO_PROGRESS", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, global = true, help_heading = "Global options", env = "PINBUNDLE_NO_PROGRESS", value_parser = clap::builder::BoolishValueParser::new())]
     no_progress: bool,
 }
 
@@ -798,7 +798,7 @@ fn cmd_create(a: CreateArgs, reporter: &dyn Reporter) -> Result<ExitCode> {
                 find_siblings: true,
             },
         )?;
-        let written = cli::manifests::write(&set, dir, &manifest_opts)?;
+        let written = cli::manifests::write(&set, dir, &manifest_opts, None)?;
         // stdout holds create's --json document: the list goes to stderr.
         cli::manifests::print(false, &written)?;
     }

@@ -334,6 +334,66 @@ pub fn containerd_hosts(
         .collect()
 }
 
+/// One file of [`files`]: its path relative to the output directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorFile {
+    pub name: String,
+    /// `ImageDigestMirrorSet`, `ImageTagMirrorSet`, `registries.conf` or `hosts.toml`.
+    pub kind: &'static str,
+    /// How many repositories (or registries, for `hosts.toml`) it maps.
+    pub objects: usize,
+    pub contents: String,
+}
+
+/// Every file that sends nodes to `mirror` for the images of `bundle`: the OpenShift
+/// objects (named `name`) at the top, for `oc apply -f DIR`, and the node files under
+/// `nodes/` (which `oc apply` without `-R` leaves alone): `nodes/registries.conf.d/` and
+/// `nodes/containerd/certs.d/<registry>/hosts.toml`.
+pub fn files(
+    bundle: &crate::bundle::format::BundleManifest,
+    name: &str,
+    mirror: &Mirror,
+    transport: &Transport,
+) -> Result<Vec<MirrorFile>, Error> {
+    let images: Vec<(Reference, bool)> = bundle
+        .images
+        .iter()
+        // Names in a read bundle are checked by `verify`; one that does not parse has no
+        // mirror entry rather than a malformed one.
+        .filter_map(|i| Some((i.name.parse::<Reference>().ok()?, i.tag.is_some())))
+        .collect();
+    let maps = mappings(mirror, &images)?;
+    let mut out = vec![MirrorFile {
+        name: format!("{name}-imagedigestmirrorset.yaml"),
+        kind: "ImageDigestMirrorSet",
+        objects: maps.len(),
+        contents: image_digest_mirror_set(name, &maps),
+    }];
+    if let Some(itms) = image_tag_mirror_set(name, &maps) {
+        out.push(MirrorFile {
+            name: format!("{name}-imagetagmirrorset.yaml"),
+            kind: "ImageTagMirrorSet",
+            objects: maps.iter().filter(|m| m.tagged).count(),
+            contents: itms,
+        });
+    }
+    out.push(MirrorFile {
+        name: format!("nodes/registries.conf.d/99-{name}.conf"),
+        kind: "registries.conf",
+        objects: maps.len(),
+        contents: registries_conf(&maps, transport),
+    });
+    for h in containerd_hosts(mirror, &maps, transport) {
+        out.push(MirrorFile {
+            name: format!("nodes/containerd/certs.d/{}/hosts.toml", h.registry),
+            kind: "hosts.toml",
+            objects: 1,
+            contents: h.contents,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,14 +11,14 @@ use tracing_subscriber::EnvFilter;
 pub struct Verbosity {
     /// Log more on stderr: -v what pinbundle does (info), -vv each request, command and
     /// retry (debug), -vvv everything (trace). Default: warnings and errors.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, help_heading = "Global options", conflicts_with = "quiet")]
     verbose: u8,
     /// Print only errors and warnings: no progress, no notices, no log below warn.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     pub quiet: bool,
     /// Log filter, overriding -v/-q and RUST_LOG: a level (error, warn, info, debug, trace)
     /// or tracing directives (`pinbundle=debug,hyper=info`).
-    #[arg(long, value_name = "LEVEL", global = true, value_parser = parse_filter)]
+    #[arg(long, value_name = "LEVEL", global = true, help_heading = "Global options", value_parser = parse_filter)]
     log_level: Option<String>,
 }
 

@@ -12,6 +12,7 @@ use clap::Args;
 use serde::Serialize;
 
 use pinbundle::bundle::{BundleSet, SetOptions};
+use pinbundle::mirror::{Mirror, Transport};
 use pinbundle::pinned_image_set::Api;
 use pinbundle::release::{ManifestError, ManifestFile, ManifestOptions, cluster_manifests};
 
@@ -38,9 +39,46 @@ pub struct ManifestsArgs {
     /// Require a signature by this public key (minisign format); repeatable.
     #[arg(long, value_name = "FILE")]
     pub trust_key: Vec<PathBuf>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
     /// Print what was written as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where a site mirror serves the bundle's images (any bundle, not only releases).
+#[derive(Args, Debug, Clone)]
+pub struct MirrorArgs {
+    /// Also write what sends nodes to this mirror when they pull by the original names
+    /// (`quay.io/ns/repo` is kept at `HOST/PREFIX/ns/repo`): an ImageDigestMirrorSet and an
+    /// ImageTagMirrorSet for OpenShift, and under DIR/nodes/ a `registries.conf.d` drop-in
+    /// (CRI-O, podman) and containerd `certs.d/<registry>/hosts.toml` files.
+    #[arg(long, value_name = "HOST[:PORT][/PREFIX]")]
+    pub mirror: Option<String>,
+    /// How nodes reach the mirror: `https` (a certificate they trust), `skip-verify` (HTTPS,
+    /// certificate not checked) or `plain-http`.
+    #[arg(long, value_name = "HOW", default_value = "https", value_parser = ["https", "skip-verify", "plain-http"], requires = "mirror")]
+    pub mirror_transport: String,
+    /// The mirror's CA certificate as a path on the nodes, for containerd's `hosts.toml`
+    /// (CRI-O and podman read `/etc/containers/certs.d/HOST/ca.crt`).
+    #[arg(long, value_name = "PATH", requires = "mirror")]
+    pub mirror_ca: Option<String>,
+}
+
+impl MirrorArgs {
+    fn parse(&self) -> Result<Option<(Mirror, Transport)>> {
+        let Some(m) = &self.mirror else {
+            return Ok(None);
+        };
+        let transport = match (self.mirror_transport.as_str(), &self.mirror_ca) {
+            ("https", Some(ca)) => Transport::HttpsCa(ca.clone()),
+            ("https", None) => Transport::Https,
+            (_, Some(_)) => bail!("--mirror-ca needs --mirror-transport https"),
+            ("skip-verify", None) => Transport::SkipVerify,
+            _ => Transport::PlainHttp,
+        };
+        Ok(Some((m.parse::<Mirror>()?, transport)))
+    }
 }
 
 /// How the PinnedImageSets are written (shared with `create --manifests-out`).
@@ -103,7 +141,8 @@ pub fn run(a: ManifestsArgs, json: bool) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     }
-    let report = match write(&set, &a.output, &a.sets.options()?) {
+    let mirror = a.mirror.parse()?;
+    let report = match write(&set, &a.output, &a.sets.options()?, mirror.as_ref()) {
         Ok(r) => r,
         // Damage (a signature whose bytes do not match its digest, or missing) is a refusal.
         Err(e)
@@ -124,22 +163,48 @@ pub fn run(a: ManifestsArgs, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the manifests of `set`'s releases into `dir`, each file atomically.
-pub fn write(set: &BundleSet, dir: &Path, opts: &ManifestOptions) -> Result<ManifestsReport> {
+/// Writes the manifests of `set`'s releases into `dir`, and with `mirror` the files that send
+/// nodes to it, each file atomically.
+pub fn write(
+    set: &BundleSet,
+    dir: &Path,
+    opts: &ManifestOptions,
+    mirror: Option<&(Mirror, Transport)>,
+) -> Result<ManifestsReport> {
     let read = |d: &pinbundle::reference::Digest| {
         set.blob(d).map(|loc| {
             set.read_blob(loc)
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
     };
-    let files: Vec<ManifestFile> = cluster_manifests(set.manifest(), &read, opts)
-        .with_context(|| format!("{}", set.path().display()))?;
+    let mut files: Vec<ManifestFile> = Vec::new();
+    // A bundle without releases still has mirror files to write.
+    if !(mirror.is_some() && set.manifest().releases.is_empty()) {
+        files = cluster_manifests(set.manifest(), &read, opts)
+            .with_context(|| format!("{}", set.path().display()))?;
+    }
+    if let Some((m, transport)) = mirror {
+        let identity = pinbundle::reference::Digest::of(set.manifest_bytes());
+        let name = format!("pinbundle-{}", &identity.hex()[..12]);
+        for f in pinbundle::mirror::files(set.manifest(), &name, m, transport)? {
+            files.push(ManifestFile {
+                name: f.name,
+                kind: f.kind,
+                version: String::new(),
+                objects: f.objects,
+                contents: f.contents,
+            });
+        }
+    }
     fs_err::create_dir_all(dir)?;
     let mut written = Vec::new();
     for f in files {
         let path = dir.join(&f.name);
         if path.is_dir() {
             bail!("{} is a directory", path.display());
+        }
+        if let Some(parent) = path.parent() {
+            fs_err::create_dir_all(parent)?;
         }
         let (staged, mut file) = pinbundle::atomic::Stage::new(&path).create()?;
         file.write_all(f.contents.as_bytes())
@@ -168,13 +233,18 @@ pub fn print(json: bool, r: &ManifestsReport) -> std::io::Result<()> {
     }
     let mut err = std::io::stderr().lock();
     for f in &r.files {
+        // The release's version comes from the bundle: shown escaped.
+        let release = if f.release.is_empty() {
+            String::new()
+        } else {
+            format!(", release {}", pinbundle::text::Shown(&f.release))
+        };
         writeln!(
             err,
-            "wrote {} ({} {}, release {})",
-            f.path.display(),
+            "wrote {} ({} {}{release})",
+            pinbundle::text::Shown(&f.path.display().to_string()),
             f.objects,
             f.kind,
-            f.release
         )?;
     }
     writeln!(

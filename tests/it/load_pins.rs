@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 use crate::create::Env;
-use crate::load::{CRIO, Crio, Store, crio_config_args, is_root, load_command};
+use crate::load::{CRIO, Crio, Store, crio_config_args, is_root, kubelet_off, load_command};
 use crate::util::{pinbundle, pins_of, run, tempdir, text};
 
 /// The stand-in for `systemctl` that drives the `crio` stand-in.
@@ -249,6 +249,7 @@ fn crio_confs_pinned_images_are_carried() {
     let o = run(pinbundle()
         .arg("load")
         .arg(&bundle)
+        .args(kubelet_off())
         .args(node.store.args())
         .arg("--crio-config")
         .arg(&main)
@@ -400,6 +401,7 @@ fn no_socket_exits_1_unless_no_confirm() {
         let mut c = pinbundle();
         c.arg("load")
             .arg(&bundle)
+            .args(kubelet_off())
             .args(node.store.args())
             .args(crio_config_args(&node.drop_in))
             .arg("--cri-socket")

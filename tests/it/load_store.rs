@@ -9,7 +9,7 @@ use std::process::Output;
 use serde_json::Value;
 
 use crate::create::Env;
-use crate::load::{CRIO, Crio, Store, crio_config_args, is_root};
+use crate::load::{CRIO, Crio, Store, crio_config_args, is_root, kubelet_off};
 use crate::util::{pinbundle, run, tempdir, text};
 
 /// `pinbundle load --json` reading CRI-O's configuration from `drop_in`'s directory and
@@ -24,6 +24,7 @@ fn load_unflagged(
     let o = run(pinbundle()
         .arg("load")
         .arg(bundle)
+        .args(kubelet_off())
         .args(crio_config_args(drop_in))
         .arg("--crio-drop-in")
         .arg(drop_in)
@@ -118,6 +119,7 @@ fn crio_conf_d_names_the_store_and_the_report_says_which_file() {
     let o = run(pinbundle()
         .arg("load")
         .arg(&bundle)
+        .args(kubelet_off())
         .args(crio_config_args(&drop_in))
         .arg("--crio-drop-in")
         .arg(&drop_in)

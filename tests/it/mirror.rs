@@ -243,3 +243,91 @@ fn containerd_pulls_by_the_original_name_through_hosts_toml() {
     assert!(!o.status.success());
     drop(site.registry);
 }
+
+#[test]
+fn manifests_writes_the_mirror_files_for_any_bundle() {
+    let env = crate::create::Env::new();
+    let dir = tempdir();
+    let refs = vec![
+        env.image("oci-one").tag_reference(),
+        env.image("docker").digest_reference(),
+    ];
+    let bundle = env.bundle_of(dir.path(), &refs);
+    let out = dir.path().join("out");
+    let o = ok(crate::util::pinbundle()
+        .arg("manifests")
+        .arg(&bundle)
+        .arg("-o")
+        .arg(&out)
+        .args(["--mirror", "mirror.example:5000/site"])
+        .args(["--mirror-ca", "/etc/pki/site-ca.crt", "--json"]));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let files: Vec<String> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let p = Path::new(f["path"].as_str().unwrap());
+            p.strip_prefix(&out).unwrap().display().to_string()
+        })
+        .collect();
+    let registry = env.registry.addr().to_string();
+    let idms_name = files
+        .iter()
+        .find(|f| f.ends_with("-imagedigestmirrorset.yaml"))
+        .unwrap_or_else(|| panic!("{files:?}"));
+    let idms: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(out.join(idms_name)).unwrap()).unwrap();
+    assert_eq!(idms["apiVersion"], "config.openshift.io/v1");
+    assert_eq!(
+        idms["spec"]["imageDigestMirrors"],
+        serde_json::json!([
+            {"source": format!("{registry}/fixtures/docker"), "mirrors": ["mirror.example:5000/site/fixtures/docker"]},
+            {"source": format!("{registry}/fixtures/oci-one"), "mirrors": ["mirror.example:5000/site/fixtures/oci-one"]},
+        ])
+    );
+    // Only oci-one was asked for by tag.
+    let itms_name = files
+        .iter()
+        .find(|f| f.ends_with("-imagetagmirrorset.yaml"))
+        .unwrap();
+    let itms: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(out.join(itms_name)).unwrap()).unwrap();
+    assert_eq!(
+        itms["spec"]["imageTagMirrors"][0]["source"],
+        format!("{registry}/fixtures/oci-one")
+    );
+    assert_eq!(itms["spec"]["imageTagMirrors"].as_array().unwrap().len(), 1);
+    let hosts: toml::Table = toml::from_str(
+        &std::fs::read_to_string(
+            out.join(format!("nodes/containerd/certs.d/{registry}/hosts.toml")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        hosts["host"]["https://mirror.example:5000/v2/site"]["ca"].as_str(),
+        Some("/etc/pki/site-ca.crt")
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with("nodes/registries.conf.d/99-pinbundle-") && f.ends_with(".conf")),
+        "{files:?}"
+    );
+    // A bad mirror is refused before anything is written.
+    let bad = dir.path().join("bad");
+    let o = run(crate::util::pinbundle()
+        .arg("manifests")
+        .arg(&bundle)
+        .arg("-o")
+        .arg(&bad)
+        .args(["--mirror", "mirror/site"]));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("is not a mirror"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!bad.exists());
+}
