@@ -16,7 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use pinbundle::create::{self, CreateOptions, Platform};
 use pinbundle::delta;
 use pinbundle::load;
-use pinbundle::progress::Reporter;
+use pinbundle::progress::{Reporter, count};
 use pinbundle::reference::Reference;
 use pinbundle::registry::client::ClientOptions;
 use pinbundle::sign;
@@ -1473,16 +1473,6 @@ fn print_diff(out: &mut dyn Write, r: &delta::DiffReport) -> std::io::Result<()>
 
 fn human(n: u64) -> String {
     pinbundle::size::human(n)
-}
-
-/// `1 image`, `2 images`, `1 entry`, `3 entries`.
-fn count(n: impl TryInto<u64>, noun: &str) -> String {
-    let n: u64 = n.try_into().unwrap_or(u64::MAX);
-    match (n, noun.strip_suffix('y')) {
-        (1, _) => format!("{n} {noun}"),
-        (_, Some(stem)) => format!("{n} {stem}ies"),
-        _ => format!("{n} {noun}s"),
-    }
 }
 
 /// Progress bars on a terminal; each phase leaves one line saying what it did.

@@ -32,38 +32,21 @@ pub struct Silent;
 
 impl Reporter for Silent {}
 
-/// `n` and the noun, plural unless `n` is 1 (`1 blob`, `12 blobs`).
+/// `n` and the noun, plural unless `n` is 1 (`1 blob`, `12 blobs`, `3 entries`).
 pub fn count(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
-/// Bytes in binary units, one decimal (`730.0 MiB`), as the CLI shows sizes.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn counts_and_bytes() {
+    fn counts() {
         assert_eq!(super::count(1, "blob"), "1 blob");
         assert_eq!(super::count(0, "image"), "0 images");
-        assert_eq!(super::bytes(1023), "1023 B");
-        assert_eq!(super::bytes(730 << 20), "730.0 MiB");
+        assert_eq!(super::count(3, "entry"), "3 entries");
     }
 }

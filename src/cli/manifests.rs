@@ -13,15 +13,19 @@ use serde::Serialize;
 
 use pinbundle::bundle::{BundleSet, SetOptions};
 use pinbundle::mirror::{Mirror, Transport};
-use pinbundle::pinned_image_set::Api;
+use pinbundle::pinned_image_set::{self, Api};
+use pinbundle::reference::PinnedRef;
 use pinbundle::release::{ManifestError, ManifestFile, ManifestOptions, cluster_manifests};
 
-/// Write a release bundle's cluster manifests: signature ConfigMaps and PinnedImageSets.
+/// Write a bundle's cluster manifests: PinnedImageSets, a release's signature ConfigMap,
+/// and with --mirror what sends nodes to a site mirror.
 ///
-/// For each release of a bundle made with `create --release`: the ConfigMap of its signatures (namespace `openshift-config-managed`, what
-/// `oc adm upgrade` verifies an offline release against) and its PinnedImageSets (the release
-/// image and every component, at most 500 per set, labelled with the release's name and
-/// version), one file each, in DIR, for `oc apply -f DIR`.
+/// For each release of a bundle made with `create --release`: the ConfigMap of its signatures
+/// (namespace `openshift-config-managed`, what `oc adm upgrade` verifies an offline release
+/// against) and its PinnedImageSets (the release image and every component, at most 500 per
+/// set, labelled with the release's name and version). For any other bundle: PinnedImageSets
+/// of every image it carries. One file each, in DIR, for `oc apply -f DIR`; the node files of
+/// --mirror go under DIR/nodes/.
 ///
 /// Only `pinbundle.json` and the signature blobs are read, each checked against its digest.
 /// With --trust-key the bundle must be signed by one of the keys (exit 1 otherwise). Exit 0
@@ -177,15 +181,34 @@ pub fn write(
                 .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
         })
     };
+    // Named after the bundle's identity, as `load --pinned-image-set-out` names its sets.
+    let identity = pinbundle::reference::Digest::of(set.manifest_bytes());
+    let name = format!("pinbundle-{}", &identity.hex()[..12]);
     let mut files: Vec<ManifestFile> = Vec::new();
-    // A bundle without releases still has mirror files to write.
-    if !(mirror.is_some() && set.manifest().releases.is_empty()) {
+    if set.manifest().releases.is_empty() {
+        // Any bundle: PinnedImageSets for every image it carries.
+        let pins: Vec<PinnedRef> = set
+            .manifest()
+            .images
+            .iter()
+            .map(|i| PinnedRef {
+                name: i.name.clone(),
+                digest: i.digest.clone(),
+            })
+            .collect();
+        let sets = pinned_image_set::sets(&name, &opts.pools, &pins)?;
+        files.push(ManifestFile {
+            name: format!("{name}-pinned-image-sets.yaml"),
+            kind: "PinnedImageSet",
+            version: String::new(),
+            objects: sets.len(),
+            contents: pinned_image_set::render(opts.api, &sets),
+        });
+    } else {
         files = cluster_manifests(set.manifest(), &read, opts)
             .with_context(|| format!("{}", set.path().display()))?;
     }
     if let Some((m, transport)) = mirror {
-        let identity = pinbundle::reference::Digest::of(set.manifest_bytes());
-        let name = format!("pinbundle-{}", &identity.hex()[..12]);
         for f in pinbundle::mirror::files(set.manifest(), &name, m, transport)? {
             files.push(ManifestFile {
                 name: f.name,

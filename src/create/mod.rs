@@ -314,8 +314,8 @@ pub fn create(opts: &CreateOptions, reporter: &dyn Reporter) -> Result<CreateRep
     reporter.done(&format!(
         "fetched {}, {} ({blobs_cached} cached); wrote {}",
         crate::progress::count(blobs_fetched, "blob"),
-        crate::progress::bytes(fetched.bytes_fetched),
-        crate::progress::bytes(written.bundle_size)
+        crate::size::human(fetched.bytes_fetched),
+        crate::size::human(written.bundle_size)
     ));
     Ok(CreateReport::new(opts, written, fetched, started))
 }

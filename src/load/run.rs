@@ -206,7 +206,7 @@ fn check(
     let checked = format!(
         "verified {}, {}",
         crate::progress::count(bundle.blobs().count(), "blob"),
-        crate::progress::bytes(bundle.file_len())
+        crate::size::human(bundle.file_len())
     );
     reporter.done(&match verified.problems.len() {
         0 => checked,
@@ -638,10 +638,7 @@ fn import(
             }
         }
     }
-    reporter.done(&format!(
-        "imported {images}, {}",
-        crate::progress::bytes(total)
-    ));
+    reporter.done(&format!("imported {images}, {}", crate::size::human(total)));
     Ok(())
 }
 

@@ -315,6 +315,31 @@ fn manifests_writes_the_mirror_files_for_any_bundle() {
             .any(|f| f.starts_with("nodes/registries.conf.d/99-pinbundle-") && f.ends_with(".conf")),
         "{files:?}"
     );
+    // Any bundle gets its PinnedImageSets too (one pool: worker), named as `load` names them.
+    let sets_name = files
+        .iter()
+        .find(|f| f.ends_with("-pinned-image-sets.yaml"))
+        .unwrap_or_else(|| panic!("{files:?}"));
+    let sets: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&std::fs::read_to_string(out.join(sets_name)).unwrap())
+            .unwrap();
+    assert_eq!(sets.len(), 1);
+    assert_eq!(sets[0]["kind"], "PinnedImageSet");
+    let mut pinned: Vec<&str> = sets[0]["spec"]["pinnedImages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    pinned.sort_unstable();
+    let mut want = vec![
+        env.image("docker").digest_reference(),
+        env.image("oci-one").digest_reference(),
+    ];
+    want.sort();
+    assert_eq!(pinned, want);
+    let stem = sets_name.strip_suffix("-pinned-image-sets.yaml").unwrap();
+    assert_eq!(sets[0]["metadata"]["name"], format!("{stem}-worker"));
     // A bad mirror is refused before anything is written.
     let bad = dir.path().join("bad");
     let o = run(crate::util::pinbundle()
