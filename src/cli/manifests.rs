@@ -141,7 +141,12 @@ pub fn run(a: ManifestsArgs, json: bool) -> Result<ExitCode> {
     if !a.trust_key.is_empty() {
         let keys = pinbundle::sign::read_trusted(&a.trust_key, None)?;
         if let (_, Some(p)) = pinbundle::verify::check_signature(&set, &keys) {
-            eprintln!("error: {}: {}", set.path().display(), p.error);
+            // Bundle text: shown escaped, as every error is.
+            eprintln!(
+                "error: {}: {}",
+                pinbundle::text::escape(&set.path().display().to_string()),
+                pinbundle::text::escape(&p.error)
+            );
             return Ok(ExitCode::from(1));
         }
     }
@@ -158,7 +163,7 @@ pub fn run(a: ManifestsArgs, json: bool) -> Result<ExitCode> {
                 )
             ) =>
         {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", pinbundle::text::escape(&format!("{e:#}")));
             return Ok(ExitCode::from(1));
         }
         Err(e) => return Err(e),
