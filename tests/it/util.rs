@@ -10,7 +10,13 @@ use std::time::Duration;
 /// The pinbundle binary under test.
 pub fn pinbundle() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pinbundle"));
-    c.env("PINBUNDLE_NO_PROGRESS", "1");
+    c.env("PINBUNDLE_NO_PROGRESS", "1")
+        // `load`'s record goes under target/, never this machine's /var/lib/pinbundle (a test
+        // that needs its own passes --state-dir or sets it again).
+        .env(
+            "PINBUNDLE_STATE_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/pinbundle-state"),
+        );
     c
 }
 
