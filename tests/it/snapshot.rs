@@ -47,6 +47,7 @@ fn help_texts() {
             .arg("--help")
             // clap shows an env var's value in the help; the width follows the terminal.
             .env_remove("PINBUNDLE_NO_PROGRESS")
+            .env_remove("PINBUNDLE_STATE_DIR")
             .env("COLUMNS", "100"));
         text(&o.stdout)
     };
