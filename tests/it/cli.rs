@@ -8,7 +8,7 @@ use std::process::Stdio;
 use crate::util::{head_for, pinbundle, run, tempdir, text, write_members};
 
 /// A bundle with no images, written offline.
-fn empty_bundle(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn empty_bundle(dir: &Path) -> std::path::PathBuf {
     let (manifest, oci_layout, index_json) = head_for(std::iter::empty());
     let bytes = write_members(&[
         ("pinbundle.json".into(), manifest),

@@ -2,25 +2,12 @@
 //! a `version`, completions, man pages, `version`, the log flags, and a reader that goes away.
 
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::Value;
 
-use crate::util::{head_for, ok, pinbundle, run, tempdir, text, write_members};
-
-/// A bundle with no images, written offline.
-fn empty_bundle(dir: &Path) -> PathBuf {
-    let (manifest, oci_layout, index_json) = head_for(std::iter::empty());
-    let bytes = write_members(&[
-        ("pinbundle.json".into(), manifest),
-        ("oci-layout".into(), oci_layout),
-        ("index.json".into(), index_json),
-    ]);
-    let path = dir.join("b.pinbundle");
-    fs_err::write(&path, bytes).unwrap();
-    path
-}
+use crate::cli::empty_bundle;
+use crate::util::{ok, pinbundle, run, tempdir, text};
 
 #[test]
 fn exit_codes_follow_the_table() {
