@@ -125,7 +125,8 @@ pub struct ManifestsReport {
 pub struct WrittenFile {
     pub path: PathBuf,
     pub kind: &'static str,
-    pub release: String,
+    /// The release's version; `None` for a file that belongs to no release.
+    pub release: Option<String>,
     pub objects: usize,
 }
 
@@ -241,7 +242,7 @@ pub fn write(
         written.push(WrittenFile {
             path,
             kind: f.kind,
-            release: f.version,
+            release: Some(f.version).filter(|v| !v.is_empty()),
             objects: f.objects,
         });
     }
@@ -262,10 +263,9 @@ pub fn print(json: bool, r: &ManifestsReport) -> std::io::Result<()> {
     let mut err = std::io::stderr().lock();
     for f in &r.files {
         // The release's version comes from the bundle: shown escaped.
-        let release = if f.release.is_empty() {
-            String::new()
-        } else {
-            format!(", release {}", pinbundle::text::Shown(&f.release))
+        let release = match &f.release {
+            None => String::new(),
+            Some(v) => format!(", release {}", pinbundle::text::Shown(v)),
         };
         writeln!(
             err,

@@ -272,7 +272,8 @@ fn run_case(dir: &Path, c: &Case) -> Result<(), String> {
         .arg(env!("CARGO_BIN_EXE_pinbundle"))
         .args(["verify", "--json"])
         .arg(&bundle)
-        .env("PINBUNDLE_NO_PROGRESS", "1"));
+        .env("PINBUNDLE_NO_PROGRESS", "1")
+        .env("PINBUNDLE_STATE_DIR", crate::util::STATE_DIR));
     let out = format!("{}{}", text(&o.stdout), text(&o.stderr));
     let kib: u64 = std::fs::read_to_string(&rss)
         .unwrap_or_default()

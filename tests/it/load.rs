@@ -552,14 +552,15 @@ fn load_in_a_network_namespace_with_only_loopback() {
     let o = run(Command::new("ip")
         .args(["netns", "exec", &ns, "sh", "-c"])
         .arg(format!(
-            "ip link set lo up && '{}' load '{}' {} --kubelet-config '{}' --crio-config /nonexistent --crio-config-dir '{}' --crio-drop-in '{}' --cri-socket /nonexistent --no-confirm --reload none --lock-file '{}' --json",
+            "ip link set lo up && '{}' load '{}' {} --kubelet-config '{}' --crio-config /nonexistent --crio-config-dir '{}' --crio-drop-in '{}' --cri-socket /nonexistent --no-confirm --reload none --lock-file '{}' --state-dir '{}' --json",
             env!("CARGO_BIN_EXE_pinbundle"),
             bundle.display(),
             store.args().join(" "),
             kubelet_off()[1],
             dir.path().join("crio.conf.d").display(),
             drop_in.display(),
-            dir.path().join("l").display()
+            dir.path().join("l").display(),
+            dir.path().join("state").display()
         )));
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
     assert!(

@@ -135,7 +135,8 @@ fn timed(
         .arg(&rss)
         .arg(env!("CARGO_BIN_EXE_pinbundle"))
         .args(args)
-        .env("PINBUNDLE_NO_PROGRESS", "1"));
+        .env("PINBUNDLE_NO_PROGRESS", "1")
+        .env("PINBUNDLE_STATE_DIR", crate::util::STATE_DIR));
     let kib = std::fs::read_to_string(&rss)
         .unwrap_or_default()
         .lines()

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Output;
 
 use crate::create::Env;
-use crate::load::{CRIO, Crio, Store, load, load_command};
+use crate::load::{CRIO, Crio, Store, crio_config_args, load, load_command};
 use crate::util::{Scrub, ok, pinbundle, run, tempdir, text};
 
 /// The subcommands, as `--help` names them.
@@ -22,6 +22,12 @@ const SUBCOMMANDS: &[&str] = &[
     "keygen",
     "index-export",
     "diff",
+    "manifests",
+    "list",
+    "unpin",
+    "prune",
+    "completions",
+    "version",
 ];
 
 /// insta settings with the filters for what varies by run but is not a digest or a path.
@@ -34,6 +40,8 @@ fn settings() -> insta::Settings {
     s.add_filter(r#""capacity": [0-9]+"#, r#""capacity": "[capacity]""#);
     s.add_filter(r"\([0-9.]+ [KMGT]?i?B free;", "([free] free;");
     s.add_filter(r"pid [0-9]+", "pid [pid]");
+    // The name `manifests` gives a bundle's objects: a prefix of its pinbundle.json's digest.
+    s.add_filter(r"pinbundle-[0-9a-f]{12}\b", "pinbundle-[identity]");
     s
 }
 
@@ -116,4 +124,73 @@ fn outputs_of_create_verify_inspect_diff_and_load() {
     snap("load_json", &o);
     let o = run(load_command(&b, &store, &drop_in, &crio.socket, &lock).args(reload));
     snap("load_human", &o);
+
+    // The lifecycle of what was loaded, on the same node and record as the loads above.
+    let node = |cmd: &str, args: &[&str]| {
+        run(pinbundle()
+            .arg(cmd)
+            .args(args)
+            .args(store.args())
+            .args(crio_config_args(&drop_in))
+            .arg("--crio-drop-in")
+            .arg(&drop_in)
+            .arg("--cri-socket")
+            .arg(&crio.socket)
+            .arg("--state-dir")
+            .arg(d.join("pinbundle-state")))
+    };
+    snap("list_json", &node("list", &["--json"]));
+    snap("list_human", &node("list", &[]));
+    let (lock_arg, b_arg) = (lock.to_str().unwrap(), b.to_str().unwrap());
+    let unpin = ["--json", "--reload", "signal", "--confirm-timeout", "10"];
+    snap(
+        "unpin_json",
+        &node(
+            "unpin",
+            &[&unpin[..], &["--lock-file", lock_arg, b_arg]].concat(),
+        ),
+    );
+    let prune = ["--json", "--lock-file", lock_arg];
+    snap("prune_json", &node("prune", &prune));
+    snap(
+        "manifests_json",
+        &cli(&["manifests", "--json", "-o"], &[&d.join("manifests"), &a]),
+    );
+}
+
+#[test]
+fn outputs_of_version_and_keygen() {
+    let mut settings = settings();
+    // A new key's id is random.
+    settings.add_filter(r#""keyId": "[0-9A-Fa-f]+""#, r#""keyId": "[key id]""#);
+    let _bound = settings.bind_to_scope();
+    let dir = tempdir();
+    let mut scrub = Scrub::new().replace(dir.path().display().to_string(), "[TMP]");
+    // What varies by build: commit, dates, toolchain.
+    let mut version = serde_json::from_slice::<serde_json::Value>(
+        &ok(pinbundle().args(["version", "--json"])).stdout,
+    )
+    .unwrap();
+    for key in [
+        "pinbundle",
+        "commit",
+        "commitDate",
+        "buildDate",
+        "target",
+        "rustc",
+    ] {
+        let v = version
+            .get_mut(key)
+            .unwrap_or_else(|| panic!("version --json has no {key}"));
+        assert!(v.as_str().is_some_and(|s| !s.is_empty()), "{key}: {v}");
+        *v = format!("[{key}]").into();
+    }
+    insta::assert_snapshot!(
+        "version_json",
+        serde_json::to_string_pretty(&version).unwrap()
+    );
+    let o = run(pinbundle()
+        .args(["keygen", "--unencrypted", "--json", "-o"])
+        .arg(dir.path().join("site")));
+    insta::assert_snapshot!("keygen_json", scrub.apply(&shown(&o)));
 }

@@ -11,14 +11,15 @@ use std::time::Duration;
 pub fn pinbundle() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pinbundle"));
     c.env("PINBUNDLE_NO_PROGRESS", "1")
-        // `load`'s record goes under target/, never this machine's /var/lib/pinbundle (a test
-        // that needs its own passes --state-dir or sets it again).
-        .env(
-            "PINBUNDLE_STATE_DIR",
-            concat!(env!("CARGO_TARGET_TMPDIR"), "/pinbundle-state"),
-        );
+        .env("PINBUNDLE_STATE_DIR", STATE_DIR);
     c
 }
+
+/// Where the tests' `load` keeps its record: under target/, never this machine's
+/// /var/lib/pinbundle. A test that runs the binary through a wrapper (`timeout`, `ip netns
+/// exec`) sets `PINBUNDLE_STATE_DIR` or passes `--state-dir` itself; one that needs its own
+/// record passes its own.
+pub const STATE_DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/pinbundle-state");
 
 /// Runs a command, returning its output; panics with stdout/stderr if it could not start.
 pub fn run(c: &mut Command) -> Output {
