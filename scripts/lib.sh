@@ -61,3 +61,17 @@ peak_kib() {
 
 # ratio A B: A / B with two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+
+# zig_tools: puts cargo-zigbuild and zig (PyPI) on PATH, installed on first use into a
+# virtualenv under ~/.cache/pinbundle-zig (PINBUNDLE_ZIG_VENV to move it). scripts/release
+# and scripts/test build the node binary against glibc 2.28 with them.
+zig_tools() {
+    local venv=${PINBUNDLE_ZIG_VENV:-$HOME/.cache/pinbundle-zig}
+    if [[ ! -x "$venv/bin/cargo-zigbuild" ]] || ! "$venv/bin/python" -m ziglang version >/dev/null 2>&1; then
+        echo "== installing cargo-zigbuild and ziglang (PyPI) into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --upgrade cargo-zigbuild ziglang
+    fi
+    export PATH="$venv/bin:$PATH"
+    echo "== cargo-zigbuild $(cargo-zigbuild --version | awk '{print $2}'), zig $(python -m ziglang version)"
+}
