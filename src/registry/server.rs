@@ -209,8 +209,40 @@ pub struct BundleServer {
     bases: Vec<Arc<BundleSet>>,
     repositories: HashMap<String, Repository>,
     counters: Counters,
-    /// When set, the SHA-256 of the one `Authorization` header value accepted.
-    authorization: Option<[u8; 32]>,
+    /// When set, who may read.
+    authorization: Option<Arc<dyn Authorize>>,
+}
+
+/// Decides whether a request's `Authorization` header lets it read.
+pub trait Authorize: Send + Sync + std::fmt::Debug {
+    /// Whether the header (absent: `None`) is accepted.
+    fn check(&self, authorization: Option<&HeaderValue>) -> bool;
+    /// The `WWW-Authenticate` value of a 401.
+    fn challenge(&self) -> HeaderValue;
+}
+
+/// Accepts one `Authorization` value, known by its SHA-256. Compares digests of the header,
+/// so neither the length nor a common prefix of a guess shows in the time taken.
+#[derive(Debug)]
+struct ExactHeader([u8; 32]);
+
+impl Authorize for ExactHeader {
+    fn check(&self, given: Option<&HeaderValue>) -> bool {
+        let Some(given) = given else {
+            return false;
+        };
+        let given: [u8; 32] = sha2::Sha256::digest(given.as_bytes()).into();
+        constant_time_eq(&given, &self.0)
+    }
+
+    fn challenge(&self) -> HeaderValue {
+        HeaderValue::from_static("Basic realm=\"pinbundle load\"")
+    }
+}
+
+/// Whether `a == b`, in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A user and password for HTTP basic auth, random per run ([`Credential::random`]).
@@ -393,6 +425,7 @@ enum Route<'a> {
     Manifest { name: &'a str, reference: &'a str },
     Blob { name: &'a str, digest: &'a str },
     TagList { name: &'a str },
+    Catalog,
     Unknown,
 }
 
@@ -402,6 +435,9 @@ fn route(path: &str) -> Route<'_> {
     };
     if rest.is_empty() || rest == "/" {
         return Route::Base;
+    }
+    if rest == "/_catalog" {
+        return Route::Catalog;
     }
     let Some(rest) = rest.strip_prefix('/') else {
         return Route::Unknown;
@@ -446,6 +482,85 @@ fn error_response(
     resp
 }
 
+/// The `n` and `last` parameters of a list request (distribution's pagination): at most `n`
+/// entries after `last`, in order; and whether more follow.
+fn paginate<'a>(sorted: impl Iterator<Item = &'a str>, query: Option<&str>) -> (Vec<&'a str>, bool) {
+    let (n, last) = page_params(query);
+    let mut after = sorted.filter(|s| last.as_deref().is_none_or(|l| *s > l));
+    let page: Vec<&str> = after.by_ref().take(n.unwrap_or(usize::MAX)).collect();
+    let more = n.is_some() && after.next().is_some();
+    (page, more)
+}
+
+fn page_params(query: Option<&str>) -> (Option<usize>, Option<String>) {
+    let mut n = None;
+    let mut last = None;
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("n", v)) => n = v.parse::<usize>().ok(),
+            Some(("last", v)) => last = Some(percent_decode(v)),
+            _ => {}
+        }
+    }
+    (n, last)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON list response; with a `Link` header to the next page when `next` is set.
+fn json_page(
+    body: serde_json::Value,
+    next: Option<&str>,
+    last: Option<&str>,
+    query: Option<&str>,
+) -> Response<ResponseBody> {
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let len = bytes.len();
+    let mut resp = Response::new(ResponseBody::full(bytes));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let (Some(next), Some(last)) = (next, last) {
+        let n = page_params(query).0.unwrap_or_default();
+        let link = format!("<{next}?n={n}&last={}>; rel=\"next\"", percent_encode(last));
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            h.insert(header::LINK, v);
+        }
+    }
+    resp
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn header_value(s: &str) -> HeaderValue {
     // Digests and recorded media types are ASCII; anything else is dropped rather than
     // failing the response.
@@ -462,17 +577,57 @@ impl BundleServer {
     pub const LOOPBACK_EPHEMERAL: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
-    /// Builds the repository table from the bundle's `pinbundle.json`.
+    /// Builds the repository table from the bundle's `pinbundle.json` (each image under
+    /// [`served_name`], as `load` copies it).
     pub fn new(bundle: Arc<BundleSet>) -> BundleServer {
+        let mut server = BundleServer {
+            bundle,
+            bases: Vec::new(),
+            repositories: HashMap::new(),
+            counters: Counters::default(),
+            authorization: None,
+        };
+        let bundle = Arc::clone(&server.bundle);
+        server.add_images(&bundle, &|image| served_name(&image.name));
+        server
+    }
+
+    /// Serves the images of every bundle of `bundles` (which must not be empty), each under
+    /// the repository `name` gives it; a blob is looked for in each bundle in turn, so a
+    /// delta's omitted blobs come from the others. Two images of one repository and tag: the
+    /// first wins. Returns `None` when `bundles` is empty.
+    pub fn serving(
+        bundles: Vec<Arc<BundleSet>>,
+        name: &dyn Fn(&ImageEntry) -> String,
+    ) -> Option<BundleServer> {
+        let mut it = bundles.into_iter();
+        let bundle = it.next()?;
+        let mut server = BundleServer {
+            bundle,
+            bases: it.collect(),
+            repositories: HashMap::new(),
+            counters: Counters::default(),
+            authorization: None,
+        };
+        let all: Vec<Arc<BundleSet>> = std::iter::once(&server.bundle)
+            .chain(&server.bases)
+            .cloned()
+            .collect();
+        for b in &all {
+            server.add_images(b, name);
+        }
+        Some(server)
+    }
+
+    fn add_images(&mut self, bundle: &BundleSet, name: &dyn Fn(&ImageEntry) -> String) {
         let manifest = bundle.manifest();
         let media: HashMap<&Digest, &str> = manifest
             .blobs
             .iter()
             .map(|b| (&b.digest, b.media_type.as_str()))
             .collect();
-        let mut repositories: HashMap<String, Repository> = HashMap::new();
         for image in &manifest.images {
-            let repo = repositories.entry(served_name(&image.name)).or_default();
+            let repo = self.repositories.entry(name(image)).or_default();
             if let Some(tag) = &image.tag {
                 repo.tags
                     .entry(tag.clone())
@@ -494,37 +649,37 @@ impl BundleServer {
             repo.blobs.extend(image.blobs.iter().cloned());
             repo.blobs.insert(image.digest.clone());
         }
-        BundleServer {
-            bundle,
-            bases: Vec::new(),
-            repositories,
-            counters: Counters::default(),
-            authorization: None,
-        }
     }
 
-    /// Answers only requests that carry `credential` as HTTP basic auth.
-    pub fn with_credential(mut self, credential: &Credential) -> BundleServer {
-        let expected = format!("Basic {}", credential.basic());
-        self.authorization = Some(sha2::Sha256::digest(expected.as_bytes()).into());
+    /// The repositories served, sorted.
+    pub fn repositories(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.repositories.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Answers only requests `authorizer` accepts (401 with its challenge otherwise).
+    pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorize>) -> BundleServer {
+        self.authorization = Some(authorizer);
         self
     }
 
-    /// Whether `req` may be answered. Compares digests of the header, so neither the length
-    /// nor a common prefix of a guess shows in the time taken.
-    fn authorized<B>(&self, req: &Request<B>) -> bool {
-        let Some(expected) = &self.authorization else {
-            return true;
-        };
-        let Some(given) = req.headers().get(header::AUTHORIZATION) else {
-            return false;
-        };
-        let given: [u8; 32] = sha2::Sha256::digest(given.as_bytes()).into();
-        given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    /// Answers only requests that carry `credential` as HTTP basic auth.
+    pub fn with_credential(self, credential: &Credential) -> BundleServer {
+        let expected = format!("Basic {}", credential.basic());
+        self.with_authorizer(Arc::new(ExactHeader(
+            sha2::Sha256::digest(expected.as_bytes()).into(),
+        )))
+    }
+
+    /// Whether `req` may be answered.
+    fn authorized<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
+        let auth = self.authorization.as_ref()?;
+        if auth.check(req.headers().get(header::AUTHORIZATION)) {
+            None
+        } else {
+            Some(auth.challenge())
+        }
     }
 
     /// Also serves, from `bases`, the blobs `bundle` lists but does not carry (a delta's).
@@ -591,17 +746,15 @@ impl BundleServer {
     }
 
     async fn respond<B>(self: &Arc<Self>, req: &Request<B>) -> Response<ResponseBody> {
-        if !self.authorized(req) {
+        if let Some(challenge) = self.authorized(req) {
             let mut resp = error_response(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
                 "authentication required",
                 "",
             );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"pinbundle load\""),
-            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
             return resp;
         }
         let head = match *req.method() {
@@ -640,7 +793,8 @@ impl BundleServer {
                     .and_then(|v| v.to_str().ok());
                 self.blob(name, digest, range, head)
             }
-            Route::TagList { name } => self.tag_list(name),
+            Route::TagList { name } => self.tag_list(name, req.uri().query()),
+            Route::Catalog => self.catalog(req.uri().query()),
             Route::Unknown => {
                 bump(&self.counters.not_found);
                 error_response(
@@ -674,10 +828,10 @@ impl BundleServer {
         };
         let found = digest.and_then(|d| {
             let media_type = repo.manifests.get(&d)?.clone();
-            let member = self.bundle.blob(&d)?.clone();
-            Some((d, media_type, member))
+            let (bundle, member) = self.find_blob(&d)?;
+            Some((d, media_type, bundle, member))
         });
-        let Some((digest, media_type, member)) = found else {
+        let Some((digest, media_type, bundle, member)) = found else {
             bump(&self.counters.not_found);
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -686,7 +840,6 @@ impl BundleServer {
                 &format!("{name}:{reference}"),
             );
         };
-        let bundle = Arc::clone(&self.bundle);
         let read = tokio::task::spawn_blocking(move || bundle.read_blob(&member)).await;
         let bytes = match read {
             Ok(Ok(bytes)) => bytes,
@@ -730,23 +883,32 @@ impl BundleServer {
         resp
     }
 
-    fn tag_list(&self, name: &str) -> Response<ResponseBody> {
+    fn tag_list(&self, name: &str, query: Option<&str>) -> Response<ResponseBody> {
         let Some(repo) = self.repositories.get(name) else {
             return self.name_unknown(name);
         };
         bump(&self.counters.tag_lists);
-        let tags: BTreeSet<&String> = repo.tags.keys().collect();
-        let bytes = serde_json::to_vec(&serde_json::json!({"name": name, "tags": tags}))
-            .unwrap_or_default();
-        let len = bytes.len();
-        let mut resp = Response::new(ResponseBody::full(bytes));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        resp
+        let tags: BTreeSet<&str> = repo.tags.keys().map(String::as_str).collect();
+        let (page, more) = paginate(tags.into_iter(), query);
+        let next = more.then(|| format!("/v2/{name}/tags/list"));
+        json_page(
+            serde_json::json!({"name": name, "tags": page}),
+            next.as_deref(),
+            page.last().copied(),
+            query,
+        )
+    }
+
+    fn catalog(&self, query: Option<&str>) -> Response<ResponseBody> {
+        bump(&self.counters.tag_lists);
+        let (page, more) = paginate(self.repositories().into_iter(), query);
+        let next = more.then_some("/v2/_catalog");
+        json_page(
+            serde_json::json!({"repositories": page}),
+            next,
+            page.last().copied(),
+            query,
+        )
     }
 
     fn blob(
