@@ -40,9 +40,11 @@ fn fixture() -> &'static Fixture {
         {
             let mut t = TarBuilder::new();
             t.file("etc/served", noise(300 << 10, i as u64 + 7));
-            let layer = t
-                .build(Compression::Gzip, Compression::Gzip.oci_media_type())
-                .unwrap();
+            let media_type = match flavor {
+                Flavor::Oci => Compression::Gzip.oci_media_type(),
+                Flavor::Docker => "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            };
+            let layer = t.build(Compression::Gzip, media_type).unwrap();
             let image = image_from_single(
                 repo,
                 "v1",
