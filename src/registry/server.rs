@@ -484,7 +484,10 @@ fn error_response(
 
 /// The `n` and `last` parameters of a list request (distribution's pagination): at most `n`
 /// entries after `last`, in order; and whether more follow.
-fn paginate<'a>(sorted: impl Iterator<Item = &'a str>, query: Option<&str>) -> (Vec<&'a str>, bool) {
+fn paginate<'a>(
+    sorted: impl Iterator<Item = &'a str>,
+    query: Option<&str>,
+) -> (Vec<&'a str>, bool) {
     let (n, last) = page_params(query);
     let mut after = sorted.filter(|s| last.as_deref().is_none_or(|l| *s > l));
     let page: Vec<&str> = after.by_ref().take(n.unwrap_or(usize::MAX)).collect();
@@ -511,7 +514,10 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(v);
                 i += 3;
                 continue;

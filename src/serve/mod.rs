@@ -128,7 +128,12 @@ pub fn open(
     } else {
         format!("localhost/{}", opts.prefix.trim_matches('/')).parse()
     }
-    .map_err(|_| Refused(format!("--prefix {:?} is not a repository path", opts.prefix)))?;
+    .map_err(|_| {
+        Refused(format!(
+            "--prefix {:?} is not a repository path",
+            opts.prefix
+        ))
+    })?;
     let mut images: Vec<(Reference, bool)> = Vec::new();
     let mut count = 0;
     for b in &bundles {
@@ -293,7 +298,8 @@ impl Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         if let Some(start) = self.start.take() {
-            let incomplete = !self.inner.is_end_stream() && self.inner.size_hint().exact() != Some(0);
+            let incomplete =
+                !self.inner.is_end_stream() && self.inner.size_hint().exact() != Some(0);
             self.log
                 .record(&start, self.status, self.bytes, self.failed || incomplete);
         }

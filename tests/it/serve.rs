@@ -190,8 +190,19 @@ fn skopeo_podman_and_create_pull_every_image() {
             c
         };
         let reference = format!("{}/{repo}@{digest}", serve.host());
-        ok(&mut podman(&["pull", "-q", "--tls-verify=false", &reference]));
-        let o = ok(&mut podman(&["image", "inspect", "--format", "{{.Digest}}", &reference]));
+        ok(&mut podman(&[
+            "pull",
+            "-q",
+            "--tls-verify=false",
+            &reference,
+        ]));
+        let o = ok(&mut podman(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{.Digest}}",
+            &reference,
+        ]));
         assert_eq!(text(&o.stdout).trim(), digest);
     }
     // pinbundle's own registry client.
@@ -257,7 +268,13 @@ fn podman_pulls_the_original_name_from_serve_with_the_manifests_dropin() {
     ok(pinbundle()
         .arg("manifests")
         .arg(&f.bundle)
-        .args(["--mirror", serve.host(), "--mirror-transport", "plain-http", "-o"])
+        .args([
+            "--mirror",
+            serve.host(),
+            "--mirror-transport",
+            "plain-http",
+            "-o",
+        ])
         .arg(out.path()));
     let dropins = out.path().join("nodes/registries.conf.d");
     let (repo, original, _, digest) = &f.images[0];
@@ -274,7 +291,13 @@ fn podman_pulls_the_original_name_from_serve_with_the_manifests_dropin() {
     };
     // The original registry is gone: only the mirror can answer.
     ok(&mut podman(&["pull", "-q", &reference]));
-    let o = ok(&mut podman(&["image", "inspect", "--format", "{{.Digest}}", &reference]));
+    let o = ok(&mut podman(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{.Digest}}",
+        &reference,
+    ]));
     assert_eq!(text(&o.stdout).trim(), digest);
     let log = serve.stderr();
     assert!(
@@ -288,13 +311,27 @@ fn tls_with_the_generated_ca() {
     let dir = tempdir();
     let certs = dir.path().join("certs");
     let o = ok(pinbundle()
-        .args(["serve", "cert-gen", "--advertise", "127.0.0.1", "--advertise", "localhost"])
+        .args([
+            "serve",
+            "cert-gen",
+            "--advertise",
+            "127.0.0.1",
+            "--advertise",
+            "localhost",
+        ])
         .arg("--out-dir")
         .arg(&certs));
-    assert!(text(&o.stderr).contains("/etc/containers/certs.d/"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("/etc/containers/certs.d/"),
+        "{}",
+        text(&o.stderr)
+    );
     use std::os::unix::fs::PermissionsExt as _;
     for key in ["ca.key", "server.key"] {
-        let mode = std::fs::metadata(certs.join(key)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(certs.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{key}");
     }
     // Never replaced without --force.
@@ -356,7 +393,9 @@ fn htpasswd_basic_auth() {
 
     // Any hash but bcrypt is refused at start, naming the line.
     std::fs::write(&file, format!("site:{hash}\nold:$apr1$abc$def\n")).unwrap();
-    let e = Serve::try_start(&["--htpasswd", file.to_str().unwrap()]).err().unwrap();
+    let e = Serve::try_start(&["--htpasswd", file.to_str().unwrap()])
+        .err()
+        .unwrap();
     assert!(e.contains("exit status: 1") && e.contains("line 2"), "{e}");
 }
 
@@ -391,11 +430,18 @@ fn api_answers() {
 
     let r = http(a, "GET", "/v2/_catalog", &[]);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-    assert_eq!(v["repositories"], serde_json::json!(["site/ns/app", "site/ns/two"]));
+    assert_eq!(
+        v["repositories"],
+        serde_json::json!(["site/ns/app", "site/ns/two"])
+    );
     let r = http(a, "GET", "/v2/_catalog?n=1", &[]);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["repositories"], serde_json::json!(["site/ns/app"]));
-    assert!(r.headers["link"].contains("last=site/ns/app"), "{:?}", r.headers);
+    assert!(
+        r.headers["link"].contains("last=site/ns/app"),
+        "{:?}",
+        r.headers
+    );
     let r = http(a, "GET", "/v2/_catalog?n=1&last=site/ns/app", &[]);
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["repositories"], serde_json::json!(["site/ns/two"]));
@@ -424,7 +470,12 @@ fn api_answers() {
         by_tag.body.len().to_string()
     );
     // The original host is not part of the served name.
-    let r = http(a, "GET", &format!("/v2/{}/manifests/{tag}", f.images[0].1), &[]);
+    let r = http(
+        a,
+        "GET",
+        &format!("/v2/{}/manifests/{tag}", f.images[0].1),
+        &[],
+    );
     assert_eq!(r.status, 404);
 
     // A blob, whole and in ranges.
