@@ -1,5 +1,7 @@
-//! A read-only OCI distribution API over an open [`BundleSet`], for `pinbundle load` (and later
-//! `pinbundle serve`).
+//! A read-only OCI distribution API over open [`BundleSet`]s, for `pinbundle load` (one
+//! bundle, a loopback port, a per-run credential) and `pinbundle serve` ([`crate::serve`]:
+//! several bundles under site-mirror names, its own listener with TLS, htpasswd auth and an
+//! access log, built with [`BundleServer::serving`] and [`BundleServer::with_authorizer`]).
 //!
 //! `load` does not unpack the bundle: it serves the bundle's raw manifest bytes and streams its
 //! blobs (decompressing and checking frames as they go) to `skopeo copy docker://…`, which is
@@ -12,7 +14,8 @@
 //!
 //! # What is served
 //!
-//! Every image of `pinbundle.json` is served under the repository [`served_name`]`(image.name)`,
+//! With [`BundleServer::new`] (`load`), every image of `pinbundle.json` is served under the
+//! repository [`served_name`]`(image.name)`,
 //! its full normalised name (`quay.io/org/app`, `docker.io/library/busybox`), so `load` copies
 //! from `docker://127.0.0.1:PORT/quay.io/org/app@sha256:…`. Under that repository:
 //! - `manifests/<digest>`: the image's top-level manifest or index and its carried platform
@@ -24,7 +27,8 @@
 //!   support. A blob of image A is not served under image B's repository unless B lists it too:
 //!   containers/image asks for blobs under the repository it copies from, and scoping keeps the
 //!   server from answering for content an image does not reference.
-//! - `tags/list`: the recorded tags.
+//! - `tags/list`: the recorded tags; and `/v2/_catalog`, the repositories; both sorted, with
+//!   distribution's `n`/`last` pagination and a `Link` header to the next page.
 //!
 //! A delta bundle lists blobs it does not carry (bundle-format.md, section 8.2): those are
 //! served from the base bundles given with [`BundleServer::with_bases`], when one carries them,
@@ -155,6 +159,9 @@ struct Repository {
     manifests: HashMap<Digest, String>,
     /// Every blob an image of this repository lists (manifests included).
     blobs: HashSet<Digest>,
+    /// (subject digest, descriptor) of every manifest here with a `subject` (the referrers
+    /// API); filled by [`BundleServer::serving`] only.
+    referrers: Vec<(Digest, serde_json::Value)>,
     /// Blob body bytes handed to connections for this repository: how far a client that
     /// copies one image at a time has got with it.
     served: AtomicU64,
@@ -425,6 +432,7 @@ enum Route<'a> {
     Manifest { name: &'a str, reference: &'a str },
     Blob { name: &'a str, digest: &'a str },
     TagList { name: &'a str },
+    Referrers { name: &'a str, digest: &'a str },
     Catalog,
     Unknown,
 }
@@ -457,6 +465,7 @@ fn route(path: &str) -> Route<'_> {
         ("manifests", reference) => Route::Manifest { name, reference },
         ("blobs", digest) => Route::Blob { name, digest },
         ("tags", "list") => Route::TagList { name },
+        ("referrers", digest) => Route::Referrers { name, digest },
         _ => Route::Unknown,
     }
 }
@@ -622,6 +631,7 @@ impl BundleServer {
         for b in &all {
             server.add_images(b, name);
         }
+        server.index_referrers();
         Some(server)
     }
 
@@ -655,6 +665,106 @@ impl BundleServer {
             repo.blobs.extend(image.blobs.iter().cloned());
             repo.blobs.insert(image.digest.clone());
         }
+    }
+
+    /// Reads every manifest served (each checked against its digest, held to the format's
+    /// manifest limit) for its `subject`, for the referrers API. A manifest that cannot be read
+    /// is left out here; requests for it get the error.
+    fn index_referrers(&mut self) {
+        let mut found: Vec<(String, Digest, serde_json::Value)> = Vec::new();
+        for (name, repo) in &self.repositories {
+            for (digest, media_type) in &repo.manifests {
+                let Some((bundle, member)) = self.find_blob(digest) else {
+                    continue;
+                };
+                let Ok(bytes) = bundle.read_blob(&member) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                    continue;
+                };
+                let Some(subject) = v["subject"]["digest"]
+                    .as_str()
+                    .and_then(|d| d.parse::<Digest>().ok())
+                else {
+                    continue;
+                };
+                let artifact_type = v["artifactType"]
+                    .as_str()
+                    .or_else(|| v["config"]["mediaType"].as_str());
+                let mut d = serde_json::json!({
+                    "mediaType": media_type,
+                    "digest": digest.to_string(),
+                    "size": bytes.len(),
+                });
+                if let Some(t) = artifact_type {
+                    d["artifactType"] = serde_json::Value::from(t);
+                }
+                if v["annotations"].is_object() {
+                    d["annotations"] = v["annotations"].clone();
+                }
+                found.push((name.clone(), subject, d));
+            }
+        }
+        for (name, subject, d) in found {
+            if let Some(repo) = self.repositories.get_mut(&name) {
+                repo.referrers.push((subject, d));
+            }
+        }
+        for repo in self.repositories.values_mut() {
+            repo.referrers
+                .sort_by(|a, b| a.1["digest"].as_str().cmp(&b.1["digest"].as_str()));
+        }
+    }
+
+    fn referrers(&self, name: &str, digest: &str, query: Option<&str>) -> Response<ResponseBody> {
+        let Some(repo) = self.repositories.get(name) else {
+            return self.name_unknown(name);
+        };
+        let Ok(subject) = digest.parse::<Digest>() else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                "invalid digest",
+                digest,
+            );
+        };
+        let filter = query
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|p| p.strip_prefix("artifactType=").map(percent_decode));
+        let manifests: Vec<&serde_json::Value> = repo
+            .referrers
+            .iter()
+            .filter(|(s, _)| *s == subject)
+            .map(|(_, d)| d)
+            .filter(|d| {
+                filter
+                    .as_deref()
+                    .is_none_or(|f| d["artifactType"].as_str() == Some(f))
+            })
+            .collect();
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let len = bytes.len();
+        let mut resp = Response::new(ResponseBody::full(bytes));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if filter.is_some() {
+            h.insert(
+                "OCI-Filters-Applied",
+                HeaderValue::from_static("artifactType"),
+            );
+        }
+        resp
     }
 
     /// The repositories served, sorted.
@@ -801,6 +911,7 @@ impl BundleServer {
             }
             Route::TagList { name } => self.tag_list(name, req.uri().query()),
             Route::Catalog => self.catalog(req.uri().query()),
+            Route::Referrers { name, digest } => self.referrers(name, digest, req.uri().query()),
             Route::Unknown => {
                 bump(&self.counters.not_found);
                 error_response(
@@ -1235,9 +1346,39 @@ mod tests {
         );
         assert_eq!(route("/v2/a/b/tags/list"), Route::TagList { name: "a/b" });
         assert_eq!(route("/v2/a/blobs/uploads/"), Route::Unknown);
+        assert_eq!(route("/v2/_catalog"), Route::Catalog);
+        assert_eq!(
+            route("/v2/a/b/referrers/sha256:ab"),
+            Route::Referrers {
+                name: "a/b",
+                digest: "sha256:ab"
+            }
+        );
         assert_eq!(route("/v2/manifests/x"), Route::Unknown);
         assert_eq!(route("/v3/a/manifests/x"), Route::Unknown);
         assert_eq!(route("/v2x/a/manifests/x"), Route::Unknown);
+    }
+
+    #[test]
+    fn pages() {
+        let all = ["a", "b", "c"];
+        assert_eq!(
+            paginate(all.into_iter(), None),
+            (vec!["a", "b", "c"], false)
+        );
+        assert_eq!(
+            paginate(all.into_iter(), Some("n=2")),
+            (vec!["a", "b"], true)
+        );
+        assert_eq!(
+            paginate(all.into_iter(), Some("n=2&last=b")),
+            (vec!["c"], false)
+        );
+        assert_eq!(
+            paginate(all.into_iter(), Some("last=a%2Fz")),
+            (vec!["b", "c"], false)
+        );
+        assert_eq!(percent_decode("a%2fb%zz%"), "a/b%zz%");
     }
 
     #[test]

@@ -502,6 +502,16 @@ fn api_answers() {
     );
     assert_eq!(past.status, 416);
 
+    // The referrers API: an empty index for a manifest nothing refers to.
+    let r = http(a, "GET", &format!("/v2/{repo}/referrers/{digest}"), &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["content-type"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["manifests"], serde_json::json!([]));
+
     // Read-only; OCI error bodies.
     let put = http(a, "PUT", &format!("/v2/{repo}/manifests/{tag}"), &[]);
     assert_eq!(put.status, 405);
