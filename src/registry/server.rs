@@ -29,6 +29,7 @@
 //!   server from answering for content an image does not reference.
 //! - `tags/list`: the recorded tags; and `/v2/_catalog`, the repositories; both sorted, with
 //!   distribution's `n`/`last` pagination and a `Link` header to the next page.
+//!   (`_catalog` only from [`BundleServer::serving`]: `load` answers it 404.)
 //!
 //! A delta bundle lists blobs it does not carry (bundle-format.md, section 8.2): those are
 //! served from the base bundles given with [`BundleServer::with_bases`], when one carries them,
@@ -218,6 +219,8 @@ pub struct BundleServer {
     counters: Counters,
     /// When set, who may read.
     authorization: Option<Arc<dyn Authorize>>,
+    /// Whether `/v2/_catalog` lists the repositories (`serve`; `load`'s server answers 404).
+    catalog: bool,
 }
 
 /// Decides whether a request's `Authorization` header lets it read.
@@ -601,6 +604,7 @@ impl BundleServer {
             repositories: HashMap::new(),
             counters: Counters::default(),
             authorization: None,
+            catalog: false,
         };
         let bundle = Arc::clone(&server.bundle);
         server.add_images(&bundle, &|image| served_name(&image.name));
@@ -623,6 +627,7 @@ impl BundleServer {
             repositories: HashMap::new(),
             counters: Counters::default(),
             authorization: None,
+            catalog: false,
         };
         let all: Vec<Arc<BundleSet>> = std::iter::once(&server.bundle)
             .chain(&server.bases)
@@ -632,6 +637,7 @@ impl BundleServer {
             server.add_images(b, name);
         }
         server.index_referrers();
+        server.catalog = true;
         Some(server)
     }
 
@@ -910,9 +916,9 @@ impl BundleServer {
                 self.blob(name, digest, range, head)
             }
             Route::TagList { name } => self.tag_list(name, req.uri().query()),
-            Route::Catalog => self.catalog(req.uri().query()),
+            Route::Catalog if self.catalog => self.catalog(req.uri().query()),
             Route::Referrers { name, digest } => self.referrers(name, digest, req.uri().query()),
-            Route::Unknown => {
+            Route::Catalog | Route::Unknown => {
                 bump(&self.counters.not_found);
                 error_response(
                     StatusCode::NOT_FOUND,
