@@ -41,6 +41,7 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod release;
+pub mod serve;
 pub mod sign;
 pub mod size;
 pub mod text;

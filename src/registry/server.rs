@@ -1,5 +1,7 @@
-//! A read-only OCI distribution API over an open [`BundleSet`], for `pinbundle load` (and later
-//! `pinbundle serve`).
+//! A read-only OCI distribution API over open [`BundleSet`]s, for `pinbundle load` (one
+//! bundle, a loopback port, a per-run credential) and `pinbundle serve` ([`crate::serve`]:
+//! several bundles under site-mirror names, its own listener with TLS, htpasswd auth and an
+//! access log, built with [`BundleServer::serving`] and [`BundleServer::with_authorizer`]).
 //!
 //! `load` does not unpack the bundle: it serves the bundle's raw manifest bytes and streams its
 //! blobs (decompressing and checking frames as they go) to `skopeo copy docker://…`, which is
@@ -12,7 +14,8 @@
 //!
 //! # What is served
 //!
-//! Every image of `pinbundle.json` is served under the repository [`served_name`]`(image.name)`,
+//! With [`BundleServer::new`] (`load`), every image of `pinbundle.json` is served under the
+//! repository [`served_name`]`(image.name)`,
 //! its full normalised name (`quay.io/org/app`, `docker.io/library/busybox`), so `load` copies
 //! from `docker://127.0.0.1:PORT/quay.io/org/app@sha256:…`. Under that repository:
 //! - `manifests/<digest>`: the image's top-level manifest or index and its carried platform
@@ -24,7 +27,9 @@
 //!   support. A blob of image A is not served under image B's repository unless B lists it too:
 //!   containers/image asks for blobs under the repository it copies from, and scoping keeps the
 //!   server from answering for content an image does not reference.
-//! - `tags/list`: the recorded tags.
+//! - `tags/list`: the recorded tags; and `/v2/_catalog`, the repositories; both sorted, with
+//!   distribution's `n`/`last` pagination and a `Link` header to the next page.
+//!   (`_catalog` only from [`BundleServer::serving`]: `load` answers it 404.)
 //!
 //! A delta bundle lists blobs it does not carry (bundle-format.md, section 8.2): those are
 //! served from the base bundles given with [`BundleServer::with_bases`], when one carries them,
@@ -155,6 +160,9 @@ struct Repository {
     manifests: HashMap<Digest, String>,
     /// Every blob an image of this repository lists (manifests included).
     blobs: HashSet<Digest>,
+    /// (subject digest, descriptor) of every manifest here with a `subject` (the referrers
+    /// API); filled by [`BundleServer::serving`] only.
+    referrers: Vec<(Digest, serde_json::Value)>,
     /// Blob body bytes handed to connections for this repository: how far a client that
     /// copies one image at a time has got with it.
     served: AtomicU64,
@@ -209,8 +217,42 @@ pub struct BundleServer {
     bases: Vec<Arc<BundleSet>>,
     repositories: HashMap<String, Repository>,
     counters: Counters,
-    /// When set, the SHA-256 of the one `Authorization` header value accepted.
-    authorization: Option<[u8; 32]>,
+    /// When set, who may read.
+    authorization: Option<Arc<dyn Authorize>>,
+    /// Whether `/v2/_catalog` lists the repositories (`serve`; `load`'s server answers 404).
+    catalog: bool,
+}
+
+/// Decides whether a request's `Authorization` header lets it read.
+pub trait Authorize: Send + Sync + std::fmt::Debug {
+    /// Whether the header (absent: `None`) is accepted.
+    fn check(&self, authorization: Option<&HeaderValue>) -> bool;
+    /// The `WWW-Authenticate` value of a 401.
+    fn challenge(&self) -> HeaderValue;
+}
+
+/// Accepts one `Authorization` value, known by its SHA-256. Compares digests of the header,
+/// so neither the length nor a common prefix of a guess shows in the time taken.
+#[derive(Debug)]
+struct ExactHeader([u8; 32]);
+
+impl Authorize for ExactHeader {
+    fn check(&self, given: Option<&HeaderValue>) -> bool {
+        let Some(given) = given else {
+            return false;
+        };
+        let given: [u8; 32] = sha2::Sha256::digest(given.as_bytes()).into();
+        constant_time_eq(&given, &self.0)
+    }
+
+    fn challenge(&self) -> HeaderValue {
+        HeaderValue::from_static("Basic realm=\"pinbundle load\"")
+    }
+}
+
+/// Whether `a == b`, in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A user and password for HTTP basic auth, random per run ([`Credential::random`]).
@@ -393,6 +435,8 @@ enum Route<'a> {
     Manifest { name: &'a str, reference: &'a str },
     Blob { name: &'a str, digest: &'a str },
     TagList { name: &'a str },
+    Referrers { name: &'a str, digest: &'a str },
+    Catalog,
     Unknown,
 }
 
@@ -402,6 +446,9 @@ fn route(path: &str) -> Route<'_> {
     };
     if rest.is_empty() || rest == "/" {
         return Route::Base;
+    }
+    if rest == "/_catalog" {
+        return Route::Catalog;
     }
     let Some(rest) = rest.strip_prefix('/') else {
         return Route::Unknown;
@@ -421,6 +468,7 @@ fn route(path: &str) -> Route<'_> {
         ("manifests", reference) => Route::Manifest { name, reference },
         ("blobs", digest) => Route::Blob { name, digest },
         ("tags", "list") => Route::TagList { name },
+        ("referrers", digest) => Route::Referrers { name, digest },
         _ => Route::Unknown,
     }
 }
@@ -446,6 +494,91 @@ fn error_response(
     resp
 }
 
+/// The `n` and `last` parameters of a list request (distribution's pagination): at most `n`
+/// entries after `last`, in order; and whether more follow.
+fn paginate<'a>(
+    sorted: impl Iterator<Item = &'a str>,
+    query: Option<&str>,
+) -> (Vec<&'a str>, bool) {
+    let (n, last) = page_params(query);
+    let mut after = sorted.filter(|s| last.as_deref().is_none_or(|l| *s > l));
+    let page: Vec<&str> = after.by_ref().take(n.unwrap_or(usize::MAX)).collect();
+    let more = n.is_some() && after.next().is_some();
+    (page, more)
+}
+
+fn page_params(query: Option<&str>) -> (Option<usize>, Option<String>) {
+    let mut n = None;
+    let mut last = None;
+    for pair in query.unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("n", v)) => n = v.parse::<usize>().ok(),
+            Some(("last", v)) => last = Some(percent_decode(v)),
+            _ => {}
+        }
+    }
+    (n, last)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON list response; with a `Link` header to the next page when `next` is set.
+fn json_page(
+    body: serde_json::Value,
+    next: Option<&str>,
+    last: Option<&str>,
+    query: Option<&str>,
+) -> Response<ResponseBody> {
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let len = bytes.len();
+    let mut resp = Response::new(ResponseBody::full(bytes));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let (Some(next), Some(last)) = (next, last) {
+        let n = page_params(query).0.unwrap_or_default();
+        let link = format!("<{next}?n={n}&last={}>; rel=\"next\"", percent_encode(last));
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            h.insert(header::LINK, v);
+        }
+    }
+    resp
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn header_value(s: &str) -> HeaderValue {
     // Digests and recorded media types are ASCII; anything else is dropped rather than
     // failing the response.
@@ -462,17 +595,61 @@ impl BundleServer {
     pub const LOOPBACK_EPHEMERAL: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
-    /// Builds the repository table from the bundle's `pinbundle.json`.
+    /// Builds the repository table from the bundle's `pinbundle.json` (each image under
+    /// [`served_name`], as `load` copies it).
     pub fn new(bundle: Arc<BundleSet>) -> BundleServer {
+        let mut server = BundleServer {
+            bundle,
+            bases: Vec::new(),
+            repositories: HashMap::new(),
+            counters: Counters::default(),
+            authorization: None,
+            catalog: false,
+        };
+        let bundle = Arc::clone(&server.bundle);
+        server.add_images(&bundle, &|image| served_name(&image.name));
+        server
+    }
+
+    /// Serves the images of every bundle of `bundles` (which must not be empty), each under
+    /// the repository `name` gives it; a blob is looked for in each bundle in turn, so a
+    /// delta's omitted blobs come from the others. Two images of one repository and tag: the
+    /// first wins. Returns `None` when `bundles` is empty.
+    pub fn serving(
+        bundles: Vec<Arc<BundleSet>>,
+        name: &dyn Fn(&ImageEntry) -> String,
+    ) -> Option<BundleServer> {
+        let mut it = bundles.into_iter();
+        let bundle = it.next()?;
+        let mut server = BundleServer {
+            bundle,
+            bases: it.collect(),
+            repositories: HashMap::new(),
+            counters: Counters::default(),
+            authorization: None,
+            catalog: false,
+        };
+        let all: Vec<Arc<BundleSet>> = std::iter::once(&server.bundle)
+            .chain(&server.bases)
+            .cloned()
+            .collect();
+        for b in &all {
+            server.add_images(b, name);
+        }
+        server.index_referrers();
+        server.catalog = true;
+        Some(server)
+    }
+
+    fn add_images(&mut self, bundle: &BundleSet, name: &dyn Fn(&ImageEntry) -> String) {
         let manifest = bundle.manifest();
         let media: HashMap<&Digest, &str> = manifest
             .blobs
             .iter()
             .map(|b| (&b.digest, b.media_type.as_str()))
             .collect();
-        let mut repositories: HashMap<String, Repository> = HashMap::new();
         for image in &manifest.images {
-            let repo = repositories.entry(served_name(&image.name)).or_default();
+            let repo = self.repositories.entry(name(image)).or_default();
             if let Some(tag) = &image.tag {
                 repo.tags
                     .entry(tag.clone())
@@ -494,37 +671,137 @@ impl BundleServer {
             repo.blobs.extend(image.blobs.iter().cloned());
             repo.blobs.insert(image.digest.clone());
         }
-        BundleServer {
-            bundle,
-            bases: Vec::new(),
-            repositories,
-            counters: Counters::default(),
-            authorization: None,
+    }
+
+    /// Reads every manifest served (each checked against its digest, held to the format's
+    /// manifest limit) for its `subject`, for the referrers API. A manifest that cannot be read
+    /// is left out here; requests for it get the error.
+    fn index_referrers(&mut self) {
+        let mut found: Vec<(String, Digest, serde_json::Value)> = Vec::new();
+        for (name, repo) in &self.repositories {
+            for (digest, media_type) in &repo.manifests {
+                let Some((bundle, member)) = self.find_blob(digest) else {
+                    continue;
+                };
+                let Ok(bytes) = bundle.read_blob(&member) else {
+                    continue;
+                };
+                let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                    continue;
+                };
+                let Some(subject) = v["subject"]["digest"]
+                    .as_str()
+                    .and_then(|d| d.parse::<Digest>().ok())
+                else {
+                    continue;
+                };
+                let artifact_type = v["artifactType"]
+                    .as_str()
+                    .or_else(|| v["config"]["mediaType"].as_str());
+                let mut d = serde_json::json!({
+                    "mediaType": media_type,
+                    "digest": digest.to_string(),
+                    "size": bytes.len(),
+                });
+                if let Some(t) = artifact_type {
+                    d["artifactType"] = serde_json::Value::from(t);
+                }
+                if v["annotations"].is_object() {
+                    d["annotations"] = v["annotations"].clone();
+                }
+                found.push((name.clone(), subject, d));
+            }
+        }
+        for (name, subject, d) in found {
+            if let Some(repo) = self.repositories.get_mut(&name) {
+                repo.referrers.push((subject, d));
+            }
+        }
+        for repo in self.repositories.values_mut() {
+            repo.referrers
+                .sort_by(|a, b| a.1["digest"].as_str().cmp(&b.1["digest"].as_str()));
         }
     }
 
-    /// Answers only requests that carry `credential` as HTTP basic auth.
-    pub fn with_credential(mut self, credential: &Credential) -> BundleServer {
-        let expected = format!("Basic {}", credential.basic());
-        self.authorization = Some(sha2::Sha256::digest(expected.as_bytes()).into());
+    fn referrers(&self, name: &str, digest: &str, query: Option<&str>) -> Response<ResponseBody> {
+        let Some(repo) = self.repositories.get(name) else {
+            return self.name_unknown(name);
+        };
+        let Ok(subject) = digest.parse::<Digest>() else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                "invalid digest",
+                digest,
+            );
+        };
+        let filter = query
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|p| p.strip_prefix("artifactType=").map(percent_decode));
+        let manifests: Vec<&serde_json::Value> = repo
+            .referrers
+            .iter()
+            .filter(|(s, _)| *s == subject)
+            .map(|(_, d)| d)
+            .filter(|d| {
+                filter
+                    .as_deref()
+                    .is_none_or(|f| d["artifactType"].as_str() == Some(f))
+            })
+            .collect();
+        let body = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let len = bytes.len();
+        let mut resp = Response::new(ResponseBody::full(bytes));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if filter.is_some() {
+            h.insert(
+                "OCI-Filters-Applied",
+                HeaderValue::from_static("artifactType"),
+            );
+        }
+        resp
+    }
+
+    /// The repositories served, sorted.
+    pub fn repositories(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.repositories.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Answers only requests `authorizer` accepts (401 with its challenge otherwise).
+    pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorize>) -> BundleServer {
+        self.authorization = Some(authorizer);
         self
     }
 
-    /// Whether `req` may be answered. Compares digests of the header, so neither the length
-    /// nor a common prefix of a guess shows in the time taken.
-    fn authorized<B>(&self, req: &Request<B>) -> bool {
-        let Some(expected) = &self.authorization else {
-            return true;
-        };
-        let Some(given) = req.headers().get(header::AUTHORIZATION) else {
-            return false;
-        };
-        let given: [u8; 32] = sha2::Sha256::digest(given.as_bytes()).into();
-        given
-            .iter()
-            .zip(expected)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+    /// Answers only requests that carry `credential` as HTTP basic auth.
+    pub fn with_credential(self, credential: &Credential) -> BundleServer {
+        let expected = format!("Basic {}", credential.basic());
+        self.with_authorizer(Arc::new(ExactHeader(
+            sha2::Sha256::digest(expected.as_bytes()).into(),
+        )))
+    }
+
+    /// Whether `req` may be answered.
+    fn authorized<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
+        let auth = self.authorization.as_ref()?;
+        if auth.check(req.headers().get(header::AUTHORIZATION)) {
+            None
+        } else {
+            Some(auth.challenge())
+        }
     }
 
     /// Also serves, from `bases`, the blobs `bundle` lists but does not carry (a delta's).
@@ -591,17 +868,15 @@ impl BundleServer {
     }
 
     async fn respond<B>(self: &Arc<Self>, req: &Request<B>) -> Response<ResponseBody> {
-        if !self.authorized(req) {
+        if let Some(challenge) = self.authorized(req) {
             let mut resp = error_response(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",
                 "authentication required",
                 "",
             );
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"pinbundle load\""),
-            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
             return resp;
         }
         let head = match *req.method() {
@@ -640,8 +915,10 @@ impl BundleServer {
                     .and_then(|v| v.to_str().ok());
                 self.blob(name, digest, range, head)
             }
-            Route::TagList { name } => self.tag_list(name),
-            Route::Unknown => {
+            Route::TagList { name } => self.tag_list(name, req.uri().query()),
+            Route::Catalog if self.catalog => self.catalog(req.uri().query()),
+            Route::Referrers { name, digest } => self.referrers(name, digest, req.uri().query()),
+            Route::Catalog | Route::Unknown => {
                 bump(&self.counters.not_found);
                 error_response(
                     StatusCode::NOT_FOUND,
@@ -674,10 +951,10 @@ impl BundleServer {
         };
         let found = digest.and_then(|d| {
             let media_type = repo.manifests.get(&d)?.clone();
-            let member = self.bundle.blob(&d)?.clone();
-            Some((d, media_type, member))
+            let (bundle, member) = self.find_blob(&d)?;
+            Some((d, media_type, bundle, member))
         });
-        let Some((digest, media_type, member)) = found else {
+        let Some((digest, media_type, bundle, member)) = found else {
             bump(&self.counters.not_found);
             return error_response(
                 StatusCode::NOT_FOUND,
@@ -686,7 +963,6 @@ impl BundleServer {
                 &format!("{name}:{reference}"),
             );
         };
-        let bundle = Arc::clone(&self.bundle);
         let read = tokio::task::spawn_blocking(move || bundle.read_blob(&member)).await;
         let bytes = match read {
             Ok(Ok(bytes)) => bytes,
@@ -730,23 +1006,32 @@ impl BundleServer {
         resp
     }
 
-    fn tag_list(&self, name: &str) -> Response<ResponseBody> {
+    fn tag_list(&self, name: &str, query: Option<&str>) -> Response<ResponseBody> {
         let Some(repo) = self.repositories.get(name) else {
             return self.name_unknown(name);
         };
         bump(&self.counters.tag_lists);
-        let tags: BTreeSet<&String> = repo.tags.keys().collect();
-        let bytes = serde_json::to_vec(&serde_json::json!({"name": name, "tags": tags}))
-            .unwrap_or_default();
-        let len = bytes.len();
-        let mut resp = Response::new(ResponseBody::full(bytes));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        resp
+        let tags: BTreeSet<&str> = repo.tags.keys().map(String::as_str).collect();
+        let (page, more) = paginate(tags.into_iter(), query);
+        let next = more.then(|| format!("/v2/{name}/tags/list"));
+        json_page(
+            serde_json::json!({"name": name, "tags": page}),
+            next.as_deref(),
+            page.last().copied(),
+            query,
+        )
+    }
+
+    fn catalog(&self, query: Option<&str>) -> Response<ResponseBody> {
+        bump(&self.counters.tag_lists);
+        let (page, more) = paginate(self.repositories().into_iter(), query);
+        let next = more.then_some("/v2/_catalog");
+        json_page(
+            serde_json::json!({"repositories": page}),
+            next,
+            page.last().copied(),
+            query,
+        )
     }
 
     fn blob(
@@ -1067,9 +1352,39 @@ mod tests {
         );
         assert_eq!(route("/v2/a/b/tags/list"), Route::TagList { name: "a/b" });
         assert_eq!(route("/v2/a/blobs/uploads/"), Route::Unknown);
+        assert_eq!(route("/v2/_catalog"), Route::Catalog);
+        assert_eq!(
+            route("/v2/a/b/referrers/sha256:ab"),
+            Route::Referrers {
+                name: "a/b",
+                digest: "sha256:ab"
+            }
+        );
         assert_eq!(route("/v2/manifests/x"), Route::Unknown);
         assert_eq!(route("/v3/a/manifests/x"), Route::Unknown);
         assert_eq!(route("/v2x/a/manifests/x"), Route::Unknown);
+    }
+
+    #[test]
+    fn pages() {
+        let all = ["a", "b", "c"];
+        assert_eq!(
+            paginate(all.into_iter(), None),
+            (vec!["a", "b", "c"], false)
+        );
+        assert_eq!(
+            paginate(all.into_iter(), Some("n=2")),
+            (vec!["a", "b"], true)
+        );
+        assert_eq!(
+            paginate(all.into_iter(), Some("n=2&last=b")),
+            (vec!["c"], false)
+        );
+        assert_eq!(
+            paginate(all.into_iter(), Some("last=a%2Fz")),
+            (vec!["b", "c"], false)
+        );
+        assert_eq!(percent_decode("a%2fb%zz%"), "a/b%zz%");
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod rehashed;
 mod release;
 mod reserialise;
 mod rollback;
+mod serve;
 mod server;
 mod sign;
 mod snapshot;
