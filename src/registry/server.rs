@@ -495,29 +495,41 @@ fn error_response(
 }
 
 /// The `n` and `last` parameters of a list request (distribution's pagination): at most `n`
-/// entries after `last`, in order; and whether more follow.
+/// entries after `last`, in order; and whether more follow. `None` when `n` is not a
+/// non-negative integer (distribution answers `PAGINATION_NUMBER_INVALID`).
 fn paginate<'a>(
     sorted: impl Iterator<Item = &'a str>,
     query: Option<&str>,
-) -> (Vec<&'a str>, bool) {
-    let (n, last) = page_params(query);
+) -> Option<(Vec<&'a str>, bool)> {
+    let (n, last) = page_params(query)?;
     let mut after = sorted.filter(|s| last.as_deref().is_none_or(|l| *s > l));
     let page: Vec<&str> = after.by_ref().take(n.unwrap_or(usize::MAX)).collect();
     let more = n.is_some() && after.next().is_some();
-    (page, more)
+    Some((page, more))
 }
 
-fn page_params(query: Option<&str>) -> (Option<usize>, Option<String>) {
+type PageParams = (Option<usize>, Option<String>);
+
+fn page_params(query: Option<&str>) -> Option<PageParams> {
     let mut n = None;
     let mut last = None;
     for pair in query.unwrap_or_default().split('&') {
         match pair.split_once('=') {
-            Some(("n", v)) => n = v.parse::<usize>().ok(),
+            Some(("n", v)) => n = Some(v.parse::<usize>().ok()?),
             Some(("last", v)) => last = Some(percent_decode(v)),
             _ => {}
         }
     }
-    (n, last)
+    Some((n, last))
+}
+
+fn pagination_invalid(query: Option<&str>) -> Response<ResponseBody> {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        "PAGINATION_NUMBER_INVALID",
+        "invalid number of results requested",
+        query.unwrap_or_default(),
+    )
 }
 
 fn percent_decode(s: &str) -> String {
@@ -558,7 +570,7 @@ fn json_page(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     if let (Some(next), Some(last)) = (next, last) {
-        let n = page_params(query).0.unwrap_or_default();
+        let n = page_params(query).and_then(|p| p.0).unwrap_or_default();
         let link = format!("<{next}?n={n}&last={}>; rel=\"next\"", percent_encode(last));
         if let Ok(v) = HeaderValue::from_str(&link) {
             h.insert(header::LINK, v);
@@ -1012,7 +1024,9 @@ impl BundleServer {
         };
         bump(&self.counters.tag_lists);
         let tags: BTreeSet<&str> = repo.tags.keys().map(String::as_str).collect();
-        let (page, more) = paginate(tags.into_iter(), query);
+        let Some((page, more)) = paginate(tags.into_iter(), query) else {
+            return pagination_invalid(query);
+        };
         let next = more.then(|| format!("/v2/{name}/tags/list"));
         json_page(
             serde_json::json!({"name": name, "tags": page}),
@@ -1024,7 +1038,9 @@ impl BundleServer {
 
     fn catalog(&self, query: Option<&str>) -> Response<ResponseBody> {
         bump(&self.counters.tag_lists);
-        let (page, more) = paginate(self.repositories().into_iter(), query);
+        let Some((page, more)) = paginate(self.repositories().into_iter(), query) else {
+            return pagination_invalid(query);
+        };
         let next = more.then_some("/v2/_catalog");
         json_page(
             serde_json::json!({"repositories": page}),
@@ -1370,19 +1386,24 @@ mod tests {
         let all = ["a", "b", "c"];
         assert_eq!(
             paginate(all.into_iter(), None),
-            (vec!["a", "b", "c"], false)
+            Some((vec!["a", "b", "c"], false))
         );
         assert_eq!(
             paginate(all.into_iter(), Some("n=2")),
-            (vec!["a", "b"], true)
+            Some((vec!["a", "b"], true))
         );
         assert_eq!(
             paginate(all.into_iter(), Some("n=2&last=b")),
-            (vec!["c"], false)
+            Some((vec!["c"], false))
         );
         assert_eq!(
             paginate(all.into_iter(), Some("last=a%2Fz")),
-            (vec!["b", "c"], false)
+            Some((vec!["b", "c"], false))
+        );
+        assert_eq!(paginate(all.into_iter(), Some("n=-1")), None);
+        assert_eq!(
+            paginate(all.into_iter(), Some("n=99999999999999999999999")),
+            None
         );
         assert_eq!(percent_decode("a%2fb%zz%"), "a/b%zz%");
     }

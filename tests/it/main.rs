@@ -27,6 +27,7 @@ mod release;
 mod reserialise;
 mod rollback;
 mod serve;
+mod serve_hostile;
 mod server;
 mod sign;
 mod snapshot;
