@@ -38,6 +38,7 @@ pub mod mirror;
 pub mod pinned_image_set;
 pub mod platform;
 pub mod progress;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod release;

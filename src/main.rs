@@ -57,6 +57,7 @@ enum Command {
     Unpin(cli::lifecycle::UnpinArgs),
     Prune(cli::lifecycle::PruneArgs),
     Manifests(Box<cli::manifests::ManifestsArgs>),
+    Push(Box<cli::push::PushArgs>),
     Version(cli::version::VersionArgs),
     Completions(cli::completions::CompletionsArgs),
     #[command(hide = true)]
@@ -566,6 +567,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Manifests(a) => cli::manifests::run(*a, false),
+        Command::Push(a) => cli::push::run(*a, &*reporter),
         Command::List(a) => cli::lifecycle::run_list(a),
         Command::Unpin(a) => cli::lifecycle::run_unpin(a, &*reporter),
         Command::Prune(a) => cli::lifecycle::run_prune(a, &*reporter),

@@ -7,4 +7,5 @@ pub mod lifecycle;
 pub mod logging;
 pub mod manifests;
 pub mod node;
+pub mod push;
 pub mod version;
