@@ -46,12 +46,9 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("cannot open {path}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: bundle::Error,
-    },
+    /// The bundle error names the file.
+    #[error("cannot open the bundle")]
+    Open(#[source] bundle::Error),
     #[error("{path} is not pushed")]
     Refused {
         path: PathBuf,
@@ -64,13 +61,9 @@ pub enum Error {
         #[source]
         source: crate::registry::Error,
     },
-    #[error("{path}: reading blob {digest} to push it")]
-    Read {
-        path: PathBuf,
-        digest: Digest,
-        #[source]
-        source: bundle::Error,
-    },
+    /// The bundle error names the file and the blob.
+    #[error("reading a blob to push it")]
+    Read(#[source] bundle::Error),
     #[error("cannot set up the push")]
     Setup {
         #[source]
@@ -164,15 +157,11 @@ struct Want {
 /// whose repositories collide at the mirror) before any request; [`Error::Registry`] naming
 /// the registry; [`Error::Read`] when a blob's bytes fail while being sent.
 pub fn push(opts: &PushOptions, reporter: &dyn Reporter) -> Result<PushReport, Error> {
-    let first = opts.bundle.first().cloned().unwrap_or_default();
     let set_opts = SetOptions {
         allow_partial: false,
         find_siblings: true,
     };
-    let set = BundleSet::open(&opts.bundle, set_opts).map_err(|source| Error::Open {
-        path: first.clone(),
-        source,
-    })?;
+    let set = BundleSet::open(&opts.bundle, set_opts).map_err(Error::Open)?;
     let set = Arc::new(set);
     let path = set.path().to_path_buf();
     let refused = |msg: String| Error::Refused {
@@ -196,11 +185,7 @@ pub fn push(opts: &PushOptions, reporter: &dyn Reporter) -> Result<PushReport, E
         .collect();
 
     reporter.message(&format!("verifying {}", path.display()));
-    let verified =
-        verify::verify_open(&set, &opts.verify, reporter).map_err(|source| Error::Open {
-            path: path.clone(),
-            source,
-        })?;
+    let verified = verify::verify_open(&set, &opts.verify, reporter).map_err(Error::Open)?;
     if !verified.problems.is_empty() {
         let shown: Vec<String> = verified
             .problems
@@ -510,11 +495,7 @@ impl Ctx<'_> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         {
-            return Err(Error::Read {
-                path: self.set.path().to_path_buf(),
-                digest: w.digest.clone(),
-                source,
-            });
+            return Err(Error::Read(source));
         }
         result.map_err(|e| self.registry_error(e))?;
         self.reporter.advance(w.size);
@@ -549,11 +530,7 @@ impl Ctx<'_> {
         let bytes = match read {
             Some(Ok(b)) => b,
             Some(Err(source)) => {
-                return Err(Error::Read {
-                    path,
-                    digest: digest.clone(),
-                    source,
-                });
+                return Err(Error::Read(source));
             }
             None => {
                 return Err(Error::Refused {
