@@ -327,15 +327,20 @@ struct Target {
     lookup: Lookup,
     /// Whether the requests push (the token's scope is then `pull,push`).
     push: bool,
+    /// A repository a mount reads from: the token must also grant `pull` there.
+    mount_from: Option<String>,
 }
 
 impl Target {
     fn auth_slot(&self) -> (String, String, String) {
-        let repository = if self.push {
+        let mut repository = if self.push {
             format!("{}:push", self.repository)
         } else {
             self.repository.clone()
         };
+        if let Some(from) = &self.mount_from {
+            repository.push_str(&format!(":from:{from}"));
+        }
         (self.auth_key.clone(), self.api_host.clone(), repository)
     }
 
@@ -1157,6 +1162,9 @@ impl RegistryClient {
             let actions = if target.push { "pull,push" } else { "pull" };
             let scope = format!("repository:{}:{actions}", target.repository);
             query.append_pair("scope", &scope);
+            if let Some(from) = &target.mount_from {
+                query.append_pair("scope", &format!("repository:{from}:pull"));
+            }
             if let Some(service) = service {
                 query.append_pair("service", service);
             }
@@ -1389,6 +1397,7 @@ impl RegistryClient {
             auth_key,
             lookup,
             push: false,
+            mount_from: None,
         }
     }
 
@@ -1586,7 +1595,8 @@ impl RegistryClient {
         digest: &Digest,
         from: &str,
     ) -> Result<Mounted, Error> {
-        let target = self.push_target(repository, format!("{}@{digest}", repository.name()));
+        let mut target = self.push_target(repository, format!("{}@{digest}", repository.name()));
+        target.mount_from = Some(from.to_string());
         let mut url =
             reqwest::Url::parse(&Self::api_url(&target, "blobs/uploads/")).map_err(|e| {
                 Error::Setup {
@@ -2136,6 +2146,7 @@ mod tests {
             auth_key: String::new(),
             lookup: Lookup::Missing { file: None },
             push: false,
+            mount_from: None,
         }
     }
 

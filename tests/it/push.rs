@@ -262,3 +262,35 @@ fn wrong_credentials_missing_to_and_collisions_are_refused() {
     );
     assert!(images.iter().any(|i| i["status"] == "pushed"), "{r}");
 }
+
+#[test]
+fn push_with_bearer_tokens_mounts_across_repositories() {
+    // Tokens scoped `repository:NAME:pull,push`, and a mount's token also `pull` on the
+    // repository it reads from.
+    let env = Env::new();
+    let dir = tempdir();
+    let refs = [
+        env.image("oci-one").tag_reference(),
+        env.image("oci-multi").tag_reference(),
+    ];
+    let bundle = env.bundle_of(dir.path(), &refs);
+    let site = TestRegistry::start_with_token_auth(USER, PASSWORD).unwrap();
+    let auth = authfile(dir.path(), site.addr(), USER, PASSWORD);
+    let r = report(&push(
+        &bundle,
+        &format!("{}/t", site.addr()),
+        site.addr(),
+        &auth,
+        &[],
+    ));
+    assert_eq!(r["totals"]["blobsMounted"], 1, "{r}");
+    let images = r["images"].as_array().unwrap();
+    assert!(images.iter().all(|i| i["status"] == "pushed"), "{r}");
+    let mounts = site
+        .requests()
+        .unwrap()
+        .iter()
+        .filter(|q| q.method == "POST" && q.path.contains("mount=") && q.status == 201)
+        .count();
+    assert_eq!(mounts, 1, "the registry mounted the shared layer once");
+}
