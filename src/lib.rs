@@ -12,6 +12,8 @@
 //! - [`pinned_image_set`] renders OpenShift `PinnedImageSet` manifests for a bundle's pins;
 //!   [`mirror`] maps a bundle's repositories onto a site mirror and renders the files that
 //!   send nodes there.
+//! - [`push`] puts a verified bundle's images into a site registry at those repositories,
+//!   digests and manifest bytes unchanged.
 //! - [`atomic`] stages a file and renames it into place, synced: every output file.
 //! - [`input`] reads small files a person names: regular files only, with a cap.
 //! - [`text`] escapes text from bundles and registries before a person sees it; [`size`]
@@ -38,6 +40,7 @@ pub mod mirror;
 pub mod pinned_image_set;
 pub mod platform;
 pub mod progress;
+pub mod push;
 pub mod reference;
 pub mod registry;
 pub mod release;

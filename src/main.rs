@@ -58,6 +58,7 @@ enum Command {
     Prune(cli::lifecycle::PruneArgs),
     Manifests(Box<cli::manifests::ManifestsArgs>),
     Serve(Box<cli::serve::ServeArgs>),
+    Push(Box<cli::push::PushArgs>),
     Version(cli::version::VersionArgs),
     Completions(cli::completions::CompletionsArgs),
     #[command(hide = true)]
@@ -568,6 +569,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Manifests(a) => cli::manifests::run(*a, false),
         Command::Serve(a) => cli::serve::run(*a, cli.verbosity.quiet, &*reporter),
+        Command::Push(a) => cli::push::run(*a, &*reporter),
         Command::List(a) => cli::lifecycle::run_list(a),
         Command::Unpin(a) => cli::lifecycle::run_unpin(a, &*reporter),
         Command::Prune(a) => cli::lifecycle::run_prune(a, &*reporter),

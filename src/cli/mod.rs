@@ -8,4 +8,5 @@ pub mod logging;
 pub mod manifests;
 pub mod node;
 pub mod serve;
+pub mod push;
 pub mod version;

@@ -325,15 +325,23 @@ struct Target {
     credential: Option<Credential>,
     auth_key: String,
     lookup: Lookup,
+    /// Whether the requests push (the token's scope is then `pull,push`).
+    push: bool,
+    /// A repository a mount reads from: the token must also grant `pull` there.
+    mount_from: Option<String>,
 }
 
 impl Target {
     fn auth_slot(&self) -> (String, String, String) {
-        (
-            self.auth_key.clone(),
-            self.api_host.clone(),
-            self.repository.clone(),
-        )
+        let mut repository = if self.push {
+            format!("{}:push", self.repository)
+        } else {
+            self.repository.clone()
+        };
+        if let Some(from) = &self.mount_from {
+            repository.push_str(&format!(":from:{from}"));
+        }
+        (self.auth_key.clone(), self.api_host.clone(), repository)
     }
 
     fn bad(&self, what: &'static str, reason: impl Into<String>) -> Failure {
@@ -951,6 +959,21 @@ impl RegistryClient {
         headers: HeaderMap,
         what: &str,
     ) -> Result<reqwest::Response, Failure> {
+        self.send_with(target, reqwest::Method::GET, url, headers, None, what)
+            .await
+    }
+
+    /// [`Self::send`] with any method and a small body held in memory (sent again after a
+    /// challenge).
+    async fn send_with(
+        &self,
+        target: &Target,
+        method: reqwest::Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<bytes::Bytes>,
+        what: &str,
+    ) -> Result<reqwest::Response, Failure> {
         let slot = target.auth_slot();
         let known = self
             .inner
@@ -987,11 +1010,18 @@ impl RegistryClient {
         };
         let mut challenged = false;
         loop {
-            let mut request = self.inner.http.get(url).headers(headers.clone());
+            let mut request = self
+                .inner
+                .http
+                .request(method.clone(), url)
+                .headers(headers.clone());
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
             if let Authorization::Header(value) = &authorization {
                 request = request.header(header::AUTHORIZATION, value.clone());
             }
-            tracing::debug!(url, what, "registry GET");
+            tracing::debug!(url, what, %method, "registry request");
             let response = self.within_timeout(request.send(), target, what).await?;
             tracing::debug!(
                 url,
@@ -1129,7 +1159,12 @@ impl RegistryClient {
         let mut url = check_realm(realm, target)?;
         {
             let mut query = url.query_pairs_mut();
-            query.append_pair("scope", &format!("repository:{}:pull", target.repository));
+            let actions = if target.push { "pull,push" } else { "pull" };
+            let scope = format!("repository:{}:{actions}", target.repository);
+            query.append_pair("scope", &scope);
+            if let Some(from) = &target.mount_from {
+                query.append_pair("scope", &format!("repository:{from}:pull"));
+            }
             if let Some(service) = service {
                 query.append_pair("service", service);
             }
@@ -1361,6 +1396,8 @@ impl RegistryClient {
             credential,
             auth_key,
             lookup,
+            push: false,
+            mount_from: None,
         }
     }
 
@@ -1376,6 +1413,397 @@ impl RegistryClient {
             "registry request failed; retrying"
         );
         tokio::time::sleep(Duration::from_millis(jittered)).await;
+    }
+}
+
+/// What a cross-repository mount did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mounted {
+    /// The blob is now in the repository (201).
+    Yes,
+    /// The registry could not mount it and opened an upload session instead (202): its
+    /// `Location`, for [`RegistryClient::upload_blob`].
+    Session(String),
+}
+
+/// A blob body for [`RegistryClient::upload_blob`]: `len` bytes, each chunk from `rx`; an
+/// `Err` aborts the request, so the registry never commits the blob.
+pub struct UploadBody {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+    remaining: u64,
+}
+
+impl UploadBody {
+    pub fn new(
+        rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+        len: u64,
+    ) -> UploadBody {
+        UploadBody { rx, remaining: len }
+    }
+}
+
+impl hyper::body::Body for UploadBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+                Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) if self.remaining > 0 => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "blob stream ended early",
+            )))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Pushing: the calls `push` makes, each with the client's deadlines and retries, tokens
+/// scoped `repository:NAME:pull,push`. `repository` is a name without tag or digest
+/// (`mirror.example:5000/site/ns/app`).
+impl RegistryClient {
+    fn push_target(&self, repository: &Reference, what: String) -> Target {
+        let mut target = self.target(repository, None);
+        target.push = true;
+        target.reference = what;
+        target
+    }
+
+    fn api_url(target: &Target, rest: &str) -> String {
+        format!(
+            "{}://{}/v2/{}/{rest}",
+            target.scheme, target.api_host, target.repository
+        )
+    }
+
+    /// [`Self::send_with`], retried while the failure is transient.
+    async fn send_retried(
+        &self,
+        target: &Target,
+        method: reqwest::Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<bytes::Bytes>,
+        what: &str,
+    ) -> Result<reqwest::Response, Error> {
+        let mut attempt = 0u32;
+        loop {
+            let result = self
+                .send_with(
+                    target,
+                    method.clone(),
+                    url,
+                    headers.clone(),
+                    body.clone(),
+                    what,
+                )
+                .await;
+            let failure = match result {
+                Ok(r) if r.status().is_success() => return Ok(r),
+                Ok(r) => self.error_from(r, target, what).await,
+                Err(f) => f,
+            };
+            if failure.transient && attempt < self.inner.retries {
+                self.backoff(attempt).await;
+                attempt += 1;
+            } else {
+                return Err(finish_error(failure.error, target, attempt + 1));
+            }
+        }
+    }
+
+    /// Whether blob `digest` is in `repository` (HEAD: 200 yes, 404 no).
+    pub async fn blob_exists(
+        &self,
+        repository: &Reference,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
+        let target = self.push_target(repository, format!("{}@{digest}", repository.name()));
+        let url = Self::api_url(&target, &format!("blobs/{digest}"));
+        self.exists(&target, &url, HeaderMap::new()).await
+    }
+
+    /// Whether manifest `reference` (a tag or digest) is in `repository` and is `digest`.
+    pub async fn manifest_exists(
+        &self,
+        repository: &Reference,
+        reference: &str,
+        digest: &Digest,
+        media_type: &str,
+    ) -> Result<bool, Error> {
+        let target = self.push_target(repository, format!("{}:{reference}", repository.name()));
+        let url = Self::api_url(&target, &format!("manifests/{reference}"));
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(media_type) {
+            headers.insert(header::ACCEPT, v);
+        }
+        let what = format!("manifest {reference} of {}", repository.name());
+        let response = self
+            .send_retried_head(&target, &url, headers, &what)
+            .await?;
+        Ok(response.is_some_and(|h| {
+            h.get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == digest.to_string())
+        }))
+    }
+
+    async fn exists(&self, target: &Target, url: &str, headers: HeaderMap) -> Result<bool, Error> {
+        let what = format!("{} (HEAD)", target.reference);
+        Ok(self
+            .send_retried_head(target, url, headers, &what)
+            .await?
+            .is_some())
+    }
+
+    /// HEAD `url`: the headers on 200, `None` on 404.
+    async fn send_retried_head(
+        &self,
+        target: &Target,
+        url: &str,
+        headers: HeaderMap,
+        what: &str,
+    ) -> Result<Option<HeaderMap>, Error> {
+        match self
+            .send_retried(target, reqwest::Method::HEAD, url, headers, None, what)
+            .await
+        {
+            Ok(r) => Ok(Some(r.headers().clone())),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Mount blob `digest` into `repository` from `from` (a repository path on the same
+    /// registry, e.g. `site/ns/other`).
+    pub async fn mount_blob(
+        &self,
+        repository: &Reference,
+        digest: &Digest,
+        from: &str,
+    ) -> Result<Mounted, Error> {
+        let mut target = self.push_target(repository, format!("{}@{digest}", repository.name()));
+        target.mount_from = Some(from.to_string());
+        let mut url =
+            reqwest::Url::parse(&Self::api_url(&target, "blobs/uploads/")).map_err(|e| {
+                Error::Setup {
+                    source: e.to_string().into(),
+                }
+            })?;
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        let what = format!("mount of {digest} into {}", repository.name());
+        let response = self
+            .send_retried(
+                &target,
+                reqwest::Method::POST,
+                url.as_str(),
+                HeaderMap::new(),
+                Some(bytes::Bytes::new()),
+                &what,
+            )
+            .await?;
+        if response.status() == reqwest::StatusCode::CREATED {
+            return Ok(Mounted::Yes);
+        }
+        Ok(Mounted::Session(self.location(&target, &response)?))
+    }
+
+    /// The upload URL a `POST …/blobs/uploads/` answered with, absolute.
+    fn location(&self, target: &Target, response: &reqwest::Response) -> Result<String, Error> {
+        let bad = |reason: &str| Error::BadPeerData {
+            registry: target.registry.clone(),
+            reference: target.reference.clone(),
+            what: "upload Location",
+            reason: reason.to_string(),
+        };
+        let value = response
+            .headers()
+            .get(header::LOCATION)
+            .ok_or_else(|| bad("the answer has no Location header"))?
+            .to_str()
+            .map_err(|_| bad("it is not visible ASCII text"))?;
+        let url = response
+            .url()
+            .join(value)
+            .map_err(|_| bad("it is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("it is not HTTP(S)"));
+        }
+        Ok(url.to_string())
+    }
+
+    /// Upload blob `digest` of `size` bytes into `repository`: `POST …/blobs/uploads/` (unless
+    /// `session` is already open), then one `PUT ?digest=` of the whole body with its
+    /// `Content-Length` (monolithic). `body()` makes the body afresh for each attempt; the
+    /// registry checks the digest before it commits. The PUT's deadline is the request
+    /// timeout plus the time the minimum rate allows for `size` bytes.
+    pub async fn upload_blob(
+        &self,
+        repository: &Reference,
+        digest: &Digest,
+        size: u64,
+        mut session: Option<String>,
+        body: impl Fn() -> UploadBody,
+    ) -> Result<(), Error> {
+        let target = self.push_target(repository, format!("{}@{digest}", repository.name()));
+        let what = format!("upload of {digest} into {}", repository.name());
+        let mut attempt = 0u32;
+        loop {
+            let location = match session.take() {
+                Some(l) => l,
+                None => {
+                    let url = Self::api_url(&target, "blobs/uploads/");
+                    let response = self
+                        .send_retried(
+                            &target,
+                            reqwest::Method::POST,
+                            &url,
+                            HeaderMap::new(),
+                            Some(bytes::Bytes::new()),
+                            &what,
+                        )
+                        .await?;
+                    self.location(&target, &response)?
+                }
+            };
+            let failure = match self
+                .put_blob(&target, &location, digest, size, body(), &what)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(f) => f,
+            };
+            if failure.transient && attempt < self.inner.retries {
+                self.backoff(attempt).await;
+                attempt += 1;
+            } else {
+                return Err(finish_error(failure.error, &target, attempt + 1));
+            }
+        }
+    }
+
+    async fn put_blob(
+        &self,
+        target: &Target,
+        location: &str,
+        digest: &Digest,
+        size: u64,
+        body: UploadBody,
+        what: &str,
+    ) -> Result<(), Failure> {
+        let mut url = reqwest::Url::parse(location)
+            .map_err(|_| target.bad("upload Location", "not a URL"))?;
+        url.query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let mut request = self
+            .inner
+            .http
+            .put(url.clone())
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap(body));
+        // Credentials go only to the registry itself, not to another host a Location names.
+        let same_origin = url.host_str()
+            == reqwest::Url::parse(&format!("{}://{}/", target.scheme, target.api_host))
+                .ok()
+                .as_ref()
+                .and_then(|u| u.host_str())
+            && url.port_or_known_default()
+                == reqwest::Url::parse(&format!("{}://{}/", target.scheme, target.api_host))
+                    .ok()
+                    .and_then(|u| u.port_or_known_default());
+        let known = self
+            .inner
+            .authorizations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&target.auth_slot())
+            .cloned();
+        if same_origin && let Some(Authorization::Header(value)) = known {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let rate = self.inner.min_rate.max(1);
+        let deadline = self.inner.request_timeout + Duration::from_secs(size / rate);
+        tracing::debug!(what, size, "registry PUT blob");
+        let response = match tokio::time::timeout(deadline, request.send()).await {
+            Err(_) => {
+                return Err(target.stalled(
+                    what,
+                    format!(
+                        "the upload did not finish within {} s",
+                        deadline.as_secs_f64()
+                    ),
+                ));
+            }
+            Ok(Err(e)) => return Err(transport(e, target, what)),
+            Ok(Ok(r)) => r,
+        };
+        if response.status() != reqwest::StatusCode::CREATED && !response.status().is_success() {
+            return Err(self.error_from(response, target, what).await);
+        }
+        Ok(())
+    }
+
+    /// PUT manifest `bytes` (exactly these) with `media_type` as `repository:reference`
+    /// (a tag or its digest). The registry's `Docker-Content-Digest`, when sent, must be
+    /// `digest`.
+    pub async fn put_manifest(
+        &self,
+        repository: &Reference,
+        reference: &str,
+        digest: &Digest,
+        media_type: &str,
+        bytes: bytes::Bytes,
+    ) -> Result<(), Error> {
+        let target = self.push_target(repository, format!("{}:{reference}", repository.name()));
+        let url = Self::api_url(&target, &format!("manifests/{reference}"));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(media_type).map_err(|_| Error::UnsupportedMediaType {
+                reference: target.reference.clone(),
+                media_type: excerpt(media_type, 80),
+            })?,
+        );
+        let what = format!("manifest {reference} of {}", repository.name());
+        let response = self
+            .send_retried(
+                &target,
+                reqwest::Method::PUT,
+                &url,
+                headers,
+                Some(bytes),
+                &what,
+            )
+            .await?;
+        if let Some(found) = response
+            .headers()
+            .get("docker-content-digest")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            && found != digest.to_string()
+        {
+            return Err(Error::DigestMismatch {
+                what,
+                expected: digest.to_string(),
+                found: excerpt(&found, 80),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -1717,6 +2145,8 @@ mod tests {
             credential: None,
             auth_key: String::new(),
             lookup: Lookup::Missing { file: None },
+            push: false,
+            mount_from: None,
         }
     }
 

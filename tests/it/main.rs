@@ -22,6 +22,7 @@ mod mirror;
 mod ops;
 mod oracle;
 mod plan;
+mod push;
 mod rehashed;
 mod release;
 mod reserialise;

@@ -30,6 +30,7 @@ const SUBCOMMANDS: &[&str] = &[
     "version",
     "serve",
     "serve cert-gen",
+    "push",
 ];
 
 /// insta settings with the filters for what varies by run but is not a digest or a path.
