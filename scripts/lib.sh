@@ -39,8 +39,8 @@ YAML
 # build_release: builds pinbundle and the fixture pusher in release mode; sets PB and FIX.
 build_release() {
     cargo build --release --quiet -p pinbundle -p pinbundle-fixtures
-    PB=$PWD/target/release/pinbundle
-    FIX=$PWD/target/release/pinbundle-fixtures
+    PB=${CARGO_TARGET_DIR:-$PWD/target}/release/pinbundle
+    FIX=${CARGO_TARGET_DIR:-$PWD/target}/release/pinbundle-fixtures
 }
 
 # seconds CMD...: runs CMD, prints its wall time in seconds to stdout (CMD's stdout is dropped).

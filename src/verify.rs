@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::bundle::format::{
@@ -316,8 +316,13 @@ fn verify_members(
         .num_threads(jobs)
         .build()
         .map_err(bundle::Error::ThreadPool)?;
-    pool.install(|| {
-        work.par_iter().for_each(|(_, w)| {
+    // Each of the `jobs` workers takes the next largest item when it is free (greedy, largest
+    // first). `par_iter` did not: it splits the sorted list into contiguous runs, each run on one
+    // thread, so the large blobs at its head ran one after another (on a realistic set one
+    // thread read 498 of 570 MB with --jobs 2; now 303, the largest blob being 283).
+    let next = AtomicUsize::new(0);
+    pool.broadcast(|_| {
+        while let Some((_, w)) = work.get(next.fetch_add(1, Ordering::Relaxed)) {
             let progress = |n| reporter.advance(n);
             let (result, member, digest) = match w {
                 Work::Member(v, i) | Work::Part(v, i) => {
@@ -344,7 +349,7 @@ fn verify_members(
                     error: error_chain(&e),
                 });
             }
-        });
+        }
     });
     for v in bundle.volumes() {
         if let Err(e) = v.verify_end() {
