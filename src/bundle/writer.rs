@@ -29,6 +29,9 @@ pub enum Compression {
     Zstd,
 }
 
+/// The most frames [`BundleWriter`] compresses at once (each holds about two frames' size).
+const MAX_FRAMES_IN_FLIGHT: usize = 8;
+
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Upper bound of a frame's decompressed size (the last frame of a member may carry up to
@@ -455,7 +458,14 @@ impl Encoder {
             first: true,
             frame_size: self.opts.frame_size,
         };
-        let batch = rayon::current_num_threads().max(1) * 2;
+        // Frames compressed at once: enough for every core, but never the whole pool (create runs
+        // one thread per download job): each frame in flight holds a chunk and a frame buffer
+        // (2 × 16 MiB), so memory stays bounded by the cores, not by the jobs or the blob.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let batch = rayon::current_num_threads()
+            .min(cores)
+            .clamp(1, MAX_FRAMES_IN_FLIGHT)
+            .max(2);
         // Chunk and frame buffers live as long as the writer: fresh 16 MiB buffers per frame
         // cost about as much in page faults as hashing them.
         let mut chunks = std::mem::take(&mut self.chunk_pool);

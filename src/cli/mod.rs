@@ -7,6 +7,6 @@ pub mod lifecycle;
 pub mod logging;
 pub mod manifests;
 pub mod node;
-pub mod serve;
 pub mod push;
+pub mod serve;
 pub mod version;
