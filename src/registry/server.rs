@@ -227,6 +227,12 @@ pub struct BundleServer {
 pub trait Authorize: Send + Sync + std::fmt::Debug {
     /// Whether the header (absent: `None`) is accepted.
     fn check(&self, authorization: Option<&HeaderValue>) -> bool;
+    /// Whether [`Authorize::check`] may take long (a password hash to verify): the server then
+    /// runs it on a blocking thread, so that a flood of wrong passwords cannot stall the
+    /// connections of everyone else.
+    fn is_slow(&self, _authorization: Option<&HeaderValue>) -> bool {
+        false
+    }
     /// The `WWW-Authenticate` value of a 401.
     fn challenge(&self) -> HeaderValue;
 }
@@ -806,14 +812,19 @@ impl BundleServer {
         )))
     }
 
-    /// Whether `req` may be answered.
-    fn authorized<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
+    /// Whether `req` may be answered: `None` when it may, else the challenge of the 401.
+    async fn authorized<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
         let auth = self.authorization.as_ref()?;
-        if auth.check(req.headers().get(header::AUTHORIZATION)) {
-            None
+        let given = req.headers().get(header::AUTHORIZATION);
+        let ok = if auth.is_slow(given) {
+            let (auth, given) = (Arc::clone(auth), given.cloned());
+            tokio::task::spawn_blocking(move || auth.check(given.as_ref()))
+                .await
+                .unwrap_or(false)
         } else {
-            Some(auth.challenge())
-        }
+            auth.check(given)
+        };
+        (!ok).then(|| auth.challenge())
     }
 
     /// Also serves, from `bases`, the blobs `bundle` lists but does not carry (a delta's).
@@ -880,7 +891,7 @@ impl BundleServer {
     }
 
     async fn respond<B>(self: &Arc<Self>, req: &Request<B>) -> Response<ResponseBody> {
-        if let Some(challenge) = self.authorized(req) {
+        if let Some(challenge) = self.authorized(req).await {
             let mut resp = error_response(
                 StatusCode::UNAUTHORIZED,
                 "UNAUTHORIZED",

@@ -145,18 +145,28 @@ impl Htpasswd {
 /// bcrypt of an unguessable password at cost 10, for unknown users.
 const DUMMY_HASH: &str = "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
 
+impl Htpasswd {
+    /// Whether this `Authorization` value was verified before (by the SHA-256 of the value,
+    /// compared in constant time, so the comparison leaks nothing of the password).
+    fn cached(&self, key: &[u8; 32]) -> bool {
+        self.verified
+            .lock()
+            .is_ok_and(|cache| cache.iter().any(|k| constant_time_eq(k, key)))
+    }
+}
+
 impl Authorize for Htpasswd {
+    fn is_slow(&self, authorization: Option<&HeaderValue>) -> bool {
+        authorization.is_some_and(|v| !self.cached(&sha2::Sha256::digest(v.as_bytes()).into()))
+    }
+
     fn check(&self, authorization: Option<&HeaderValue>) -> bool {
         let Some(value) = authorization else {
             return false;
         };
         let key: [u8; 32] = sha2::Sha256::digest(value.as_bytes()).into();
-        if let Ok(cache) = self.verified.lock() {
-            // A set lookup by hash; the key is a digest, so the comparison leaks nothing of
-            // the password.
-            if cache.iter().any(|k| constant_time_eq(k, &key)) {
-                return true;
-            }
+        if self.cached(&key) {
+            return true;
         }
         let Some((user, password)) = Htpasswd::basic_credentials(value) else {
             return false;

@@ -166,7 +166,14 @@ fn on_a_terminal(c: &Command) -> String {
     }
     // Wide enough that the bar's message (the image in flight) is not cut at 80 columns.
     let line = format!("stty cols 400; {line}");
-    let o = ok(Command::new("script")
+    // The command's own environment too (its state dir above all), but progress drawn.
+    let mut script = Command::new("script");
+    for (k, v) in c.get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    let o = ok(script
         .args(["-qec", &line, "/dev/null"])
         .env("TERM", "xterm")
         .env_remove("PINBUNDLE_NO_PROGRESS"));
