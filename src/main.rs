@@ -393,7 +393,8 @@ struct LoadArgs {
 #[derive(Args, Debug, Clone, Copy)]
 struct Jobs {
     /// Threads to work with: parallel downloads and compression (`create`), verification
-    /// (`verify`, `load`). [default: number of cores; for `create` at least 4]
+    /// (`verify`, `load`), skopeo copies at once (`load`). [default: number of cores; for
+    /// `create` at least 4]
     #[arg(long = "jobs", short = 'j', value_name = "N")]
     n: Option<usize>,
 }

@@ -88,6 +88,38 @@ pub fn import_bytes(
         .collect()
 }
 
+/// The waves `load` imports `imports` in: every image of a wave may be copied at the same
+/// time as the others of its wave, and after all of the waves before it. Each blob (a base
+/// layer, a config) belongs to the first image that has it; an image waits for the wave after
+/// each owner of a blob it shares, so a shared layer is unpacked once, by its owner, and the
+/// others find it in the store (two copies of one layer at once would both unpack it). Images
+/// that share a blob only with their owner run together. Returns positions in `imports`, each
+/// wave in their order.
+pub fn import_waves(imports: &[(usize, BTreeSet<&Digest>)]) -> Vec<Vec<usize>> {
+    let mut owner: std::collections::HashMap<&Digest, usize> = std::collections::HashMap::new();
+    let mut wave_of: Vec<usize> = Vec::with_capacity(imports.len());
+    for (pos, (_, blobs)) in imports.iter().enumerate() {
+        let mut wave = 0;
+        for d in blobs {
+            match owner.get(*d) {
+                Some(&o) => wave = wave.max(wave_of[o] + 1),
+                None => {
+                    owner.insert(*d, pos);
+                }
+            }
+        }
+        wave_of.push(wave);
+    }
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (pos, &w) in wave_of.iter().enumerate() {
+        if waves.len() <= w {
+            waves.resize_with(w + 1, Vec::new);
+        }
+        waves[w].push(pos);
+    }
+    waves
+}
+
 /// Whether `record` (the store's image named `name@digest`, if any) is `img` as the bundle
 /// would leave it: with a tag, the store must also carry the `name:tag` name.
 pub fn is_present(img: &ImageEntry, record: Option<&ImageRecord>) -> bool {
@@ -228,6 +260,29 @@ mod tests {
             import_bytes(&m, &imports, &BTreeSet::from([c.clone()])),
             [210, 0]
         );
+    }
+
+    #[test]
+    fn shared_blobs_are_imported_first_and_once() {
+        let d: Vec<Digest> = (0..8u8).map(|i| Digest::of(&[i])).collect();
+        let set = |ix: &[usize]| ix.iter().map(|&i| &d[i]).collect::<BTreeSet<_>>();
+        // 0 owns the base layer (0); 1 and 2 share only it; 3 shares 1's layer (2) as well;
+        // 4 shares nothing.
+        let imports = [
+            (10, set(&[0, 1])),
+            (11, set(&[0, 2, 3])),
+            (12, set(&[0, 4])),
+            (13, set(&[0, 2, 5])),
+            (14, set(&[6, 7])),
+        ];
+        assert_eq!(import_waves(&imports), [vec![0, 4], vec![1, 2], vec![3]]);
+        // Nothing shared: one wave, in order; nothing to import: no wave.
+        let apart = [(0, set(&[0])), (1, set(&[1])), (2, set(&[2]))];
+        assert_eq!(import_waves(&apart), [vec![0, 1, 2]]);
+        assert!(import_waves(&[]).is_empty());
+        // The same config twice (one image under two names): one after the other.
+        let twice = [(0, set(&[0, 1])), (1, set(&[0, 1]))];
+        assert_eq!(import_waves(&twice), [vec![0], vec![1]]);
     }
 
     #[test]

@@ -233,6 +233,8 @@ struct Plan {
     platforms: Vec<Option<String>>,
     /// The bytes skopeo reads for each of `missing`, in its order.
     import_bytes: Vec<u64>,
+    /// The order of the imports: waves of positions in `missing` ([`plan::import_waves`]).
+    waves: Vec<Vec<usize>>,
     /// The drop-in as it would be written (`None` with `--no-pin`).
     pins: Option<PinsResult>,
     /// The `--base` bundles that serve a delta's omitted layers.
@@ -315,6 +317,7 @@ fn make_plan(
         .map(delta::LoadPlan::reused)
         .unwrap_or_default();
     let import_bytes = plan::import_bytes(manifest, &imports, &reused);
+    let waves = plan::import_waves(&imports);
 
     // Space, from the signed sizes or, for a bundle no trusted key signed, measured ones.
     let mut sources: Vec<&BundleSet> = vec![bundle];
@@ -347,6 +350,7 @@ fn make_plan(
         statuses,
         platforms,
         import_bytes,
+        waves,
         pins: planned_pins,
         bases,
         delta,
@@ -577,8 +581,11 @@ fn import_and_pin(
     Ok(changed)
 }
 
-/// Imports the images `plan.missing`, one at a time, through a loopback registry serving
-/// the bundle (and its bases); stops at the first failure.
+/// Imports the images `plan.missing` through a loopback registry serving the bundle (and its
+/// bases), in `plan.waves`: the images of a wave share no blob, so up to `--jobs` of them are
+/// copied at once (one skopeo's untar, single-threaded, overlaps another's download and
+/// decompression). At the first failure no further copy starts; those running finish and
+/// keep their status, for the roll-back to see.
 fn import(
     opts: &LoadOptions,
     bundle: &Arc<BundleSet>,
@@ -612,34 +619,79 @@ fn import(
         .fold(0u64, |a, &n| a.saturating_add(n));
     let images = crate::progress::count(plan.missing.len(), "image");
     reporter.start(&format!("importing {images}"), total);
-    for (&i, &bytes) in plan.missing.iter().zip(&plan.import_bytes) {
-        let img = &manifest.images[i];
-        let result = &mut applied.images[i];
+    let copy = |pos: usize| {
+        let img = &manifest.images[plan.missing[pos]];
         reporter.step(&img.reference);
         let progress = ServedProgress {
             server: server.server(),
             repository: BundleServer::repository_of(img),
-            bytes,
+            bytes: plan.import_bytes[pos],
             reporter,
         };
-        let imported = progress
-            .follow(|| storage::import(server.addr(), img, &plan.store.store, &import_opts));
-        match imported {
-            Ok(ImportOutcome::AlreadyPresent) => result.status = ImageStatus::Present,
-            Ok(ImportOutcome::Imported { .. }) => result.status = ImageStatus::Loaded,
-            Err(e) => {
-                result.status = ImageStatus::Failed;
-                result.error = Some(error_chain(&e));
-                reporter.finish();
-                return Err(anyhow::Error::new(e).context(format!(
-                    "importing {} into containers-storage failed; the drop-in was not changed",
-                    img.reference
-                )));
+        progress.follow(|| storage::import(server.addr(), img, &plan.store.store, &import_opts))
+    };
+    for wave in &plan.waves {
+        let outcomes = run_at_once(wave, opts.jobs, copy);
+        let mut first_error = None;
+        for (&pos, outcome) in wave.iter().zip(outcomes) {
+            let i = plan.missing[pos];
+            let result = &mut applied.images[i];
+            match outcome {
+                None => {}
+                Some(Ok(ImportOutcome::AlreadyPresent)) => result.status = ImageStatus::Present,
+                Some(Ok(ImportOutcome::Imported { .. })) => result.status = ImageStatus::Loaded,
+                Some(Err(e)) => {
+                    result.status = ImageStatus::Failed;
+                    result.error = Some(error_chain(&e));
+                    first_error.get_or_insert((i, e));
+                }
             }
+        }
+        if let Some((i, e)) = first_error {
+            reporter.finish();
+            return Err(anyhow::Error::new(e).context(format!(
+                "importing {} into containers-storage failed; the drop-in was not changed",
+                manifest.images[i].reference
+            )));
         }
     }
     reporter.done(&format!("imported {images}, {}", crate::size::human(total)));
     Ok(())
+}
+
+/// Runs `work` on every item of `items`, up to `jobs` at a time, in their order; once one
+/// returns `Err` no further item starts. Returns each item's result, `None` for those not
+/// started.
+fn run_at_once<T: Send, E: Send>(
+    items: &[usize],
+    jobs: usize,
+    work: impl Fn(usize) -> std::result::Result<T, E> + Sync,
+) -> Vec<Option<std::result::Result<T, E>>> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Vec<Mutex<Option<std::result::Result<T, E>>>> =
+        items.iter().map(|_| Mutex::new(None)).collect();
+    let worker = || {
+        while !failed.load(Ordering::SeqCst) {
+            let k = next.fetch_add(1, Ordering::SeqCst);
+            let Some(&item) = items.get(k) else { break };
+            let out = work(item);
+            failed.fetch_or(out.is_err(), Ordering::SeqCst);
+            *results[k].lock().unwrap_or_else(|p| p.into_inner()) = Some(out);
+        }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..jobs.clamp(1, items.len().max(1)) {
+            scope.spawn(worker);
+        }
+        worker();
+    });
+    results
+        .into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect()
 }
 
 /// Advances the import's progress by the bytes skopeo reads of one image from the loopback

@@ -14,6 +14,7 @@ mod hostile;
 mod hostile_registry;
 mod lifecycle;
 mod load;
+mod load_order;
 mod load_pins;
 mod load_policy;
 mod load_space;

@@ -212,9 +212,15 @@ fn tampering_skopeo(dir: &Path, bundle: &Path, offset: u64) -> PathBuf {
         format!(
             r#"#!/bin/sh
 for a in "$@"; do
-  if [ "$a" = copy ] && [ ! -e '{mark}' ]; then
-    touch '{mark}'
-    python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(int(sys.argv[2])); b=f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0]^1]))' '{bundle}' {offset}
+  # mkdir is atomic: of copies started at once, exactly one flips the byte, and the others
+  # start only once it is flipped.
+  if [ "$a" = copy ]; then
+    if mkdir '{mark}' 2>/dev/null; then
+      python3 -c 'import sys; f=open(sys.argv[1],"r+b"); f.seek(int(sys.argv[2])); b=f.read(1); f.seek(int(sys.argv[2])); f.write(bytes([b[0]^1]))' '{bundle}' {offset}
+      touch '{mark}/done'
+    fi
+    i=0
+    while [ ! -e '{mark}/done' ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
   fi
 done
 exec /usr/bin/skopeo "$@"
