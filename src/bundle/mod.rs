@@ -6,6 +6,7 @@
 //! with one seek and verifies members in parallel.
 
 pub mod format;
+pub mod frames;
 mod output;
 pub mod reader;
 pub mod set;

@@ -55,6 +55,9 @@ pub(crate) fn open_regular(path: &Path) -> Result<std::fs::File, Error> {
 /// An open bundle file.
 #[derive(Debug)]
 pub struct Bundle {
+    /// Unique among the bundles this process opened: the key of its frames in a
+    /// [`super::frames::FrameCache`].
+    id: u64,
     path: PathBuf,
     file: std::fs::File,
     len: u64,
@@ -175,7 +178,9 @@ impl Bundle {
                 path: path.to_path_buf(),
                 detail,
             })?;
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Bundle {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             path: path.to_path_buf(),
             file,
             len,
@@ -254,6 +259,11 @@ impl Bundle {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// This open file's identity in the process ([`super::frames::FrameCache`]'s key).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The file's length in bytes.
@@ -702,6 +712,13 @@ pub struct FrameBuf {
     dctx: Option<zstd::bulk::Decompressor<'static>>,
     /// Where a Raw-block frame's content lies in `raw`.
     slices: Vec<std::ops::Range<usize>>,
+}
+
+impl FrameBuf {
+    /// The decompressed bytes of the last frame read, leaving a fresh buffer in their place.
+    pub(crate) fn take_out(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
 }
 
 /// A frame's content: decompressed, or in place in a frame of Raw blocks.

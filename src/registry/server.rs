@@ -54,7 +54,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
-use std::io::{self, Read};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -71,6 +71,7 @@ use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::bundle::format::ImageEntry;
+use crate::bundle::frames::{self, FrameCache, FrameCacheStats};
 use crate::bundle::{BlobLoc, BundleSet};
 use crate::reference::Digest;
 
@@ -84,6 +85,13 @@ const CHUNK: usize = 256 << 10;
 /// `CHUNKS_IN_FLIGHT × CHUNK` plus one decompressed frame).
 const CHUNKS_IN_FLIGHT: usize = 4;
 /// The longest wait for a request's headers.
+/// The frame budget of `load`'s server: skopeo reads each blob once, so caching buys nothing
+/// beyond the frames its parallel layer downloads are reading (4 × 16 MiB).
+const LOAD_FRAME_BUDGET: u64 = 64 << 20;
+
+/// The default frame budget of `serve`: 16 full frames; clients of the same images share them.
+pub const SERVE_FRAME_BUDGET: u64 = 256 << 20;
+
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// A repository name longer than this cannot be parsed by containers/image.
 const MAX_NAME_LEN: usize = 255;
@@ -209,6 +217,16 @@ pub struct Stats {
     pub blob_bytes: u64,
 }
 
+/// A cached frame as a [`Bytes`] owner: chunks sliced from it keep it alive, and with it its
+/// place in the frame budget, until the connection has written them.
+struct FrameBytes(Arc<frames::Frame>);
+
+impl AsRef<[u8]> for FrameBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The routing and responses of the read-only registry, independent of any listener.
 #[derive(Debug)]
 pub struct BundleServer {
@@ -221,6 +239,8 @@ pub struct BundleServer {
     authorization: Option<Arc<dyn Authorize>>,
     /// Whether `/v2/_catalog` lists the repositories (`serve`; `load`'s server answers 404).
     catalog: bool,
+    /// The decompressed frames blob bodies are cut from, shared by every transfer.
+    frames: FrameCache,
 }
 
 /// Decides whether a request's `Authorization` header lets it read.
@@ -623,6 +643,7 @@ impl BundleServer {
             counters: Counters::default(),
             authorization: None,
             catalog: false,
+            frames: FrameCache::new(LOAD_FRAME_BUDGET),
         };
         let bundle = Arc::clone(&server.bundle);
         server.add_images(&bundle, &|image| served_name(&image.name));
@@ -646,6 +667,7 @@ impl BundleServer {
             counters: Counters::default(),
             authorization: None,
             catalog: false,
+            frames: FrameCache::new(SERVE_FRAME_BUDGET),
         };
         let all: Vec<Arc<BundleSet>> = std::iter::once(&server.bundle)
             .chain(&server.bases)
@@ -799,6 +821,17 @@ impl BundleServer {
     }
 
     /// Answers only requests `authorizer` accepts (401 with its challenge otherwise).
+    /// Bounds the bytes of decompressed frames held at once (see [`FrameCache`]).
+    pub fn with_frame_budget(mut self, bytes: u64) -> BundleServer {
+        self.frames = FrameCache::new(bytes);
+        self
+    }
+
+    /// What the frame cache did so far.
+    pub fn frame_stats(&self) -> FrameCacheStats {
+        self.frames.stats()
+    }
+
     pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorize>) -> BundleServer {
         self.authorization = Some(authorizer);
         self
@@ -1164,8 +1197,9 @@ impl BundleServer {
         }
     }
 
-    /// Reads and sends the chunks. For a whole blob, the last chunk is sent only after the
-    /// sha256 matched, so a client never receives a complete but wrong body.
+    /// Sends `len` bytes of `member` from `start`, in chunks cut from the shared frame cache
+    /// (no copy). For a whole blob, the last chunk is sent only after the sha256 matched, so a
+    /// client never receives a complete but wrong body.
     #[expect(clippy::too_many_arguments, reason = "one private call site")]
     fn produce(
         &self,
@@ -1177,38 +1211,64 @@ impl BundleServer {
         whole: bool,
         send: &dyn Fn(Bytes) -> io::Result<()>,
     ) -> Result<(), io::Error> {
-        let mut reader = bundle.open_blob(member, start).take(len);
+        let end = start + len;
         let mut hasher = whole.then(sha2::Sha256::new);
         let mut pending: Option<Bytes> = None;
         let mut sent = 0u64;
-        while sent < len {
-            let want = (len - sent).min(CHUNK as u64) as usize;
-            let mut buf = vec![0u8; want];
-            let mut filled = 0;
-            while filled < want {
-                let n = reader.read(&mut buf[filled..]).map_err(|e| {
-                    let inner = crate::bundle::set::unwrap_io(bundle.path(), e);
-                    io::Error::other(inner)
-                })?;
-                if n == 0 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{}: blob {} ends early",
-                            bundle.path().display(),
-                            member.digest
-                        ),
-                    ));
+        // `at`: the blob offset of the current frame's first content byte.
+        let mut at = 0u64;
+        'parts: for p in 0..member.parts.len() {
+            let (b, m) = bundle.part(member, p);
+            let part_end = at + m.size;
+            if part_end <= start {
+                at = part_end;
+                continue;
+            }
+            for (k, f) in b.index().frames_of(m).iter().enumerate() {
+                if at >= end.min(part_end) {
+                    break;
                 }
-                filled += n;
+                // The content in this frame: after the tar header in the first, before the
+                // padding (and the next member) in the last.
+                let lead = if k == 0 { m.data_offset } else { 0 };
+                let here = f.size.saturating_sub(lead).min(part_end - at);
+                if at + here > start {
+                    let frame = self.frames.get(b, m.frame + k).map_err(io::Error::other)?;
+                    let from = lead + start.saturating_sub(at);
+                    let to = lead + (end.min(at + here) - at);
+                    let frame = Bytes::from_owner(FrameBytes(frame));
+                    let mut c = from;
+                    while c < to {
+                        let n = (to - c).min(CHUNK as u64);
+                        let chunk = frame.slice(c as usize..(c + n) as usize);
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(&chunk);
+                        }
+                        if let Some(prev) = pending.replace(chunk) {
+                            send(prev)?;
+                        }
+                        sent += n;
+                        c += n;
+                    }
+                }
+                at += here;
+                if at >= end {
+                    break 'parts;
+                }
             }
-            sent += want as u64;
-            if let Some(h) = hasher.as_mut() {
-                h.update(&buf);
+            if at < part_end {
+                break;
             }
-            if let Some(prev) = pending.replace(Bytes::from(buf)) {
-                send(prev)?;
-            }
+        }
+        if sent < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: blob {} ends early",
+                    bundle.path().display(),
+                    member.digest
+                ),
+            ));
         }
         if let Some(h) = hasher {
             let found = Digest::from_hash(h.finalize().into());
