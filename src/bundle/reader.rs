@@ -715,9 +715,10 @@ pub struct FrameBuf {
 }
 
 impl FrameBuf {
-    /// The decompressed bytes of the last frame read, leaving a fresh buffer in their place.
-    pub(crate) fn take_out(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.out)
+    /// Puts `out` in place of the buffer frames are decompressed into; returns the old one
+    /// (after a read, the frame's bytes).
+    pub(crate) fn swap_out(&mut self, out: Vec<u8>) -> Vec<u8> {
+        std::mem::replace(&mut self.out, out)
     }
 }
 

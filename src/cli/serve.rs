@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// connection is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub stall_timeout: u64,
+    /// Bytes of decompressed frames held at once, shared by every client (clients of the same
+    /// images share one copy); beyond it a transfer waits for room, at most 5 s.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_cache_size)]
+    pub cache_size: u64,
     /// Seconds in-flight responses get to finish after SIGTERM/SIGINT.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub grace: u64,
@@ -96,6 +100,10 @@ pub struct CertGenArgs {
     pub force: bool,
 }
 
+fn parse_cache_size(s: &str) -> std::result::Result<u64, String> {
+    pinbundle::size::parse_bytes(s).map_err(|e| e.to_string())
+}
+
 pub fn run(a: ServeArgs, quiet: bool, reporter: &dyn Reporter) -> Result<ExitCode> {
     if let Some(ServeCommand::CertGen(c)) = a.command {
         return cert_gen(c, quiet);
@@ -122,7 +130,8 @@ pub fn run(a: ServeArgs, quiet: bool, reporter: &dyn Reporter) -> Result<ExitCod
     let opened = serve::open(&opts, reporter)?;
     let mut server = opened
         .server()
-        .context("nothing to serve: no bundle given")?;
+        .context("nothing to serve: no bundle given")?
+        .with_frame_budget(a.cache_size);
     let users = auth.as_ref().map(|h| h.len());
     if let Some(h) = auth {
         server = server.with_authorizer(Arc::new(h));
@@ -164,11 +173,14 @@ pub fn run(a: ServeArgs, quiet: bool, reporter: &dyn Reporter) -> Result<ExitCod
     let mut err = std::io::stderr().lock();
     writeln!(
         err,
-        "stopped: {} on {}, {} sent, {}",
+        "stopped: {} on {}, {} sent, {}; frames: {} decoded, {} shared, {} beyond --cache-size",
         pinbundle::progress::count(s.requests as usize, "request"),
         pinbundle::progress::count(s.connections as usize, "connection"),
         pinbundle::size::human(s.bytes),
         pinbundle::progress::count(s.errors as usize, "error"),
+        s.frames.decoded,
+        s.frames.hits,
+        s.frames.over_budget,
     )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1250,6 +1250,11 @@ impl BundleServer {
                         sent += n;
                         c += n;
                     }
+                    // The chunk held back must not hold this frame while the next one waits
+                    // for room in the budget: transfers waiting so would wait for each other.
+                    if let Some(p) = pending.take() {
+                        pending = Some(Bytes::copy_from_slice(&p));
+                    }
                 }
                 at += here;
                 if at >= end {

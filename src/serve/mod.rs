@@ -183,6 +183,8 @@ pub struct Summary {
     /// Responses with status 400 and up, or whose body ended with an error.
     pub errors: u64,
     pub connections: u64,
+    /// What the shared frame cache did.
+    pub frames: crate::bundle::frames::FrameCacheStats,
 }
 
 /// One line per request: `ADDR METHOD PATH STATUS BYTES MS`, and the totals.
@@ -243,6 +245,7 @@ impl AccessLog {
             bytes: self.bytes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            frames: Default::default(),
         }
     }
 }
@@ -457,8 +460,12 @@ impl Bound {
                     _ = int.recv() => {}
                 }
             };
+            let frames = Arc::clone(&server);
             accept_loop(listener, server, tls, Arc::clone(&log), &opts, stop).await;
-            Ok::<_, Error>(log.summary())
+            Ok::<_, Error>(Summary {
+                frames: frames.frame_stats(),
+                ..log.summary()
+            })
         })?;
         runtime.shutdown_timeout(Duration::from_secs(1));
         Ok(summary)

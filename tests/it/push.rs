@@ -294,3 +294,102 @@ fn push_with_bearer_tokens_mounts_across_repositories() {
         .count();
     assert_eq!(mounts, 1, "the registry mounted the shared layer once");
 }
+
+/// The files docker-registry commits under `blobs/` (each blob's `data`, once complete).
+fn committed_blobs(site: &TestRegistry) -> usize {
+    let root = site.storage_dir().join("docker/registry/v2/blobs/sha256");
+    let Ok(prefixes) = std::fs::read_dir(&root) else {
+        return 0;
+    };
+    prefixes
+        .flatten()
+        .filter_map(|p| std::fs::read_dir(p.path()).ok())
+        .flat_map(|blobs| blobs.flatten())
+        .filter(|b| b.path().join("data").is_file())
+        .count()
+}
+
+#[test]
+fn a_push_killed_midway_resumes_sending_only_what_is_missing() {
+    let source = TestRegistry::start().unwrap();
+    let pushed = (0..3u64)
+        .map(|i| {
+            let name = format!("t/big{i}");
+            pinbundle_fixtures::push_sized(
+                source.addr(),
+                &name,
+                &[12 << 20, 12 << 20],
+                60 + i,
+                None,
+            )
+            .unwrap()
+        })
+        .collect();
+    let env = Env {
+        registry: source,
+        pushed,
+    };
+    let dir = tempdir();
+    let refs: Vec<String> = env.pushed.iter().map(|p| p.tag_reference()).collect();
+    let bundle = env.bundle_of(dir.path(), &refs);
+    let inspect = inspect_json(&bundle);
+    let blobs = inspect["blobs"].as_array().unwrap().len();
+
+    let site = TestRegistry::start_with_basic_auth(USER, PASSWORD).unwrap();
+    let auth = authfile(dir.path(), site.addr(), USER, PASSWORD);
+    let to = format!("{}/site", site.addr());
+    // One blob at a time; SIGKILL as soon as the registry has committed the first.
+    let mut child = pinbundle()
+        .arg("push")
+        .arg(&bundle)
+        .args(["--to", &to, "--insecure-registry", site.addr(), "-j", "1"])
+        .arg("--authfile")
+        .arg(&auth)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while committed_blobs(&site) == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "push ended before a blob was committed"
+        );
+        assert!(std::time::Instant::now() < deadline, "no blob committed");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let ended = child.try_wait().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ended.is_none(), "push finished before it was killed");
+    let committed = committed_blobs(&site);
+    assert!(committed < blobs, "{committed} of {blobs} blobs committed");
+
+    // The rerun finds what the killed push committed and sends the rest.
+    let r = report(&push(&bundle, &to, site.addr(), &auth, &[]));
+    let t = &r["totals"];
+    let skipped = t["blobsSkipped"].as_u64().unwrap() as usize;
+    let sent = t["blobsSent"].as_u64().unwrap() as usize;
+    assert!(skipped >= 1, "{r}");
+    assert!(sent >= 1 && sent < blobs, "{r}");
+    assert!(
+        r["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["status"] == "pushed"),
+        "{r}"
+    );
+    // Every image is there, by tag, with its digest.
+    let mut client =
+        pinbundle_fixtures::RegistryClient::new(site.addr(), Some((USER, PASSWORD))).unwrap();
+    for p in &env.pushed {
+        let repository = format!("site/{}", p.repository());
+        let got = client.get_manifest(&repository, &p.tag).unwrap();
+        assert_eq!(
+            pinbundle_fixtures::layer::sha256_digest(&got.bytes),
+            p.digest,
+            "{repository}"
+        );
+    }
+}

@@ -506,6 +506,53 @@ fn a_damaged_frame_breaks_the_transfer() {
     assert!(srv.server().stats().aborted >= 2);
 }
 
+#[test]
+fn concurrent_transfers_share_a_small_frame_budget_without_stalling() {
+    let f = fixture();
+    let bundle = open_bundle(&f.bundle);
+    let frame = 256u64 << 10;
+    // Two frames for eight clients of two layers of 24 frames each: most wait for room.
+    let budget = 2 * frame + 1024;
+    let srv = server::serve_in_thread(
+        BundleServer::new(Arc::clone(&bundle)).with_frame_budget(budget),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
+    let layers = [
+        (
+            served_name(&f.one.name),
+            f.one.platforms[0].layers[0].clone(),
+        ),
+        (
+            served_name(&f.two.name),
+            f.two.platforms[0].layers[0].clone(),
+        ),
+    ];
+    let replies: Vec<(Digest, Reply)> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let (repo, layer) = &layers[i % 2];
+                let addr = srv.addr();
+                s.spawn(move || {
+                    let r = http(addr, "GET", &format!("/v2/{repo}/blobs/{layer}"), &[]);
+                    (layer.clone(), r)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (layer, r) in &replies {
+        assert_eq!((r.status, r.complete), (200, true), "{layer}");
+        assert_eq!(&Digest::of(&r.body), layer);
+    }
+    let st = srv.server().frame_stats();
+    // No transfer waited out the budget (a transfer holding one frame while it waits for the
+    // next would make them wait for each other), and the bytes live at once stayed within it.
+    assert_eq!(st.over_budget, 0, "{st:?}");
+    assert!(st.used <= budget, "{st:?}");
+    assert!(st.decoded >= 24, "{st:?}");
+}
+
 /// A temporary store, with the overlay mount removed before the directory goes.
 struct TempStore {
     dir: tempfile::TempDir,
