@@ -85,7 +85,16 @@ pub struct FrameCacheStats {
 /// the pool.
 pub struct Frame {
     data: Vec<u8>,
+    /// Unique among the frames this process decoded: the same serial, the same bytes.
+    serial: u64,
     shared: Arc<Shared>,
+}
+
+impl Frame {
+    /// This decode's identity ([`BlobHasher`]).
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
 }
 
 impl AsRef<[u8]> for Frame {
@@ -197,8 +206,10 @@ impl FrameCache {
         let result = match decoded {
             Ok(()) => {
                 shared.stats.decoded.fetch_add(1, Ordering::Relaxed);
+                static SERIAL: AtomicU64 = AtomicU64::new(0);
                 let frame = Arc::new(Frame {
                     data,
+                    serial: SERIAL.fetch_add(1, Ordering::Relaxed),
                     shared: Arc::clone(shared),
                 });
                 state.tick += 1;
@@ -304,6 +315,76 @@ impl State {
             })
             .min_by_key(|&(_, t)| t);
         oldest.is_some_and(|(k, _)| self.entries.remove(&k).is_some())
+    }
+}
+
+/// What a whole-blob transfer proved: that the blob's content, as the decoded frames
+/// `serials` held it, hashed to the blob's digest; with the SHA-256 state after each frame.
+#[derive(Debug)]
+pub struct HashedFrames {
+    serials: Vec<u64>,
+    states: Vec<sha2::Sha256>,
+}
+
+/// SHA-256 of a blob sent frame by frame, that skips the frames a [`HashedFrames`] of the
+/// same blob already hashed: while a transfer's frames are the very buffers an earlier one
+/// checked (still cached), their bytes cannot differ, so it starts from the state after them.
+/// Sixteen clients of one cached layer hash it once, not sixteen times.
+pub struct BlobHasher {
+    prior: Option<Arc<HashedFrames>>,
+    /// Every frame so far was the prior's.
+    matched: bool,
+    hasher: sha2::Sha256,
+    serials: Vec<u64>,
+    states: Vec<sha2::Sha256>,
+    hashed: u64,
+}
+
+impl BlobHasher {
+    pub fn new(prior: Option<Arc<HashedFrames>>) -> BlobHasher {
+        BlobHasher {
+            matched: prior.is_some(),
+            prior,
+            hasher: sha2::Sha256::default(),
+            serials: Vec::new(),
+            states: Vec::new(),
+            hashed: 0,
+        }
+    }
+
+    /// Adds the blob's content in `frame`: `bytes`, a slice of it.
+    pub fn frame(&mut self, frame: &Frame, bytes: &[u8]) {
+        use sha2::Digest as _;
+        let k = self.serials.len();
+        let known = self.prior.as_ref().and_then(|p| {
+            (self.matched && p.serials.get(k) == Some(&frame.serial)).then(|| &p.states[k])
+        });
+        match known {
+            Some(state) => self.hasher = state.clone(),
+            None => {
+                self.matched = false;
+                self.hasher.update(bytes);
+                self.hashed += bytes.len() as u64;
+            }
+        }
+        self.serials.push(frame.serial);
+        self.states.push(self.hasher.clone());
+    }
+
+    /// Bytes hashed (not skipped) so far.
+    pub fn hashed(&self) -> u64 {
+        self.hashed
+    }
+
+    /// The digest of what was added, and the proof to keep when it is the right one.
+    pub fn finish(self) -> (crate::reference::Digest, HashedFrames) {
+        use sha2::Digest as _;
+        let found = crate::reference::Digest::from_hash(self.hasher.finalize().into());
+        let proof = HashedFrames {
+            serials: self.serials,
+            states: self.states,
+        };
+        (found, proof)
     }
 }
 

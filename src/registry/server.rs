@@ -71,7 +71,7 @@ use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::bundle::format::ImageEntry;
-use crate::bundle::frames::{self, FrameCache, FrameCacheStats};
+use crate::bundle::frames::{self, BlobHasher, FrameCache, FrameCacheStats, HashedFrames};
 use crate::bundle::{BlobLoc, BundleSet};
 use crate::reference::Digest;
 
@@ -189,6 +189,7 @@ struct Counters {
     range_not_satisfiable: AtomicU64,
     aborted: AtomicU64,
     blob_bytes: AtomicU64,
+    blob_bytes_hashed: AtomicU64,
 }
 
 /// A copy of the request counters.
@@ -215,6 +216,9 @@ pub struct Stats {
     pub aborted: u64,
     /// Blob body bytes handed to connections.
     pub blob_bytes: u64,
+    /// Blob bytes hashed to check whole blobs before their last byte (frames an earlier
+    /// transfer proved are not hashed again).
+    pub blob_bytes_hashed: u64,
 }
 
 /// A cached frame as a [`Bytes`] owner: chunks sliced from it keep it alive, and with it its
@@ -241,6 +245,9 @@ pub struct BundleServer {
     catalog: bool,
     /// The decompressed frames blob bodies are cut from, shared by every transfer.
     frames: FrameCache,
+    /// What whole-blob transfers proved, by blob: the next skips hashing the frames that are
+    /// still the ones proved.
+    hashed: std::sync::Mutex<HashMap<Digest, Arc<HashedFrames>>>,
 }
 
 /// Decides whether a request's `Authorization` header lets it read.
@@ -624,6 +631,10 @@ fn header_value(s: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -644,6 +655,7 @@ impl BundleServer {
             authorization: None,
             catalog: false,
             frames: FrameCache::new(LOAD_FRAME_BUDGET),
+            hashed: Default::default(),
         };
         let bundle = Arc::clone(&server.bundle);
         server.add_images(&bundle, &|image| served_name(&image.name));
@@ -668,6 +680,7 @@ impl BundleServer {
             authorization: None,
             catalog: false,
             frames: FrameCache::new(SERVE_FRAME_BUDGET),
+            hashed: Default::default(),
         };
         let all: Vec<Arc<BundleSet>> = std::iter::once(&server.bundle)
             .chain(&server.bases)
@@ -907,6 +920,7 @@ impl BundleServer {
             range_not_satisfiable: get(&c.range_not_satisfiable),
             aborted: get(&c.aborted),
             blob_bytes: get(&c.blob_bytes),
+            blob_bytes_hashed: get(&c.blob_bytes_hashed),
         }
     }
 
@@ -1212,7 +1226,10 @@ impl BundleServer {
         send: &dyn Fn(Bytes) -> io::Result<()>,
     ) -> Result<(), io::Error> {
         let end = start + len;
-        let mut hasher = whole.then(sha2::Sha256::new);
+        let mut hasher = whole.then(|| {
+            let prior = lock(&self.hashed).get(digest).cloned();
+            BlobHasher::new(prior)
+        });
         let mut pending: Option<Bytes> = None;
         let mut sent = 0u64;
         // `at`: the blob offset of the current frame's first content byte.
@@ -1234,20 +1251,20 @@ impl BundleServer {
                 let here = f.size.saturating_sub(lead).min(part_end - at);
                 if at + here > start {
                     let frame = self.frames.get(b, m.frame + k).map_err(io::Error::other)?;
-                    let from = lead + start.saturating_sub(at);
-                    let to = lead + (end.min(at + here) - at);
+                    let from = (lead + start.saturating_sub(at)) as usize;
+                    let to = (lead + (end.min(at + here) - at)) as usize;
+                    if let Some(h) = hasher.as_mut() {
+                        h.frame(&frame, &frame[from..to]);
+                    }
                     let frame = Bytes::from_owner(FrameBytes(frame));
                     let mut c = from;
                     while c < to {
-                        let n = (to - c).min(CHUNK as u64);
-                        let chunk = frame.slice(c as usize..(c + n) as usize);
-                        if let Some(h) = hasher.as_mut() {
-                            h.update(&chunk);
-                        }
+                        let n = (to - c).min(CHUNK);
+                        let chunk = frame.slice(c..c + n);
                         if let Some(prev) = pending.replace(chunk) {
                             send(prev)?;
                         }
-                        sent += n;
+                        sent += n as u64;
                         c += n;
                     }
                     // The chunk held back must not hold this frame while the next one waits
@@ -1276,7 +1293,10 @@ impl BundleServer {
             ));
         }
         if let Some(h) = hasher {
-            let found = Digest::from_hash(h.finalize().into());
+            self.counters
+                .blob_bytes_hashed
+                .fetch_add(h.hashed(), Ordering::Relaxed);
+            let (found, proof) = h.finish();
             if &found != digest {
                 return Err(io::Error::other(crate::bundle::Error::DigestMismatch {
                     path: bundle.path().to_path_buf(),
@@ -1285,6 +1305,7 @@ impl BundleServer {
                     found,
                 }));
             }
+            lock(&self.hashed).insert(digest.clone(), Arc::new(proof));
         }
         if let Some(last) = pending {
             send(last)?;

@@ -553,6 +553,41 @@ fn concurrent_transfers_share_a_small_frame_budget_without_stalling() {
     assert!(st.decoded >= 24, "{st:?}");
 }
 
+#[test]
+fn a_blob_proved_once_is_hashed_again_only_where_its_frames_were_decoded_again() {
+    let f = fixture();
+    let repo = served_name(&f.one.name);
+    let layer = f.one.platforms[0].layers[0].clone();
+    let path = format!("/v2/{repo}/blobs/{layer}");
+    let get = |srv: &server::RunningServer| {
+        let r = http(srv.addr(), "GET", &path, &[]);
+        assert_eq!((r.status, r.complete), (200, true));
+        assert_eq!(Digest::of(&r.body), layer);
+        (r.body.len() as u64, srv.server().stats().blob_bytes_hashed)
+    };
+    // Room for every frame: the second transfer sends the very buffers the first proved.
+    let roomy = server::serve_in_thread(
+        BundleServer::new(open_bundle(&f.bundle)).with_frame_budget(1 << 30),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
+    let (len, hashed) = get(&roomy);
+    assert_eq!(hashed, len);
+    assert_eq!(get(&roomy).1, len, "a cached, proved blob was hashed again");
+    // Room for one frame: each transfer decodes the frames anew, and hashes them again.
+    let tight = server::serve_in_thread(
+        BundleServer::new(open_bundle(&f.bundle)).with_frame_budget(1),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
+    assert_eq!(get(&tight).1, len);
+    assert_eq!(get(&tight).1, 2 * len);
+    // A range is not hashed (its frames are checked as they are read).
+    let r = http(tight.addr(), "GET", &path, &[("Range", "bytes=10-1000000")]);
+    assert_eq!((r.status, r.body.len()), (206, 999_991));
+    assert_eq!(tight.server().stats().blob_bytes_hashed, 2 * len);
+}
+
 /// A temporary store, with the overlay mount removed before the directory goes.
 struct TempStore {
     dir: tempfile::TempDir,
