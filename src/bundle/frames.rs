@@ -187,11 +187,12 @@ impl FrameCache {
             while room.is_none() && state.evict_oldest_idle() {
                 room = shared.room(need, false);
             }
-            if room.is_none() && late {
+            let forced = room.is_none() && late;
+            if forced {
                 room = shared.room(need, true);
             }
             if let Some(buf) = room {
-                if late {
+                if forced {
                     shared.stats.over_budget.fetch_add(1, Ordering::Relaxed);
                 }
                 state.entries.insert(key, Slot::Loading);
