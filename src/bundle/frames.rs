@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::Error;
@@ -85,15 +85,17 @@ pub struct FrameCacheStats {
 /// the pool.
 pub struct Frame {
     data: Vec<u8>,
-    /// Unique among the frames this process decoded: the same serial, the same bytes.
-    serial: u64,
+    /// What [`Frame::proved`] found, once asked.
+    proof: OnceLock<bool>,
     shared: Arc<Shared>,
 }
 
 impl Frame {
-    /// This decode's identity ([`BlobHasher`]).
-    pub fn serial(&self) -> u64 {
-        self.serial
+    /// Whether `check` accepts these bytes ([`super::chain::Chain::proves`]). Asked once per
+    /// decode: the first caller checks, callers at the same time wait for its answer, later
+    /// ones get it. A frame belongs to one blob, so the answer holds for every transfer of it.
+    pub fn proved(&self, check: impl FnOnce(&[u8]) -> bool) -> bool {
+        *self.proof.get_or_init(|| check(&self.data))
     }
 }
 
@@ -207,10 +209,9 @@ impl FrameCache {
         let result = match decoded {
             Ok(()) => {
                 shared.stats.decoded.fetch_add(1, Ordering::Relaxed);
-                static SERIAL: AtomicU64 = AtomicU64::new(0);
                 let frame = Arc::new(Frame {
                     data,
-                    serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+                    proof: OnceLock::new(),
                     shared: Arc::clone(shared),
                 });
                 state.tick += 1;
@@ -316,76 +317,6 @@ impl State {
             })
             .min_by_key(|&(_, t)| t);
         oldest.is_some_and(|(k, _)| self.entries.remove(&k).is_some())
-    }
-}
-
-/// What a whole-blob transfer proved: that the blob's content, as the decoded frames
-/// `serials` held it, hashed to the blob's digest; with the SHA-256 state after each frame.
-#[derive(Debug)]
-pub struct HashedFrames {
-    serials: Vec<u64>,
-    states: Vec<sha2::Sha256>,
-}
-
-/// SHA-256 of a blob sent frame by frame, that skips the frames a [`HashedFrames`] of the
-/// same blob already hashed: while a transfer's frames are the very buffers an earlier one
-/// checked (still cached), their bytes cannot differ, so it starts from the state after them.
-/// Sixteen clients of one cached layer hash it once, not sixteen times.
-pub struct BlobHasher {
-    prior: Option<Arc<HashedFrames>>,
-    /// Every frame so far was the prior's.
-    matched: bool,
-    hasher: sha2::Sha256,
-    serials: Vec<u64>,
-    states: Vec<sha2::Sha256>,
-    hashed: u64,
-}
-
-impl BlobHasher {
-    pub fn new(prior: Option<Arc<HashedFrames>>) -> BlobHasher {
-        BlobHasher {
-            matched: prior.is_some(),
-            prior,
-            hasher: sha2::Sha256::default(),
-            serials: Vec::new(),
-            states: Vec::new(),
-            hashed: 0,
-        }
-    }
-
-    /// Adds the blob's content in `frame`: `bytes`, a slice of it.
-    pub fn frame(&mut self, frame: &Frame, bytes: &[u8]) {
-        use sha2::Digest as _;
-        let k = self.serials.len();
-        let known = self.prior.as_ref().and_then(|p| {
-            (self.matched && p.serials.get(k) == Some(&frame.serial)).then(|| &p.states[k])
-        });
-        match known {
-            Some(state) => self.hasher = state.clone(),
-            None => {
-                self.matched = false;
-                self.hasher.update(bytes);
-                self.hashed += bytes.len() as u64;
-            }
-        }
-        self.serials.push(frame.serial);
-        self.states.push(self.hasher.clone());
-    }
-
-    /// Bytes hashed (not skipped) so far.
-    pub fn hashed(&self) -> u64 {
-        self.hashed
-    }
-
-    /// The digest of what was added, and the proof to keep when it is the right one.
-    pub fn finish(self) -> (crate::reference::Digest, HashedFrames) {
-        use sha2::Digest as _;
-        let found = crate::reference::Digest::from_hash(self.hasher.finalize().into());
-        let proof = HashedFrames {
-            serials: self.serials,
-            states: self.states,
-        };
-        (found, proof)
     }
 }
 

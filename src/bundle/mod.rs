@@ -5,6 +5,7 @@
 //! index and a fixed footer. Stock `zstd -dc | tar -x` extracts it; pinbundle reads any member
 //! with one seek and verifies members in parallel.
 
+pub mod chain;
 pub mod format;
 pub mod frames;
 mod output;
@@ -127,6 +128,15 @@ pub enum Error {
         member: String,
         expected: Digest,
         found: Digest,
+    },
+    #[error(
+        "{}: {member}: frame {frame} is not the one verified when the bundle was opened: the file changed, or the medium returned other bytes; nothing of it was sent",
+        path.display()
+    )]
+    FrameChanged {
+        path: PathBuf,
+        member: String,
+        frame: usize,
     },
     #[error(
         "a volume of {size} bytes cannot hold this bundle's head members, one frame and its index ({needed} bytes): use a larger --volume-size"

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use sha2::Digest as _;
 
 use super::Error;
+use super::chain::ChainHasher;
 use super::format::{
     BundleManifest, FOOTER_LEN, FORMAT_NAME, FORMAT_VERSION, Footer, FrameEntry, INDEX_FRAME_MAGIC,
     MANIFEST_PATH, MAX_FRAME_SIZE, MAX_INDEX_LEN, MAX_MANIFEST_LEN, MAX_SET_INDEX_LEN, MAX_VOLUMES,
@@ -450,29 +451,28 @@ impl Bundle {
         member: &MemberEntry,
         progress: impl FnMut(u64),
     ) -> Result<(), Error> {
-        let mut hasher = sha2::Sha256::new();
+        let mut hasher = ChainHasher::default();
         self.check_member(member, &mut hasher, progress)?;
         if member.part.is_some() {
             return Ok(());
         }
-        let found = Digest::from_hash(hasher.finalize().into());
-        if found != member.digest {
-            return Err(Error::DigestMismatch {
+        match hasher.finish(member.frames, &member.digest) {
+            Ok(_) => Ok(()),
+            Err(found) => Err(Error::DigestMismatch {
                 path: self.path.clone(),
                 member: member.path.clone(),
                 expected: member.digest.clone(),
                 found,
-            });
+            }),
         }
-        Ok(())
     }
 
     /// Checks every frame, the tar header and the padding of `member`, feeding its content to
-    /// `hasher`.
+    /// `hasher`, a frame at a time.
     pub fn check_member(
         &self,
         member: &MemberEntry,
-        hasher: &mut sha2::Sha256,
+        hasher: &mut ChainHasher,
         mut progress: impl FnMut(u64),
     ) -> Result<(), Error> {
         let mut remaining = member.size;
@@ -494,6 +494,7 @@ impl Bundle {
             }
             let take = (remaining as usize).min(size - start);
             content.pieces(start, start + take, |p| hasher.update(p));
+            hasher.end_frame();
             let mut padding_ok = true;
             content.pieces(start + take, size, |p| {
                 padding_ok &= p.iter().all(|&b| b == 0)

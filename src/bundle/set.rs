@@ -10,10 +10,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use sha2::Digest as _;
-
+use super::chain::{Chain, ChainHasher};
 use super::format::{
     BundleManifest, MAX_DIR_FILES, MAX_MANIFEST_BLOB_LEN, MAX_SET_INDEX_LEN, MemberEntry,
     VolumeInfo,
@@ -51,6 +50,8 @@ pub struct BundleSet {
     blobs: HashMap<Digest, BlobLoc>,
     /// Blobs with a part in a missing volume (partial sets only).
     incomplete: Vec<Digest>,
+    /// What proved each blob hashed so far, to check its frames when read again.
+    chains: Mutex<HashMap<Digest, Arc<Chain>>>,
 }
 
 impl BundleSet {
@@ -209,6 +210,7 @@ impl BundleSet {
             missing,
             blobs,
             incomplete,
+            chains: Mutex::default(),
         })
     }
 
@@ -325,22 +327,44 @@ impl BundleSet {
     /// Checks every frame, tar header and padding of `loc`'s parts, and the digest of their
     /// joined content (also when there is one part: a part's own check stops at its frames).
     pub fn verify_blob(&self, loc: &BlobLoc, mut progress: impl FnMut(u64)) -> Result<(), Error> {
-        let mut hasher = sha2::Sha256::new();
+        let mut hasher = ChainHasher::default();
         for i in 0..loc.parts.len() {
             let (b, m) = self.part(loc, i);
             b.check_member(m, &mut hasher, &mut progress)?;
         }
-        let found = Digest::from_hash(hasher.finalize().into());
-        if found != loc.digest {
-            let (b, m) = self.part(loc, loc.parts.len() - 1);
-            return Err(Error::DigestMismatch {
-                path: b.path().to_path_buf(),
-                member: m.path.clone(),
-                expected: loc.digest.clone(),
-                found,
-            });
+        match hasher.finish(self.frames_of(loc), &loc.digest) {
+            Ok(chain) => {
+                self.keep_chain(&loc.digest, chain);
+                Ok(())
+            }
+            Err(found) => {
+                let (b, m) = self.part(loc, loc.parts.len() - 1);
+                Err(Error::DigestMismatch {
+                    path: b.path().to_path_buf(),
+                    member: m.path.clone(),
+                    expected: loc.digest.clone(),
+                    found,
+                })
+            }
         }
-        Ok(())
+    }
+
+    /// The frames of `loc`'s parts, together: the length of its [`Chain`].
+    pub fn frames_of(&self, loc: &BlobLoc) -> usize {
+        (0..loc.parts.len())
+            .map(|i| self.part(loc, i).1.frames)
+            .sum()
+    }
+
+    /// What proved the blob `digest`, once [`BundleSet::verify_blob`] (or a server's whole
+    /// transfer) hashed it to its digest.
+    pub fn chain(&self, digest: &Digest) -> Option<Arc<Chain>> {
+        lock(&self.chains).get(digest).cloned()
+    }
+
+    /// Keeps what proved the blob `digest`.
+    pub fn keep_chain(&self, digest: &Digest, chain: Chain) {
+        lock(&self.chains).insert(digest.clone(), Arc::new(chain));
     }
 }
 
@@ -532,4 +556,8 @@ fn sibling_path(path: &Path, index: u32) -> PathBuf {
         _ => path.to_path_buf(),
     };
     volumes::volume_path(&base, index)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

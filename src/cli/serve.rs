@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// `htpasswd -B`). Use it with HTTPS: basic auth sends the password in every request.
     #[arg(long, value_name = "FILE")]
     pub htpasswd: Option<PathBuf>,
+    /// With --htpasswd: answer with a Bearer challenge and issue tokens (10 minutes) at
+    /// /token to its users, the registry token flow podman, skopeo, CRI-O and containerd
+    /// follow; the password is then sent once per token, not with every request.
+    #[arg(long, requires = "htpasswd")]
+    pub token_auth: bool,
     /// Write the access log to FILE (appended) instead of stderr.
     #[arg(long, value_name = "FILE")]
     pub access_log: Option<PathBuf>,
@@ -134,7 +139,12 @@ pub fn run(a: ServeArgs, quiet: bool, reporter: &dyn Reporter) -> Result<ExitCod
         .with_frame_budget(a.cache_size);
     let users = auth.as_ref().map(|h| h.len());
     if let Some(h) = auth {
-        server = server.with_authorizer(Arc::new(h));
+        server = if a.token_auth {
+            let tokens = serve::token::TokenAuth::new(h, a.cert.is_some(), a.listen);
+            server.with_authorizer(Arc::new(tokens))
+        } else {
+            server.with_authorizer(Arc::new(h))
+        };
     }
     let repositories = server.repositories().len();
     let log_out: Option<Box<dyn Write + Send>> = match (&a.access_log, quiet) {
@@ -164,7 +174,15 @@ pub fn run(a: ServeArgs, quiet: bool, reporter: &dyn Reporter) -> Result<ExitCod
             pinbundle::progress::count(opened.bundles.len(), "bundle"),
             if a.cert.is_some() { " (TLS)" } else { "" },
             match users {
-                Some(n) => format!(", basic auth ({})", pinbundle::progress::count(n, "user")),
+                Some(n) => format!(
+                    ", {} ({})",
+                    if a.token_auth {
+                        "bearer tokens"
+                    } else {
+                        "basic auth"
+                    },
+                    pinbundle::progress::count(n, "user")
+                ),
                 None => String::new(),
             }
         )?;

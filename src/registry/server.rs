@@ -70,8 +70,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::Digest as _;
 use tokio::sync::{mpsc, watch};
 
+use crate::bundle::chain::ChainHasher;
 use crate::bundle::format::ImageEntry;
-use crate::bundle::frames::{self, BlobHasher, FrameCache, FrameCacheStats, HashedFrames};
+use crate::bundle::frames::{self, FrameCache, FrameCacheStats};
 use crate::bundle::{BlobLoc, BundleSet};
 use crate::reference::Digest;
 
@@ -216,8 +217,8 @@ pub struct Stats {
     pub aborted: u64,
     /// Blob body bytes handed to connections.
     pub blob_bytes: u64,
-    /// Blob bytes hashed to check whole blobs before their last byte (frames an earlier
-    /// transfer proved are not hashed again).
+    /// Blob bytes hashed to prove what is sent: each frame once per decode against the chain
+    /// of its verified blob, or a whole blob a server was not given verified.
     pub blob_bytes_hashed: u64,
 }
 
@@ -245,9 +246,6 @@ pub struct BundleServer {
     catalog: bool,
     /// The decompressed frames blob bodies are cut from, shared by every transfer.
     frames: FrameCache,
-    /// What whole-blob transfers proved, by blob: the next skips hashing the frames that are
-    /// still the ones proved.
-    hashed: std::sync::Mutex<HashMap<Digest, Arc<HashedFrames>>>,
 }
 
 /// Decides whether a request's `Authorization` header lets it read.
@@ -260,8 +258,27 @@ pub trait Authorize: Send + Sync + std::fmt::Debug {
     fn is_slow(&self, _authorization: Option<&HeaderValue>) -> bool {
         false
     }
-    /// The `WWW-Authenticate` value of a 401.
-    fn challenge(&self) -> HeaderValue;
+    /// The `WWW-Authenticate` value of a 401 to a request for `host` (its `Host` header).
+    fn challenge(&self, host: Option<&str>) -> HeaderValue;
+    /// Whether [`TOKEN_PATH`] issues tokens ([`Authorize::issue`]).
+    fn issues_tokens(&self) -> bool {
+        false
+    }
+    /// A token for the credentials of a request to [`TOKEN_PATH`], or `None` (401). May be
+    /// slow: it runs on a blocking thread.
+    fn issue(&self, _authorization: Option<&HeaderValue>) -> Option<Issued> {
+        None
+    }
+}
+
+/// Where an [`Authorize`] that issues tokens issues them.
+pub const TOKEN_PATH: &str = "/token";
+
+/// A bearer token and how long it is good for, in seconds.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: String,
+    pub expires_in: u64,
 }
 
 /// Accepts one `Authorization` value, known by its SHA-256. Compares digests of the header,
@@ -278,7 +295,7 @@ impl Authorize for ExactHeader {
         constant_time_eq(&given, &self.0)
     }
 
-    fn challenge(&self) -> HeaderValue {
+    fn challenge(&self, _host: Option<&str>) -> HeaderValue {
         HeaderValue::from_static("Basic realm=\"pinbundle load\"")
     }
 }
@@ -631,10 +648,6 @@ fn header_value(s: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -655,7 +668,6 @@ impl BundleServer {
             authorization: None,
             catalog: false,
             frames: FrameCache::new(LOAD_FRAME_BUDGET),
-            hashed: Default::default(),
         };
         let bundle = Arc::clone(&server.bundle);
         server.add_images(&bundle, &|image| served_name(&image.name));
@@ -680,7 +692,6 @@ impl BundleServer {
             authorization: None,
             catalog: false,
             frames: FrameCache::new(SERVE_FRAME_BUDGET),
-            hashed: Default::default(),
         };
         let all: Vec<Arc<BundleSet>> = std::iter::once(&server.bundle)
             .chain(&server.bases)
@@ -870,7 +881,70 @@ impl BundleServer {
         } else {
             auth.check(given)
         };
-        (!ok).then(|| auth.challenge())
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        (!ok).then(|| auth.challenge(host))
+    }
+
+    /// `GET /token`: a bearer token for valid basic credentials, as distribution's token
+    /// servers answer it; 401 otherwise.
+    async fn token<B>(
+        &self,
+        auth: &Arc<dyn Authorize>,
+        req: &Request<B>,
+    ) -> Response<ResponseBody> {
+        if req.method() != Method::GET {
+            // containerd tries the OAuth2 POST first and falls back to GET on 405.
+            bump(&self.counters.method_not_allowed);
+            let mut resp = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNSUPPORTED",
+                "tokens are issued to GET with basic credentials",
+                req.method().as_str(),
+            );
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return resp;
+        }
+        let (auth, given) = (
+            Arc::clone(auth),
+            req.headers().get(header::AUTHORIZATION).cloned(),
+        );
+        let issued = tokio::task::spawn_blocking(move || auth.issue(given.as_ref()))
+            .await
+            .ok()
+            .flatten();
+        let Some(issued) = issued else {
+            let mut resp = error_response(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "a token needs the credentials of a user",
+                "",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"pinbundle\""),
+            );
+            return resp;
+        };
+        let body = serde_json::json!({
+            "token": issued.token,
+            "access_token": issued.token,
+            "expires_in": issued.expires_in,
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let len = bytes.len();
+        let mut resp = Response::new(ResponseBody::full(bytes));
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
     }
 
     /// Also serves, from `bases`, the blobs `bundle` lists but does not carry (a delta's).
@@ -938,6 +1012,11 @@ impl BundleServer {
     }
 
     async fn respond<B>(self: &Arc<Self>, req: &Request<B>) -> Response<ResponseBody> {
+        if req.uri().path() == TOKEN_PATH
+            && let Some(auth) = self.authorization.as_ref().filter(|a| a.issues_tokens())
+        {
+            return self.token(auth, req).await;
+        }
         if let Some(challenge) = self.authorized(req).await {
             let mut resp = error_response(
                 StatusCode::UNAUTHORIZED,
@@ -1212,8 +1291,12 @@ impl BundleServer {
     }
 
     /// Sends `len` bytes of `member` from `start`, in chunks cut from the shared frame cache
-    /// (no copy). For a whole blob, the last chunk is sent only after the sha256 matched, so a
-    /// client never receives a complete but wrong body.
+    /// (no copy). Each frame is proved against what verifying the blob proved ([`Chain`])
+    /// before any of it is sent. A blob not verified yet is hashed whole as it goes, its last
+    /// chunk sent only once the digest matched (so a client never receives a complete but
+    /// wrong body), and then counts as verified.
+    ///
+    /// [`Chain`]: crate::bundle::chain::Chain
     #[expect(clippy::too_many_arguments, reason = "one private call site")]
     fn produce(
         &self,
@@ -1226,19 +1309,20 @@ impl BundleServer {
         send: &dyn Fn(Bytes) -> io::Result<()>,
     ) -> Result<(), io::Error> {
         let end = start + len;
-        let mut hasher = whole.then(|| {
-            let prior = lock(&self.hashed).get(digest).cloned();
-            BlobHasher::new(prior)
-        });
+        let chain = bundle.chain(digest);
+        let mut hasher = (whole && chain.is_none()).then(ChainHasher::default);
         let mut pending: Option<Bytes> = None;
         let mut sent = 0u64;
-        // `at`: the blob offset of the current frame's first content byte.
+        // `at`: the blob offset of the current frame's first content byte; `n`: the position
+        // of the part's first frame in the blob's chain.
         let mut at = 0u64;
+        let mut n = 0usize;
         'parts: for p in 0..member.parts.len() {
             let (b, m) = bundle.part(member, p);
             let part_end = at + m.size;
             if part_end <= start {
                 at = part_end;
+                n += m.frames;
                 continue;
             }
             for (k, f) in b.index().frames_of(m).iter().enumerate() {
@@ -1249,23 +1333,43 @@ impl BundleServer {
                 // padding (and the next member) in the last.
                 let lead = if k == 0 { m.data_offset } else { 0 };
                 let here = f.size.saturating_sub(lead).min(part_end - at);
-                if at + here > start {
+                if here > 0 && at + here > start {
                     let frame = self.frames.get(b, m.frame + k).map_err(io::Error::other)?;
-                    let from = (lead + start.saturating_sub(at)) as usize;
-                    let to = (lead + (end.min(at + here) - at)) as usize;
-                    if let Some(h) = hasher.as_mut() {
-                        h.frame(&frame, &frame[from..to]);
+                    let content = lead as usize..(lead + here) as usize;
+                    if let Some(chain) = &chain {
+                        let proved = frame.proved(|data| {
+                            self.counters
+                                .blob_bytes_hashed
+                                .fetch_add(here, Ordering::Relaxed);
+                            chain.proves(n + k, &data[content.clone()])
+                        });
+                        if !proved {
+                            return Err(io::Error::other(crate::bundle::Error::FrameChanged {
+                                path: b.path().to_path_buf(),
+                                member: m.path.clone(),
+                                frame: m.frame + k,
+                            }));
+                        }
                     }
+                    if let Some(h) = hasher.as_mut() {
+                        h.start_frame(n + k);
+                        h.update(&frame[content.clone()]);
+                        h.end_frame();
+                    }
+                    let from = content.start + start.saturating_sub(at) as usize;
+                    let to = content.start + (end.min(at + here) - at) as usize;
                     let frame = Bytes::from_owner(FrameBytes(frame));
                     let mut c = from;
                     while c < to {
-                        let n = (to - c).min(CHUNK);
-                        let chunk = frame.slice(c..c + n);
-                        if let Some(prev) = pending.replace(chunk) {
+                        let len = (to - c).min(CHUNK);
+                        let chunk = frame.slice(c..c + len);
+                        if hasher.is_none() {
+                            send(chunk)?;
+                        } else if let Some(prev) = pending.replace(chunk) {
                             send(prev)?;
                         }
-                        sent += n as u64;
-                        c += n;
+                        sent += len as u64;
+                        c += len;
                     }
                     // The chunk held back must not hold this frame while the next one waits
                     // for room in the budget: transfers waiting so would wait for each other.
@@ -1278,6 +1382,7 @@ impl BundleServer {
                     break 'parts;
                 }
             }
+            n += m.frames;
             if at < part_end {
                 break;
             }
@@ -1296,16 +1401,17 @@ impl BundleServer {
             self.counters
                 .blob_bytes_hashed
                 .fetch_add(h.hashed(), Ordering::Relaxed);
-            let (found, proof) = h.finish();
-            if &found != digest {
-                return Err(io::Error::other(crate::bundle::Error::DigestMismatch {
-                    path: bundle.path().to_path_buf(),
-                    member: member.digest.layout_path(),
-                    expected: digest.clone(),
-                    found,
-                }));
+            match h.finish(bundle.frames_of(member), digest) {
+                Ok(chain) => bundle.keep_chain(digest, chain),
+                Err(found) => {
+                    return Err(io::Error::other(crate::bundle::Error::DigestMismatch {
+                        path: bundle.path().to_path_buf(),
+                        member: member.digest.layout_path(),
+                        expected: digest.clone(),
+                        found,
+                    }));
+                }
             }
-            lock(&self.hashed).insert(digest.clone(), Arc::new(proof));
         }
         if let Some(last) = pending {
             send(last)?;

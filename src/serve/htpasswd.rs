@@ -65,7 +65,7 @@ impl Htpasswd {
         Htpasswd::parse(path, &String::from_utf8_lossy(&bytes), realm)
     }
 
-    fn parse(path: &Path, text: &str, realm: &str) -> Result<Htpasswd, Error> {
+    pub(super) fn parse(path: &Path, text: &str, realm: &str) -> Result<Htpasswd, Error> {
         let mut users = HashMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
@@ -181,7 +181,7 @@ impl Authorize for Htpasswd {
         ok
     }
 
-    fn challenge(&self) -> HeaderValue {
+    fn challenge(&self, _host: Option<&str>) -> HeaderValue {
         HeaderValue::from_str(&format!("Basic realm=\"{}\"", self.realm))
             .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"pinbundle\""))
     }

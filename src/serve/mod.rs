@@ -8,6 +8,7 @@
 //! streaming); this module adds what a long-running, shared server needs:
 //! - [`tls`]: HTTPS from PEM files; [`certs`]: `serve cert-gen`.
 //! - [`htpasswd`]: HTTP basic auth against bcrypt entries.
+//! - [`token`]: bearer tokens issued to those users (the registry token flow).
 //! - the listener: at most `max_connections` connections at once (the next waits in the
 //!   kernel's backlog), a header read timeout, a write that makes no progress for
 //!   `stall_timeout` ends its connection, one access-log line per request, and on
@@ -16,6 +17,7 @@
 pub mod certs;
 pub mod htpasswd;
 pub mod tls;
+pub mod token;
 
 use std::collections::HashMap;
 use std::future::Future;

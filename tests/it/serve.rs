@@ -86,13 +86,17 @@ impl Serve {
     }
 
     fn try_start(args: &[&str]) -> Result<Serve, String> {
+        Serve::try_start_on(&fixture().bundle, args)
+    }
+
+    fn try_start_on(bundle: &Path, args: &[&str]) -> Result<Serve, String> {
         let dir = tempdir();
         let stderr = dir.path().join("stderr");
         let mut child = pinbundle()
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
-            .arg(&fixture().bundle)
+            .arg(bundle)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -400,6 +404,112 @@ fn htpasswd_basic_auth() {
 }
 
 #[test]
+fn bearer_tokens_are_issued_to_htpasswd_users_and_taken_by_skopeo_and_podman() {
+    let dir = tempdir();
+    let file = dir.path().join("users");
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(&file, format!("site:{hash}\n")).unwrap();
+    let serve = Serve::start(&["--htpasswd", file.to_str().unwrap(), "--token-auth"]);
+    let a = serve.addr();
+    let r = http(a, "GET", "/v2/", &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        format!(
+            "Bearer realm=\"http://{}/token\",service=\"pinbundle\"",
+            serve.host()
+        )
+    );
+    // The token endpoint: basic credentials of a user, nothing else.
+    use base64::Engine as _;
+    let basic = |c: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(c)
+        )
+    };
+    for creds in [
+        None,
+        Some(basic("site:wrong")),
+        Some(basic("nobody:s3cret")),
+    ] {
+        let h: Vec<(&str, &str)> = creds
+            .iter()
+            .map(|c| ("Authorization", c.as_str()))
+            .collect();
+        let r = http(
+            a,
+            "GET",
+            "/token?service=pinbundle&scope=repository:ns/app:pull",
+            &h,
+        );
+        assert_eq!(r.status, 401, "{creds:?}");
+    }
+    let r = http(
+        a,
+        "GET",
+        "/token?service=pinbundle",
+        &[("Authorization", &basic("site:s3cret"))],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["cache-control"], "no-store");
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let token = v["token"].as_str().unwrap();
+    assert_eq!(v["access_token"], token);
+    assert_eq!(v["expires_in"], 600);
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        http(a, "GET", "/v2/", &[("Authorization", &bearer)]).status,
+        200
+    );
+    // Basic credentials go to /token only; a forged token is refused.
+    let r = http(
+        a,
+        "GET",
+        "/v2/",
+        &[("Authorization", &basic("site:s3cret"))],
+    );
+    assert_eq!(r.status, 401);
+    let forged = format!("Bearer 9{token}");
+    assert_eq!(
+        http(a, "GET", "/v2/", &[("Authorization", &forged)]).status,
+        401
+    );
+
+    let (repo, _, tag, digest) = &fixture().images[0];
+    let image = format!("docker://{}/{repo}:{tag}", serve.host());
+    let o = skopeo_digest(&image, &["--tls-verify=false"]);
+    assert!(!o.status.success());
+    let o = skopeo_digest(&image, &["--tls-verify=false", "--creds", "site:wrong"]);
+    assert!(!o.status.success());
+    let o = skopeo_digest(&image, &["--tls-verify=false", "--creds", "site:s3cret"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(&sha256(&o.stdout), digest);
+    // podman pulls every layer with a token.
+    let store = dir.path().join("store");
+    let o = run(Command::new("podman")
+        .arg("--root")
+        .arg(store.join("root"))
+        .arg("--runroot")
+        .arg(store.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "pull",
+            "-q",
+            "--tls-verify=false",
+        ])
+        .args(["--creds", "site:s3cret"])
+        .arg(format!("{}/{repo}@{digest}", serve.host())));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let (status, log) = serve.stop();
+    assert!(status.success());
+    assert!(log.contains("bearer tokens (1 user)"), "{log}");
+    assert!(log.contains("GET /token?"), "{log}");
+    assert!(log.contains("/blobs/sha256:"), "{log}");
+}
+
+#[test]
 fn a_damaged_bundle_is_refused_at_start() {
     let dir = tempdir();
     let copy = dir.path().join("damaged.pinbundle");
@@ -530,4 +640,122 @@ fn api_answers() {
         "{stderr}"
     );
     assert!(stderr.contains("stopped: "), "{stderr}");
+}
+
+#[test]
+fn the_referrers_api_lists_an_artifact_whose_subject_is_a_served_image() {
+    use pinbundle_fixtures::image::Manifest;
+    let dir = tempdir();
+    let registry = TestRegistry::start().unwrap();
+    let mut client = RegistryClient::new(registry.addr(), None).unwrap();
+    let mut t = TarBuilder::new();
+    t.file("etc/app", "an app\n");
+    let layer = t
+        .build(Compression::Gzip, Compression::Gzip.oci_media_type())
+        .unwrap();
+    let image = image_from_single(
+        "ns/app",
+        "v1",
+        single(Flavor::Oci, "ns/app", &LINUX_AMD64, vec![layer]).unwrap(),
+    );
+    let pushed = client.push_image("", &image).unwrap();
+    // An attestation that refers to the image (OCI 1.1 `subject` and `artifactType`): an
+    // image itself, so that `create` bundles it and `load` could import it.
+    let mut t = TarBuilder::new();
+    t.file("sbom.spdx.json", r#"{"spdxVersion":"SPDX-2.3"}"#);
+    let layer = t
+        .build(Compression::Gzip, Compression::Gzip.oci_media_type())
+        .unwrap();
+    let attestation = image_from_single(
+        "ns/app",
+        "sbom",
+        single(Flavor::Oci, "ns/app", &LINUX_AMD64, vec![layer]).unwrap(),
+    );
+    client.push_image("", &attestation).unwrap();
+    let oci = "application/vnd.oci.image.manifest.v1+json";
+    let artifact_type = "application/spdx+json";
+    let mut json: serde_json::Value = serde_json::from_slice(&attestation.root.bytes).unwrap();
+    json["artifactType"] = artifact_type.into();
+    json["subject"] = serde_json::json!({
+        "mediaType": oci, "digest": pushed.digest, "size": image.root.bytes.len()
+    });
+    json["annotations"] = serde_json::json!({"org.example.kind": "sbom"});
+    let bytes = serde_json::to_vec(&json).unwrap();
+    let artifact = Manifest {
+        media_type: oci.into(),
+        digest: sha256(&bytes),
+        bytes,
+    };
+    client
+        .put_manifest("ns/app", "sbom", &artifact)
+        .unwrap()
+        .unwrap();
+    let bundle = dir.path().join("referrers.pinbundle");
+    ok(pinbundle()
+        .arg("create")
+        .arg(format!("{}:v1", pushed.name))
+        .arg(format!("{}:sbom", pushed.name))
+        .arg("-o")
+        .arg(&bundle)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .args(["--insecure-registry", registry.addr()]));
+    drop(registry);
+
+    let serve = Serve::try_start_on(&bundle, &[]).unwrap();
+    let a = serve.addr();
+    let referrers = |query: &str| {
+        let r = http(
+            a,
+            "GET",
+            &format!("/v2/ns/app/referrers/{}{query}", pushed.digest),
+            &[],
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.headers["content-type"],
+            "application/vnd.oci.image.index.v1+json"
+        );
+        (
+            r.headers.get("oci-filters-applied").cloned(),
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap(),
+        )
+    };
+    let (filtered, index) = referrers("");
+    assert_eq!(filtered, None);
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(
+        index["manifests"],
+        serde_json::json!([{
+            "mediaType": oci,
+            "digest": artifact.digest,
+            "size": artifact.bytes.len(),
+            "artifactType": artifact_type,
+            "annotations": {"org.example.kind": "sbom"},
+        }])
+    );
+    let (filtered, index) = referrers("?artifactType=application%2Fspdx%2Bjson");
+    assert_eq!(filtered.as_deref(), Some("artifactType"));
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 1);
+    let (_, index) = referrers("?artifactType=application%2Fvnd.other");
+    assert_eq!(index["manifests"], serde_json::json!([]));
+    // Nothing refers to the artifact itself; its manifest and blobs are served like any.
+    let r = http(
+        a,
+        "GET",
+        &format!("/v2/ns/app/referrers/{}", artifact.digest),
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["manifests"], serde_json::json!([]));
+    let r = http(
+        a,
+        "GET",
+        &format!("/v2/ns/app/manifests/{}", artifact.digest),
+        &[],
+    );
+    assert_eq!((r.status, &r.body), (200, &artifact.bytes));
+    let layer = &attestation.blobs.last().unwrap();
+    let r = http(a, "GET", &format!("/v2/ns/app/blobs/{}", layer.digest), &[]);
+    assert_eq!((r.status, &r.body), (200, &*layer.bytes));
 }

@@ -2,12 +2,14 @@
 //! holding images made offline with podman, a bundle made by `create`, real `skopeo` reading the
 //! served bundle, and real containers-storage stores (vfs and overlay) checked with podman.
 
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use pinbundle::bundle::chain::ChainHasher;
 use pinbundle::bundle::format::ImageEntry;
 use pinbundle::bundle::{Bundle, BundleSet};
 use pinbundle::create::{CreateOptions, Platform};
@@ -553,39 +555,128 @@ fn concurrent_transfers_share_a_small_frame_budget_without_stalling() {
     assert!(st.decoded >= 24, "{st:?}");
 }
 
+/// The set opened and every blob verified, as `serve` and `load` do before serving.
+fn verified_bundle(path: &Path) -> Arc<BundleSet> {
+    let set = open_bundle(path);
+    let report = pinbundle::verify::verify_open(&set, &Default::default(), &Silent).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    set
+}
+
 #[test]
-fn a_blob_proved_once_is_hashed_again_only_where_its_frames_were_decoded_again() {
+fn each_frame_sent_is_proved_once_per_decode_and_concurrent_clients_share_the_proof() {
     let f = fixture();
     let repo = served_name(&f.one.name);
     let layer = f.one.platforms[0].layers[0].clone();
     let path = format!("/v2/{repo}/blobs/{layer}");
+    let hashed = |srv: &server::RunningServer| srv.server().stats().blob_bytes_hashed;
     let get = |srv: &server::RunningServer| {
         let r = http(srv.addr(), "GET", &path, &[]);
         assert_eq!((r.status, r.complete), (200, true));
         assert_eq!(Digest::of(&r.body), layer);
-        (r.body.len() as u64, srv.server().stats().blob_bytes_hashed)
+        r.body.len() as u64
     };
-    // Room for every frame: the second transfer sends the very buffers the first proved.
+    // Eight clients at once on a verified blob: each frame is proved once, for all of them.
     let roomy = server::serve_in_thread(
+        BundleServer::new(verified_bundle(&f.bundle)).with_frame_budget(1 << 30),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
+    let lens: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8).map(|_| s.spawn(|| get(&roomy))).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let len = lens[0];
+    assert_eq!(
+        hashed(&roomy),
+        len,
+        "concurrent transfers hashed a frame twice"
+    );
+    // Cached and proved: a later transfer, and a range, hash nothing.
+    get(&roomy);
+    let r = http(roomy.addr(), "GET", &path, &[("Range", "bytes=10-1000000")]);
+    assert_eq!((r.status, r.body.len()), (206, 999_991));
+    assert_eq!(hashed(&roomy), len);
+    // Room for one frame: every transfer decodes the frames anew and proves them again, a
+    // range only the frames it touches (whole frames: the proof is of a frame's content).
+    let tight = server::serve_in_thread(
+        BundleServer::new(verified_bundle(&f.bundle)).with_frame_budget(1),
+        BundleServer::LOOPBACK_EPHEMERAL,
+    )
+    .unwrap();
+    assert_eq!(get(&tight), len);
+    assert_eq!(hashed(&tight), len);
+    get(&tight);
+    assert_eq!(hashed(&tight), 2 * len);
+    let r = http(tight.addr(), "GET", &path, &[("Range", "bytes=10-1000000")]);
+    assert_eq!((r.status, r.body.len(), r.complete), (206, 999_991, true));
+    let range = hashed(&tight) - 2 * len;
+    assert!(
+        (999_991..len).contains(&range),
+        "a range proved {range} bytes"
+    );
+    // A set given unverified: the first whole transfer hashes the blob and keeps its proof;
+    // the next proves the frames against it once, the one after hashes nothing.
+    let fresh = server::serve_in_thread(
         BundleServer::new(open_bundle(&f.bundle)).with_frame_budget(1 << 30),
         BundleServer::LOOPBACK_EPHEMERAL,
     )
     .unwrap();
-    let (len, hashed) = get(&roomy);
-    assert_eq!(hashed, len);
-    assert_eq!(get(&roomy).1, len, "a cached, proved blob was hashed again");
-    // Room for one frame: each transfer decodes the frames anew, and hashes them again.
-    let tight = server::serve_in_thread(
-        BundleServer::new(open_bundle(&f.bundle)).with_frame_budget(1),
-        BundleServer::LOOPBACK_EPHEMERAL,
-    )
-    .unwrap();
-    assert_eq!(get(&tight).1, len);
-    assert_eq!(get(&tight).1, 2 * len);
-    // A range is not hashed (its frames are checked as they are read).
-    let r = http(tight.addr(), "GET", &path, &[("Range", "bytes=10-1000000")]);
-    assert_eq!((r.status, r.body.len()), (206, 999_991));
-    assert_eq!(tight.server().stats().blob_bytes_hashed, 2 * len);
+    assert!(fresh.server().bundle().chain(&layer).is_none());
+    get(&fresh);
+    assert_eq!(hashed(&fresh), len);
+    assert!(fresh.server().bundle().chain(&layer).is_some());
+    get(&fresh);
+    get(&fresh);
+    assert_eq!(hashed(&fresh), 2 * len);
+}
+
+#[test]
+fn a_frame_that_is_not_the_one_verified_is_never_sent() {
+    let f = fixture();
+    let repo = served_name(&f.one.name);
+    let layer = f.one.platforms[0].layers[0].clone();
+    let set = open_bundle(&f.bundle);
+    // What a file rewritten after it was verified looks like to the server: its frames pass
+    // their own checks (XXH3 forged, zstd checksum recomputed) but are not the bytes the
+    // verify pass hashed to the digest. Here the file stays and the proof on record is of
+    // the layer with one byte of frame 5 changed.
+    let loc = set.blob(&layer).unwrap().clone();
+    let mut content = Vec::new();
+    set.open_blob(&loc, 0).read_to_end(&mut content).unwrap();
+    let (b, m) = set.part(&loc, 0);
+    let mut sizes = Vec::new();
+    let mut left = m.size;
+    for (k, fr) in b.index().frames_of(m).iter().enumerate() {
+        let lead = if k == 0 { m.data_offset } else { 0 };
+        let here = (fr.size - lead).min(left);
+        sizes.push(here as usize);
+        left -= here;
+    }
+    assert!(sizes.len() > 6, "{} frames", sizes.len());
+    let before: usize = sizes[..5].iter().sum();
+    content[before + 7] ^= 1;
+    let mut h = ChainHasher::default();
+    let mut at = 0;
+    for n in sizes {
+        h.update(&content[at..at + n]);
+        h.end_frame();
+        at += n;
+    }
+    let frames = set.frames_of(&loc);
+    set.keep_chain(&layer, h.finish(frames, &Digest::of(&content)).unwrap());
+    let srv =
+        server::serve_in_thread(BundleServer::new(set), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
+    let path = format!("/v2/{repo}/blobs/{layer}");
+    // The frames before it are sent, nothing of it.
+    let r = http(srv.addr(), "GET", &path, &[]);
+    assert_eq!((r.status, r.body.len(), r.complete), (200, before, false));
+    let range = format!("bytes={}-{}", before + 1, before + 100);
+    let r = http(srv.addr(), "GET", &path, &[("Range", &range)]);
+    assert_eq!((r.status, r.body.len(), r.complete), (206, 0, false));
+    let r = http(srv.addr(), "GET", &path, &[("Range", "bytes=0-99")]);
+    assert_eq!((r.status, r.body.len(), r.complete), (206, 100, true));
+    assert_eq!(srv.server().stats().aborted, 2);
 }
 
 /// A temporary store, with the overlay mount removed before the directory goes.
