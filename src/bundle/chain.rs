@@ -34,6 +34,11 @@ impl Chain {
     /// Whether `content` is exactly the content of the blob's frame `n` (its position counted
     /// over all parts).
     pub fn proves(&self, n: usize, content: &[u8]) -> bool {
+        self.proves_pieces(n, |add| add(content))
+    }
+
+    /// [`Chain::proves`] of content given in pieces: `pieces` calls `add` on each, in order.
+    pub fn proves_pieces(&self, n: usize, pieces: impl FnOnce(&mut dyn FnMut(&[u8]))) -> bool {
         let Some(after) = self.after.get(n) else {
             return false;
         };
@@ -41,7 +46,7 @@ impl Chain {
             0 => Sha256::new(),
             _ => self.after[n - 1].clone(),
         };
-        h.update(content);
+        pieces(&mut |p| h.update(p));
         h.finalize() == after.clone().finalize()
     }
 

@@ -1,20 +1,23 @@
-//! A shared, bounded cache of checked, decompressed frames, for the registry server.
+//! A shared, bounded cache of checked frames, for the registry server.
 //!
 //! Without it every transfer decompressed its own copy of each frame (up to 16 MiB, plus the
 //! compressed bytes): memory grew with the number of clients, and sixteen nodes pulling one
 //! layer decompressed it sixteen times. Here clients pulling the same blob share one copy of
 //! each frame, decoded once (the first asker decodes, the others wait for it), and the bytes of
 //! live frames (cached, being decoded, or still held by a transfer after their eviction) and of
-//! the buffers kept for reuse stay within a budget: a frame that does not fit waits for one to be released, at most
-//! [`MAX_WAIT`], so a client that stops reading cannot stall the others for long.
+//! the buffers kept for reuse stay within a budget: a frame that does not fit waits for one to
+//! be released, at most [`MAX_WAIT`], so a client that stops reading cannot stall the others
+//! for long. A frame of Raw blocks (a stored gzip or zstd layer, most of a bundle) is kept as
+//! it was read, its content sent from between the block headers: decoding it would only copy.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::Error;
-use super::reader::{Bundle, FrameBuf};
+use super::reader::{Bundle, FrameBuf, Kept};
 
 /// How long a frame waits for room in the budget before it is decoded beyond it.
 pub const MAX_WAIT: Duration = Duration::from_secs(5);
@@ -81,33 +84,75 @@ pub struct FrameCacheStats {
     pub used: u64,
 }
 
-/// One checked frame's decompressed bytes. Dropping the last handle gives its buffer back to
-/// the pool.
+/// One checked frame's content: decompressed, or (a frame of Raw blocks, how stored layers
+/// are written) the frame as read, with where its content lies between the block headers.
+/// Dropping the last handle gives its buffer back to the pool.
 pub struct Frame {
     data: Vec<u8>,
+    /// Where the content lies in `data` (Raw blocks); `None`: all of `data`.
+    pieces: Option<Vec<Range<usize>>>,
     /// What [`Frame::proved`] found, once asked.
     proof: OnceLock<bool>,
     shared: Arc<Shared>,
 }
 
 impl Frame {
-    /// Whether `check` accepts these bytes ([`super::chain::Chain::proves`]). Asked once per
-    /// decode: the first caller checks, callers at the same time wait for its answer, later
-    /// ones get it. A frame belongs to one blob, so the answer holds for every transfer of it.
-    pub fn proved(&self, check: impl FnOnce(&[u8]) -> bool) -> bool {
-        *self.proof.get_or_init(|| check(&self.data))
+    /// Whether `check` accepts this frame ([`super::chain::Chain`]). Asked once per decode:
+    /// the first caller checks, callers at the same time wait for its answer, later ones get
+    /// it. A frame belongs to one blob, so the answer holds for every transfer of it.
+    pub fn proved(&self, check: impl FnOnce(&Frame) -> bool) -> bool {
+        *self.proof.get_or_init(|| check(self))
+    }
+
+    /// The content's length.
+    pub fn len(&self) -> usize {
+        match &self.pieces {
+            None => self.data.len(),
+            Some(p) => p.iter().map(|r| r.len()).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where content bytes `from..to` lie in the buffer ([`AsRef`]), piece by piece, in order.
+    pub fn ranges(&self, from: usize, to: usize, mut f: impl FnMut(Range<usize>)) {
+        let Some(pieces) = &self.pieces else {
+            if from < to {
+                f(from..to);
+            }
+            return;
+        };
+        let mut pos = 0;
+        for r in pieces {
+            let (a, b) = (pos.max(from), (pos + r.len()).min(to));
+            if a < b {
+                f(r.start + a - pos..r.start + b - pos);
+            }
+            pos += r.len();
+            if pos >= to {
+                break;
+            }
+        }
+    }
+
+    /// Content bytes `from..to`, piece by piece.
+    pub fn pieces(&self, from: usize, to: usize, mut f: impl FnMut(&[u8])) {
+        self.ranges(from, to, |r| f(&self.data[r]));
+    }
+
+    /// The content, copied.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.pieces(0, self.len(), |p| out.extend_from_slice(p));
+        out
     }
 }
 
+/// The buffer the content lies in (see [`Frame::ranges`]).
 impl AsRef<[u8]> for Frame {
     fn as_ref(&self) -> &[u8] {
-        &self.data
-    }
-}
-
-impl std::ops::Deref for Frame {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
         &self.data
     }
 }
@@ -159,11 +204,18 @@ impl FrameCache {
         }
     }
 
-    /// Frame `i` of `bundle`, checked (XXH3, shape, zstd checksum, size) and decompressed:
-    /// from the cache, from another caller's decode of it, or read now.
-    pub fn get(&self, bundle: &Bundle, i: usize) -> Result<Arc<Frame>, Error> {
+    /// Frame `i` of `bundle`, checked (shape, size and, with `checksums`, XXH3 and the zstd
+    /// content checksum): from the cache, from another caller's decode of it, or read now.
+    ///
+    /// A caller that proves every frame's content before using it ([`Frame::proved`]) may
+    /// skip the checksums ([`Bundle::read_frame_keep`]). Whoever decodes a frame decides for
+    /// all its users, so callers of one frame must agree: the server asks with `checksums`
+    /// exactly while the frame's blob has no chain, and a blob never loses its chain.
+    pub fn get(&self, bundle: &Bundle, i: usize, checksums: bool) -> Result<Arc<Frame>, Error> {
         let key = (bundle.id(), i);
-        let need = bundle.index().frames[i].size;
+        // Room for the frame as read (Raw blocks are kept so) or decompressed.
+        let f = &bundle.index().frames[i];
+        let need = f.size.max(f.length);
         let shared = &self.shared;
         let deadline = Instant::now() + MAX_WAIT;
         let mut state = lock(&shared.state);
@@ -204,13 +256,14 @@ impl FrameCache {
         };
         drop(state);
 
-        let (decoded, data) = self.decode(bundle, i, buf);
+        let (decoded, data) = self.decode(bundle, i, buf, checksums);
         let mut state = lock(&shared.state);
         let result = match decoded {
-            Ok(()) => {
+            Ok(pieces) => {
                 shared.stats.decoded.fetch_add(1, Ordering::Relaxed);
                 let frame = Arc::new(Frame {
                     data,
+                    pieces,
                     proof: OnceLock::new(),
                     shared: Arc::clone(shared),
                 });
@@ -237,9 +290,10 @@ impl FrameCache {
         result
     }
 
-    /// Reads frame `i` with a buffer for compressed bytes (waiting for one when every core's
-    /// is in use) and decompresses it into `out`. Returns `out` whatever happened.
-    fn decode(&self, bundle: &Bundle, i: usize, out: Vec<u8>) -> (Result<(), Error>, Vec<u8>) {
+    /// Reads frame `i` with a read buffer (waiting for one when every core's is in use) into
+    /// `keep` ([`Bundle::read_frame_keep`]). Returns the buffer holding the frame whatever
+    /// happened, counted in the budget at its size.
+    fn decode(&self, bundle: &Bundle, i: usize, keep: Vec<u8>, checksums: bool) -> Kept {
         let mut buf = {
             let mut bufs = lock(&self.bufs);
             loop {
@@ -253,16 +307,19 @@ impl FrameCache {
                 bufs = self.bufs_free.wait(bufs).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let capacity = out.capacity() as u64;
-        buf.swap_out(out);
-        let result = bundle.read_frame_into(i, &mut buf).map(|_| ());
-        let out = buf.swap_out(Vec::new());
+        let counted = keep.capacity() as u64;
+        let (result, kept) = bundle.read_frame_keep(i, &mut buf, keep, checksums);
         lock(&self.bufs).push(buf);
         self.bufs_free.notify_one();
-        // A buffer that had to grow is counted at its new size.
-        let grown = (out.capacity() as u64).saturating_sub(capacity);
-        self.shared.used.fetch_add(grown, Ordering::SeqCst);
-        (result, out)
+        // The buffer kept may be another size than the one counted (it grew, or it is the
+        // read buffer it traded places with).
+        let size = kept.capacity() as u64;
+        if size > counted {
+            self.shared.used.fetch_add(size - counted, Ordering::SeqCst);
+        } else {
+            self.shared.used.fetch_sub(counted - size, Ordering::SeqCst);
+        }
+        (result, kept)
     }
 }
 
@@ -340,6 +397,10 @@ mod tests {
 
     /// A bundle of one blob of distinct bytes cut in 4 KiB frames.
     fn bundle(dir: &std::path::Path) -> Bundle {
+        bundle_of(dir, Compression::Zstd)
+    }
+
+    fn bundle_of(dir: &std::path::Path, compression: Compression) -> Bundle {
         let data: Vec<u8> = (0..10 * FRAME as u32)
             .flat_map(|i| i.to_le_bytes())
             .collect();
@@ -357,7 +418,7 @@ mod tests {
         w.add_bytes("pinbundle.json", &manifest, Compression::Zstd)
             .unwrap();
         let path = crate::reference::Digest::of(&data).layout_path();
-        w.add_bytes(&path, &data, Compression::Zstd).unwrap();
+        w.add_bytes(&path, &data, compression).unwrap();
         let path = dir.join("b.pinbundle");
         fs_err::write(&path, w.finish().unwrap().0).unwrap();
         Bundle::open(&path).unwrap()
@@ -372,15 +433,15 @@ mod tests {
         assert!(frames > 8, "{frames} frames");
         for i in 0..frames {
             assert_eq!(
-                &cache.get(&b, i).unwrap()[..],
-                &b.read_frame(i).unwrap()[..]
+                cache.get(&b, i, true).unwrap().to_vec(),
+                b.read_frame(i).unwrap()
             );
         }
         // Eight threads at once on one frame: one decode, one copy.
         let cache = FrameCache::new(1 << 30);
         let got: Vec<Arc<Frame>> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..8)
-                .map(|_| s.spawn(|| cache.get(&b, 3).unwrap()))
+                .map(|_| s.spawn(|| cache.get(&b, 3, true).unwrap()))
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
@@ -391,6 +452,35 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_of_raw_blocks_is_kept_as_read_and_its_content_found_between_the_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = bundle_of(dir.path(), Compression::Store);
+        let cache = FrameCache::new(1 << 30);
+        let mut raw_frames = 0;
+        for i in 0..b.index().frames.len() {
+            let f = cache.get(&b, i, true).unwrap();
+            let want = b.read_frame(i).unwrap();
+            assert_eq!(f.to_vec(), want, "frame {i}");
+            assert_eq!(f.len(), want.len());
+            // Any range of it, piece by piece.
+            let (from, to) = (want.len() / 3, want.len() - 5);
+            let mut got = Vec::new();
+            f.pieces(from, to, |p| got.extend_from_slice(p));
+            assert_eq!(got, want[from..to]);
+            // Kept as read: the buffer holds the block headers and checksum too.
+            let e = &b.index().frames[i];
+            let held: &[u8] = (*f).as_ref();
+            if held.len() >= e.length as usize && e.length > e.size {
+                raw_frames += 1;
+            }
+        }
+        assert!(raw_frames > 8, "{raw_frames} frames kept as read");
+        let used = cache.stats().used;
+        let need: u64 = b.index().frames.iter().map(|f| f.size.max(f.length)).sum();
+        assert!(used >= need, "{used} < {need}");
+    }
+
+    #[test]
     fn live_frames_stay_within_the_budget() {
         let dir = tempfile::tempdir().unwrap();
         let b = bundle(dir.path());
@@ -398,13 +488,13 @@ mod tests {
         // Room for frames 1 and 2 (full frames), not for a third.
         let budget = size(1) + size(2);
         let cache = FrameCache::new(budget);
-        let one = cache.get(&b, 1).unwrap();
-        let two = cache.get(&b, 2).unwrap();
+        let one = cache.get(&b, 1, true).unwrap();
+        let two = cache.get(&b, 2, true).unwrap();
         assert_eq!(cache.stats().used, budget);
         // Both held: frame 3 waits for room ...
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|s| {
-            s.spawn(|| tx.send(cache.get(&b, 3).map(|f| f.len())).unwrap());
+            s.spawn(|| tx.send(cache.get(&b, 3, true).map(|f| f.len())).unwrap());
             assert!(
                 rx.recv_timeout(Duration::from_millis(300)).is_err(),
                 "a frame beyond the budget did not wait"
@@ -420,9 +510,9 @@ mod tests {
         // Frame 2 is still cached (held); frame 1 was evicted and is decoded again.
         drop(two);
         let before = cache.stats().decoded;
-        cache.get(&b, 2).unwrap();
+        cache.get(&b, 2, true).unwrap();
         assert_eq!(cache.stats().decoded, before);
-        cache.get(&b, 1).unwrap();
+        cache.get(&b, 1, true).unwrap();
         assert_eq!(cache.stats().decoded, before + 1);
         assert!(cache.stats().used <= budget);
     }
@@ -440,14 +530,14 @@ mod tests {
         let b = Bundle::open(&path).unwrap();
         let cache = FrameCache::new(1 << 30);
         for _ in 0..2 {
-            let e = cache.get(&b, 2).map(|_| ()).unwrap_err();
+            let e = cache.get(&b, 2, true).map(|_| ()).unwrap_err();
             assert!(matches!(e, Error::BadFrame { frame: 2, .. }), "{e}");
         }
         // Nothing decoded; its buffer waits in the pool for the next frame.
         let st = cache.stats();
         assert_eq!(st.decoded, 0);
         assert_eq!(st.used, f.size);
-        assert!(cache.get(&b, 1).is_ok());
+        assert!(cache.get(&b, 1, true).is_ok());
         assert_eq!(cache.stats().used, f.size);
     }
 }

@@ -305,7 +305,7 @@ impl Bundle {
     /// Reads, checks and decompresses frame `i` into `buf`, reusing its memory: fresh 16 MiB
     /// buffers for every frame cost as much in page faults as hashing the frame does.
     pub fn read_frame_into<'b>(&self, i: usize, buf: &'b mut FrameBuf) -> Result<&'b [u8], Error> {
-        self.read_raw_into(i, buf)?;
+        self.read_raw_into(i, buf, true)?;
         self.decompress_raw(i, buf)
     }
 
@@ -340,8 +340,9 @@ impl Bundle {
         Ok(&buf.out)
     }
 
-    /// Reads frame `i`'s compressed bytes into `buf.raw` and checks their XXH3.
-    fn read_raw_into(&self, i: usize, buf: &mut FrameBuf) -> Result<(), Error> {
+    /// Reads frame `i`'s compressed bytes into `buf.raw` and checks their shape and (with
+    /// `checksums`) their XXH3.
+    fn read_raw_into(&self, i: usize, buf: &mut FrameBuf, checksums: bool) -> Result<(), Error> {
         let f: &FrameEntry = &self.index.frames[i];
         let len = f.length as usize;
         if buf.raw.len() < len {
@@ -354,18 +355,20 @@ impl Bundle {
                 path: self.path.clone(),
                 source,
             })?;
-        let found = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(raw));
         let bad = |detail: String| Error::BadFrame {
             path: self.path.clone(),
             frame: i,
             offset: f.offset,
             detail,
         };
-        if found != f.xxh3 {
-            return Err(bad(format!(
-                "checksum mismatch (expected {}, found {found})",
-                f.xxh3
-            )));
+        if checksums {
+            let found = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(raw));
+            if found != f.xxh3 {
+                return Err(bad(format!(
+                    "checksum mismatch (expected {}, found {found})",
+                    f.xxh3
+                )));
+            }
         }
         // The XXH3 is no secret: the frame's shape is checked too, so nothing rides along
         // unchecked in its extent.
@@ -376,26 +379,71 @@ impl Bundle {
     /// blocks (how stored layers are written: no copy; the content checksum is computed
     /// here as zstd would), else decompressed.
     fn frame_content<'b>(&self, i: usize, buf: &'b mut FrameBuf) -> Result<Content<'b>, Error> {
-        self.read_raw_into(i, buf)?;
-        let f = &self.index.frames[i];
-        if raw_blocks(&buf.raw[..f.length as usize], f.size, &mut buf.slices) {
-            let content = Content::Raw(&buf.raw[..f.length as usize], &buf.slices);
-            // zstd would check this when decompressing, and stock `zstd -dc` does: a frame
-            // that passes here must pass there.
-            let mut h = xxhash_rust::xxh64::Xxh64::new(0);
-            content.pieces(0, f.size as usize, |p| h.update(p));
-            let raw = &buf.raw[..f.length as usize];
-            if (h.digest() as u32).to_le_bytes() != raw[raw.len() - 4..] {
-                return Err(Error::BadFrame {
-                    path: self.path.clone(),
-                    frame: i,
-                    offset: f.offset,
-                    detail: "zstd content checksum mismatch".into(),
-                });
-            }
-            return Ok(content);
+        self.read_raw_into(i, buf, true)?;
+        if self.raw_content(i, buf, true)? {
+            let len = self.index.frames[i].length as usize;
+            return Ok(Content::Raw(&buf.raw[..len], &buf.slices));
         }
         Ok(Content::Contiguous(self.decompress_raw(i, buf)?))
+    }
+
+    /// Whether frame `i`, read into `buf.raw`, is made of Raw blocks (then `buf.slices` says
+    /// where its content lies), with (`checksums`) its content checksum checked.
+    fn raw_content(&self, i: usize, buf: &mut FrameBuf, checksums: bool) -> Result<bool, Error> {
+        let f = &self.index.frames[i];
+        let raw = &buf.raw[..f.length as usize];
+        if !raw_blocks(raw, f.size, &mut buf.slices) {
+            return Ok(false);
+        }
+        if !checksums {
+            return Ok(true);
+        }
+        // zstd would check this when decompressing, and stock `zstd -dc` does: a frame that
+        // passes here must pass there.
+        let mut h = xxhash_rust::xxh64::Xxh64::new(0);
+        Content::Raw(raw, &buf.slices).pieces(0, f.size as usize, |p| h.update(p));
+        if (h.digest() as u32).to_le_bytes() != raw[raw.len() - 4..] {
+            return Err(Error::BadFrame {
+                path: self.path.clone(),
+                frame: i,
+                offset: f.offset,
+                detail: "zstd content checksum mismatch".into(),
+            });
+        }
+        Ok(true)
+    }
+
+    /// Reads and checks frame `i` into `keep`, a buffer to hold it: a frame of Raw blocks as
+    /// it is in the file, with where its content lies (not copied again: `buf`'s read buffer
+    /// and `keep` trade places), any other decompressed (`None`). Returns the buffer holding
+    /// the frame, or `keep` back on an error.
+    ///
+    /// Without `checksums`, the XXH3 and a Raw-block frame's content checksum are not
+    /// computed: for a caller that proves the content itself by SHA-256 before using any of it
+    /// ([`super::chain::Chain`]), they would only cost time. The shape is checked all the same,
+    /// and zstd checks what it decompresses.
+    pub(crate) fn read_frame_keep(
+        &self,
+        i: usize,
+        buf: &mut FrameBuf,
+        mut keep: Vec<u8>,
+        checksums: bool,
+    ) -> Kept {
+        let raw = self
+            .read_raw_into(i, buf, checksums)
+            .and_then(|()| self.raw_content(i, buf, checksums));
+        match raw {
+            Err(e) => (Err(e), keep),
+            Ok(true) => {
+                std::mem::swap(&mut buf.raw, &mut keep);
+                (Ok(Some(buf.slices.clone())), keep)
+            }
+            Ok(false) => {
+                let scratch = buf.swap_out(keep);
+                let result = self.decompress_raw(i, buf).map(|_| None);
+                (result, buf.swap_out(scratch))
+            }
+        }
     }
 
     /// A reader of `member`'s content from byte `offset` on. Frames are checked as they are
@@ -722,6 +770,10 @@ impl FrameBuf {
         std::mem::replace(&mut self.out, out)
     }
 }
+
+/// What [`Bundle::read_frame_keep`] returns: where a Raw-block frame's content lies (or
+/// `None`: decompressed), and the buffer holding the frame.
+pub(crate) type Kept = (Result<Option<Vec<std::ops::Range<usize>>>, Error>, Vec<u8>);
 
 /// A frame's content: decompressed, or in place in a frame of Raw blocks.
 enum Content<'a> {

@@ -82,9 +82,9 @@ pub const API_VERSION_HEADER: &str = "Docker-Distribution-API-Version";
 pub const CONTENT_DIGEST_HEADER: &str = "Docker-Content-Digest";
 /// Bytes per body chunk sent from the reading thread.
 const CHUNK: usize = 256 << 10;
-/// Chunks buffered between the reading thread and the connection (memory per transfer is about
-/// `CHUNKS_IN_FLIGHT × CHUNK` plus one decompressed frame).
-const CHUNKS_IN_FLIGHT: usize = 4;
+/// Chunks queued between the reading thread and the connection: slices of cached frames, so
+/// they cost no memory of their own; a frame of Raw blocks gives chunks of at most 128 KiB.
+const CHUNKS_IN_FLIGHT: usize = 8;
 /// The longest wait for a request's headers.
 /// The frame budget of `load`'s server: skopeo reads each blob once, so caching buys nothing
 /// beyond the frames its parallel layer downloads are reading (4 × 16 MiB).
@@ -228,7 +228,7 @@ struct FrameBytes(Arc<frames::Frame>);
 
 impl AsRef<[u8]> for FrameBytes {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        (*self.0).as_ref()
     }
 }
 
@@ -1334,14 +1334,20 @@ impl BundleServer {
                 let lead = if k == 0 { m.data_offset } else { 0 };
                 let here = f.size.saturating_sub(lead).min(part_end - at);
                 if here > 0 && at + here > start {
-                    let frame = self.frames.get(b, m.frame + k).map_err(io::Error::other)?;
+                    // A frame proved by SHA-256 needs no XXH3 (a weaker check of the same bytes).
+                    let frame = self
+                        .frames
+                        .get(b, m.frame + k, chain.is_none())
+                        .map_err(io::Error::other)?;
                     let content = lead as usize..(lead + here) as usize;
                     if let Some(chain) = &chain {
-                        let proved = frame.proved(|data| {
+                        let proved = frame.proved(|fr| {
                             self.counters
                                 .blob_bytes_hashed
                                 .fetch_add(here, Ordering::Relaxed);
-                            chain.proves(n + k, &data[content.clone()])
+                            chain.proves_pieces(n + k, |add| {
+                                fr.pieces(content.start, content.end, add)
+                            })
                         });
                         if !proved {
                             return Err(io::Error::other(crate::bundle::Error::FrameChanged {
@@ -1353,23 +1359,29 @@ impl BundleServer {
                     }
                     if let Some(h) = hasher.as_mut() {
                         h.start_frame(n + k);
-                        h.update(&frame[content.clone()]);
+                        frame.pieces(content.start, content.end, |p| h.update(p));
                         h.end_frame();
                     }
                     let from = content.start + start.saturating_sub(at) as usize;
                     let to = content.start + (end.min(at + here) - at) as usize;
+                    // Where those bytes lie in the frame's buffer: one range, or one per Raw
+                    // block (sent as they are in the file, not copied out of it).
+                    let mut ranges = Vec::new();
+                    frame.ranges(from, to, |r| ranges.push(r));
                     let frame = Bytes::from_owner(FrameBytes(frame));
-                    let mut c = from;
-                    while c < to {
-                        let len = (to - c).min(CHUNK);
-                        let chunk = frame.slice(c..c + len);
-                        if hasher.is_none() {
-                            send(chunk)?;
-                        } else if let Some(prev) = pending.replace(chunk) {
-                            send(prev)?;
+                    for r in ranges {
+                        let mut c = r.start;
+                        while c < r.end {
+                            let len = (r.end - c).min(CHUNK);
+                            let chunk = frame.slice(c..c + len);
+                            if hasher.is_none() {
+                                send(chunk)?;
+                            } else if let Some(prev) = pending.replace(chunk) {
+                                send(prev)?;
+                            }
+                            sent += len as u64;
+                            c += len;
                         }
-                        sent += len as u64;
-                        c += len;
                     }
                     // The chunk held back must not hold this frame while the next one waits
                     // for room in the budget: transfers waiting so would wait for each other.

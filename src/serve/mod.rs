@@ -373,6 +373,26 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for StallGuard<IO> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
+
+    // Vectored writes pass through: without them hyper copies every body byte into one
+    // buffer before writing it (measured: a tenth of serve's CPU at 16 clients).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending => self.stalled(cx),
+            ready => {
+                self.timer = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 /// A bound listener, ready to serve.

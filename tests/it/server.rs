@@ -668,15 +668,19 @@ fn a_frame_that_is_not_the_one_verified_is_never_sent() {
     let srv =
         server::serve_in_thread(BundleServer::new(set), BundleServer::LOOPBACK_EPHEMERAL).unwrap();
     let path = format!("/v2/{repo}/blobs/{layer}");
-    // The frames before it are sent, nothing of it.
+    // The frames before it are handed to the connection, nothing of it. (What the client
+    // reads of an aborted response depends on how soon the reset overtakes the data.)
     let r = http(srv.addr(), "GET", &path, &[]);
-    assert_eq!((r.status, r.body.len(), r.complete), (200, before, false));
+    assert!(!r.complete && r.body.len() <= before, "{}", r.body.len());
+    assert_eq!(r.body[..], content[..r.body.len()]);
+    assert_eq!(srv.server().stats().blob_bytes, before as u64);
     let range = format!("bytes={}-{}", before + 1, before + 100);
     let r = http(srv.addr(), "GET", &path, &[("Range", &range)]);
-    assert_eq!((r.status, r.body.len(), r.complete), (206, 0, false));
+    assert!(!r.complete && r.body.is_empty());
     let r = http(srv.addr(), "GET", &path, &[("Range", "bytes=0-99")]);
     assert_eq!((r.status, r.body.len(), r.complete), (206, 100, true));
-    assert_eq!(srv.server().stats().aborted, 2);
+    let st = srv.server().stats();
+    assert_eq!((st.aborted, st.blob_bytes), (2, before as u64 + 100));
 }
 
 /// A temporary store, with the overlay mount removed before the directory goes.
