@@ -423,9 +423,13 @@ pub fn bind(
 ) -> Result<Bound, Error> {
     let addr = opts.listen;
     let bind_err = |source| Error::Bind { addr, source };
+    // A blob transfer holds a blocking thread while its client reads, so there must be one
+    // for every connection (HTTP/1.1: one request at a time each) and some for password and
+    // token checks: with fewer, clients that stop reading would hold every thread and every
+    // other transfer would wait behind them (until --stall-timeout ends theirs).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .max_blocking_threads(64)
+        .max_blocking_threads(opts.max_connections.max(1) + 16)
         .thread_name("pinbundle-serve")
         .enable_all()
         .build()

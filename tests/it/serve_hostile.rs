@@ -261,9 +261,8 @@ fn hostile_requests_are_refused_cleanly_and_serve_keeps_serving() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     fair("stalled clients");
-    // Today a transfer holds at most one checked frame and its compressed bytes (a frame is at
-    // most 16 MiB, bundle-format.md) plus a few chunks; memory flat in the number of clients
-    // (a shared frame budget) is still to come (issue 13). This bounds what there is: nothing
+    // A transfer holds at most one checked frame (a frame is at most 16 MiB, bundle-format.md)
+    // plus a few chunks cut from it, and clients of one blob share its frames: nothing
     // buffers a whole blob or grows with what a client does not read.
     let rss = serve.status("VmRSS:");
     let per_transfer_kib = (2 * pinbundle::bundle::format::MAX_FRAME_SIZE + (4 << 20)) / 1024;
@@ -293,4 +292,49 @@ fn hostile_requests_are_refused_cleanly_and_serve_keeps_serving() {
 fn excerpt(s: &str) -> String {
     let s: String = s.chars().filter(|c| !c.is_control()).take(48).collect();
     s
+}
+
+#[test]
+fn clients_that_stop_reading_do_not_make_the_others_wait() {
+    let env = Env::new();
+    let dir = tempdir();
+    let image =
+        pinbundle_fixtures::push_sized(env.registry.addr(), "hostile/stall", &[16 << 20], 9, None)
+            .expect("push hostile/stall");
+    let bundle = env.bundle_of(dir.path(), &[image.tag_reference()]);
+    // More stalled readers than the 64 blocking threads serve once had, fewer than its
+    // connection limit; the stall timeout far beyond the test.
+    let serve = Serve::start(
+        &bundle,
+        &["--max-connections", "90", "--stall-timeout", "300"],
+    );
+    let addr = serve.addr;
+    let repo = image.name.split_once('/').map_or("", |(_, p)| p);
+    let layer = image.blobs.iter().max_by_key(|b| b.size).expect("a blob");
+    let path = format!("/v2/{repo}/blobs/{}", layer.digest);
+    let stalled: Vec<TcpStream> = (0..72)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(addr).ok()?;
+            // A small receive window, so that the transfer blocks soon, and never a read.
+            rustix::net::sockopt::set_socket_recv_buffer_size(&s, 4096).ok()?;
+            s.write_all(&get(&path, "")).ok()?;
+            Some(s)
+        })
+        .collect();
+    assert_eq!(stalled.len(), 72);
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let r = http(addr, "GET", &path, &[]);
+    assert!(
+        r.status == 200 && r.complete && r.body.len() as u64 == layer.size,
+        "a fair request behind 72 stalled readers got {} ({} bytes)",
+        r.status,
+        r.body.len()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "it took {:.1?}",
+        t.elapsed()
+    );
+    drop(stalled);
 }
