@@ -897,16 +897,11 @@ impl BundleServer {
     ) -> Response<ResponseBody> {
         if req.method() != Method::GET {
             // containerd tries the OAuth2 POST first and falls back to GET on 405.
-            bump(&self.counters.method_not_allowed);
-            let mut resp = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "UNSUPPORTED",
+            return self.method_not_allowed(
+                req.method(),
                 "tokens are issued to GET with basic credentials",
-                req.method().as_str(),
+                "GET",
             );
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
-            return resp;
         }
         let (auth, given) = (
             Arc::clone(auth),
@@ -1032,16 +1027,11 @@ impl BundleServer {
             Method::GET => false,
             Method::HEAD => true,
             _ => {
-                bump(&self.counters.method_not_allowed);
-                let mut resp = error_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "UNSUPPORTED",
+                return self.method_not_allowed(
+                    req.method(),
                     "this registry is read-only",
-                    req.method().as_str(),
+                    "GET, HEAD",
                 );
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-                return resp;
             }
         };
         match route(req.uri().path()) {
@@ -1077,6 +1067,25 @@ impl BundleServer {
                 )
             }
         }
+    }
+
+    /// 405, with the methods `allow`ed.
+    fn method_not_allowed(
+        &self,
+        method: &Method,
+        message: &str,
+        allow: &'static str,
+    ) -> Response<ResponseBody> {
+        bump(&self.counters.method_not_allowed);
+        let mut resp = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            message,
+            method.as_str(),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        resp
     }
 
     fn name_unknown(&self, name: &str) -> Response<ResponseBody> {

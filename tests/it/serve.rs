@@ -648,29 +648,24 @@ fn the_referrers_api_lists_an_artifact_whose_subject_is_a_served_image() {
     let dir = tempdir();
     let registry = TestRegistry::start().unwrap();
     let mut client = RegistryClient::new(registry.addr(), None).unwrap();
-    let mut t = TarBuilder::new();
-    t.file("etc/app", "an app\n");
-    let layer = t
-        .build(Compression::Gzip, Compression::Gzip.oci_media_type())
-        .unwrap();
-    let image = image_from_single(
-        "ns/app",
-        "v1",
-        single(Flavor::Oci, "ns/app", &LINUX_AMD64, vec![layer]).unwrap(),
-    );
+    // ns/app:TAG, one gzip layer holding one file.
+    let image_of = |tag: &str, file: &str, content: &str| {
+        let mut t = TarBuilder::new();
+        t.file(file, content);
+        let layer = t
+            .build(Compression::Gzip, Compression::Gzip.oci_media_type())
+            .unwrap();
+        image_from_single(
+            "ns/app",
+            tag,
+            single(Flavor::Oci, "ns/app", &LINUX_AMD64, vec![layer]).unwrap(),
+        )
+    };
+    let image = image_of("v1", "etc/app", "an app\n");
     let pushed = client.push_image("", &image).unwrap();
     // An attestation that refers to the image (OCI 1.1 `subject` and `artifactType`): an
     // image itself, so that `create` bundles it and `load` could import it.
-    let mut t = TarBuilder::new();
-    t.file("sbom.spdx.json", r#"{"spdxVersion":"SPDX-2.3"}"#);
-    let layer = t
-        .build(Compression::Gzip, Compression::Gzip.oci_media_type())
-        .unwrap();
-    let attestation = image_from_single(
-        "ns/app",
-        "sbom",
-        single(Flavor::Oci, "ns/app", &LINUX_AMD64, vec![layer]).unwrap(),
-    );
+    let attestation = image_of("sbom", "sbom.spdx.json", r#"{"spdxVersion":"SPDX-2.3"}"#);
     client.push_image("", &attestation).unwrap();
     let oci = "application/vnd.oci.image.manifest.v1+json";
     let artifact_type = "application/spdx+json";
