@@ -929,16 +929,9 @@ impl BundleServer {
             "access_token": issued.token,
             "expires_in": issued.expires_in,
         });
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let len = bytes.len();
-        let mut resp = Response::new(ResponseBody::full(bytes));
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let mut resp = json_page(body, None, None, None);
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
     }
 

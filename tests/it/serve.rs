@@ -370,12 +370,18 @@ fn tls_with_the_generated_ca() {
     );
 }
 
+/// An htpasswd file in `dir` with the one user `site`, password `s3cret`; and its hash.
+fn users_file(dir: &Path) -> (PathBuf, String) {
+    let file = dir.join("users");
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(&file, format!("site:{hash}\n")).unwrap();
+    (file, hash)
+}
+
 #[test]
 fn htpasswd_basic_auth() {
     let dir = tempdir();
-    let file = dir.path().join("users");
-    let hash = bcrypt::hash("s3cret", 4).unwrap();
-    std::fs::write(&file, format!("site:{hash}\n")).unwrap();
+    let (file, hash) = users_file(dir.path());
     let serve = Serve::start(&["--htpasswd", file.to_str().unwrap()]);
     let (repo, _, tag, digest) = &fixture().images[0];
     let image = format!("docker://{}/{repo}:{tag}", serve.host());
@@ -406,9 +412,7 @@ fn htpasswd_basic_auth() {
 #[test]
 fn bearer_tokens_are_issued_to_htpasswd_users_and_taken_by_skopeo_and_podman() {
     let dir = tempdir();
-    let file = dir.path().join("users");
-    let hash = bcrypt::hash("s3cret", 4).unwrap();
-    std::fs::write(&file, format!("site:{hash}\n")).unwrap();
+    let (file, _) = users_file(dir.path());
     let serve = Serve::start(&["--htpasswd", file.to_str().unwrap(), "--token-auth"]);
     let a = serve.addr();
     let r = http(a, "GET", "/v2/", &[]);
